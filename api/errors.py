@@ -1,0 +1,42 @@
+"""Error handlers: every error, routing errors included, answers the same JSON shape."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import TabserveError
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, details: list | None = None) -> Response:
+    """The one JSON error shape."""
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install handlers for domain errors, HTTP errors and anything unexpected."""
+
+    @app.errorhandler(TabserveError)
+    def _domain(exc: TabserveError) -> Response:
+        if exc.status >= 500:
+            logger.error("%s: %s", exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = (exc.name or "http_error").lower().replace(" ", "_")
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        logger.exception("unhandled error")
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,32 @@
+"""GET /models and /models/<name>: the manifests."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from api.views import json_response, runtime
+from shared.artifacts import parse_ref
+from shared.errors import ModelNotFoundError
+
+bp = Blueprint("models", __name__)
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    store = runtime().store
+    models = []
+    for name, versions in store.list_models(fresh=True).items():
+        latest = store.manifest(name, versions[-1]).public()
+        models.append({"name": name, "versions": versions, "latest": latest})
+    return json_response({"models": models})
+
+
+@bp.get("/models/<name>")
+def get_model(name: str) -> Response:
+    store = runtime().store
+    parse_ref(name)
+    versions = store.list_models(fresh=True).get(name)
+    if not versions:
+        raise ModelNotFoundError(f"unknown model {name!r}")
+    manifests = [store.manifest(name, v).public() for v in versions]
+    return json_response({"name": name, "versions": manifests, "latest": versions[-1]})

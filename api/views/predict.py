@@ -1,0 +1,20 @@
+"""POST /predict: online predictions from the in-process model."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, request
+
+from api.views import json_body_bytes, json_response, runtime
+from shared.online import extract_rows, parse_json, predict_rows
+
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    rt = runtime()
+    body = parse_json(json_body_bytes())
+    rows, single = extract_rows(body, rt.settings.max_online_rows)
+    loaded = rt.models.resolve(request.args.get("model"), rt.settings.default_model)
+    g.model_ref = loaded.manifest.ref
+    return json_response(predict_rows(loaded, rows, single))

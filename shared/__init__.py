@@ -1,0 +1,1 @@
+"""Core of tabserve: everything the API and the workers share."""

@@ -1,0 +1,97 @@
+"""Domain errors: each carries its HTTP status and a short machine code.
+
+Raise them with one message argument (Celery rebuilds exceptions from args); structured
+details go in the `details` keyword and travel in the JSON error body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TabserveError(Exception):
+    """Base of every error the service answers on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one JSON error shape: {"error": {"code", "message", "details"}}."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ConfigError(TabserveError):
+    code = "config_error"
+
+
+class BadRequestError(TabserveError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidJSONError(BadRequestError):
+    code = "invalid_json"
+
+
+class UnsupportedMediaTypeError(TabserveError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(TabserveError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ValidationError(TabserveError):
+    status = 422
+    code = "validation_error"
+
+
+class NotFoundError(TabserveError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class JobNotFoundError(NotFoundError):
+    code = "job_not_found"
+
+
+class ConflictError(TabserveError):
+    status = 409
+    code = "conflict"
+
+
+class JobNotFinishedError(ConflictError):
+    code = "job_not_finished"
+
+
+class ServiceUnavailableError(TabserveError):
+    status = 503
+    code = "service_unavailable"
+
+
+class QueueUnavailableError(ServiceUnavailableError):
+    code = "queue_unavailable"
+
+
+class ModelLoadError(ServiceUnavailableError):
+    code = "model_load_failed"
+
+
+class ModelIntegrityError(ModelLoadError):
+    code = "model_integrity"
+
+
+class JobCancelledError(TabserveError):
+    status = 409
+    code = "job_cancelled"

@@ -1,0 +1,33 @@
+"""Readiness: can this process serve predictions, and is the job queue reachable?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import TabserveError
+from shared.runtime import Runtime
+
+
+def check_model(rt: Runtime) -> dict[str, Any]:
+    """Whether the default model resolves and loads."""
+    try:
+        loaded = rt.models.resolve(None, rt.settings.default_model)
+    except TabserveError as exc:
+        return {"status": "unavailable", "error": exc.message}
+    return {"status": "ok", "model": loaded.manifest.ref}
+
+
+def check_redis(rt: Runtime) -> dict[str, Any]:
+    """Whether Redis (broker and job store) answers a PING."""
+    try:
+        rt.redis.ping()
+    except Exception as exc:  # any connection failure means "not reachable"
+        return {"status": "unavailable", "error": f"redis not reachable: {type(exc).__name__}"}
+    return {"status": "ok"}
+
+
+def check_readiness(rt: Runtime) -> dict[str, Any]:
+    """Ready when predictions can be served; Redis affects only the batch path."""
+    checks = {"model": check_model(rt), "redis": check_redis(rt)}
+    ready = checks["model"]["status"] == "ok"
+    return {"ready": ready, "checks": checks}

@@ -1,0 +1,65 @@
+"""The manifest.json that describes one model version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schema import FeatureSpec, Schema
+
+MANIFEST_FILE = "manifest.json"
+
+
+class Manifest(BaseModel):
+    """Everything known about a model version, written beside its pickle."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    name: str
+    version: int
+    created_at: str
+    task: Literal["classification", "regression"]
+    features: list[FeatureSpec]
+    target: str | None = None
+    classes: list[Any] | None = None
+    input_kind: Literal["numpy", "dataframe"] = "numpy"
+    label_from_proba: bool = False
+    model_file: str
+    compression: Literal["gzip"] | None = None
+    sha256: str
+    size_bytes: int
+    algorithm: str = ""
+    source: str = ""
+    library_versions: dict[str, str | None] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    reference: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def schema_(self) -> Schema:
+        """The model's input schema."""
+        return Schema(features=self.features)
+
+    @property
+    def ref(self) -> str:
+        """NAME:VERSION."""
+        return f"{self.name}:{self.version}"
+
+    def public(self) -> dict[str, Any]:
+        """The manifest as the API shows it."""
+        return self.model_dump(mode="json")
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Read and validate a version directory's manifest.json."""
+    data = json.loads((directory / MANIFEST_FILE).read_text())
+    return Manifest.model_validate(data)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write manifest.json atomically."""
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(directory / MANIFEST_FILE)

@@ -1,0 +1,149 @@
+"""Loading a model version: integrity check before unpickling, once per process."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import pickle
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.artifacts import ModelStore, sha256_bytes
+from shared.errors import ModelIntegrityError, ModelLoadError
+from shared.manifest import Manifest
+from shared.validation import RowValidator
+from shared.versions import version_mismatches
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Model output for n rows: labels (or values) and class probabilities."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+
+@dataclass
+class LoadedModel:
+    """An unpickled model with its manifest and the compiled row validator."""
+
+    manifest: Manifest
+    model: Any
+    load_seconds: float
+    validator: RowValidator = field(init=False)
+    classes: np.ndarray | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        as_frame = self.manifest.input_kind == "dataframe"
+        self.validator = RowValidator(self.manifest.schema_, as_frame=as_frame)
+        raw = getattr(self.model, "classes_", None)
+        self.classes = np.asarray(raw) if raw is not None else None
+        self.has_proba = self.manifest.task == "classification" and hasattr(
+            self.model, "predict_proba"
+        )
+
+    def predict(self, X: np.ndarray | pd.DataFrame) -> Prediction:
+        """Labels and probabilities, identical to the model's own predict/predict_proba."""
+        if not self.has_proba:
+            return Prediction(np.asarray(self.model.predict(X)), None)
+        proba = np.asarray(self.model.predict_proba(X))
+        if self.manifest.label_from_proba and self.classes is not None:
+            labels = self.classes[proba.argmax(axis=1)]
+        else:
+            labels = np.asarray(self.model.predict(X))
+        return Prediction(labels, proba)
+
+
+def read_verified(store: ModelStore, manifest: Manifest) -> bytes:
+    """The model file's bytes, after checking their sha256 against the manifest."""
+    path = store.version_dir(manifest.name, manifest.version) / manifest.model_file
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"model {manifest.ref}: cannot read {path.name}: {exc}") from None
+    digest = sha256_bytes(payload)
+    if digest != manifest.sha256:
+        raise ModelIntegrityError(
+            f"model {manifest.ref}: checksum mismatch for {path.name} (manifest "
+            f"{manifest.sha256[:12]}..., file {digest[:12]}...); refusing to unpickle"
+        )
+    if manifest.compression == "gzip":
+        payload = gzip.decompress(payload)
+    return payload
+
+
+def load_model(store: ModelStore, name: str, version: int, threads: int = 1) -> LoadedModel:
+    """Verify, unpickle and prepare one model version."""
+    started = time.perf_counter()
+    try:
+        manifest = store.manifest(name, version)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {name}:{version}: unreadable manifest: {exc}") from None
+    payload = read_verified(store, manifest)
+    for mismatch in version_mismatches(manifest.library_versions):
+        logger.warning("model %s: %s", manifest.ref, mismatch)
+    try:
+        model = pickle.loads(payload)
+    except Exception as exc:  # a corrupt pickle can raise anything
+        raise ModelLoadError(f"model {manifest.ref}: cannot unpickle: {exc}") from None
+    limit_threads(model, threads)
+    seconds = time.perf_counter() - started
+    logger.info("model %s: loaded in %.3f s", manifest.ref, seconds)
+    return LoadedModel(manifest, model, seconds)
+
+
+def limit_threads(model: Any, threads: int) -> None:
+    """Pin native thread pools (XGBoost, n_jobs) of a model and its pipeline steps."""
+    for est in _estimators(model):
+        params = est.get_params(deep=False) if hasattr(est, "get_params") else {}
+        if "n_jobs" in params:
+            est.set_params(n_jobs=threads)
+        booster = getattr(est, "get_booster", None)
+        if booster is not None:
+            try:
+                booster().set_param({"nthread": threads})
+            except Exception:  # an unfitted booster has nothing to pin
+                logger.debug("could not pin threads of %r", est)
+
+
+def _estimators(model: Any) -> list[Any]:
+    found = [model]
+    for _, step in getattr(model, "steps", []) or []:
+        found.extend(_estimators(step))
+    for _, transformer, _ in getattr(model, "transformers_", []) or []:
+        if not isinstance(transformer, str):
+            found.extend(_estimators(transformer))
+    return found
+
+
+class ModelCache:
+    """Per-process cache of loaded models, keyed by (name, version)."""
+
+    def __init__(self, store: ModelStore, threads: int = 1) -> None:
+        self.store = store
+        self.threads = threads
+        self._models: dict[tuple[str, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: int) -> LoadedModel:
+        """The loaded model, loading it on first use."""
+        key = (name, version)
+        loaded = self._models.get(key)
+        if loaded is None:
+            with self._lock:
+                loaded = self._models.get(key)
+                if loaded is None:
+                    loaded = load_model(self.store, name, version, self.threads)
+                    self._models[key] = loaded
+        return loaded
+
+    def resolve(self, ref: str | None, default: str | None = None) -> LoadedModel:
+        """Resolve a reference and return its loaded model."""
+        return self.get(*self.store.resolve(ref, default))

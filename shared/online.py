@@ -1,0 +1,78 @@
+"""The online predict path: parse a JSON body, validate, predict, shape the response."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationError
+from shared.models import LoadedModel
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a JSON body; NaN/Infinity literals are let through for validation to name."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw, parse_constant=float)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSONError(f"request body is not valid JSON: {exc}") from None
+
+
+def extract_rows(body: Any, max_rows: int) -> tuple[list[Any], bool]:
+    """The rows of a predict body and whether it was a single `features` object."""
+    if not isinstance(body, dict):
+        raise InvalidJSONError(
+            'request body must be a JSON object: {"features": {...}} or {"instances": [...]}'
+        )
+    unknown = sorted(set(body) - {"features", "instances"})
+    if unknown or len(body) != 1:
+        details = [{"field": k, "message": "unknown key"} for k in unknown]
+        raise ValidationError(
+            'body must have exactly one of "features" (an object) or "instances" (an array)',
+            details=details,
+        )
+    if "features" in body:
+        if not isinstance(body["features"], dict):
+            raise ValidationError('"features" must be an object of feature name to value',
+                                  details=[{"field": "features", "message": "must be an object"}])
+        return [body["features"]], True
+    rows = body["instances"]
+    if not isinstance(rows, list):
+        raise ValidationError('"instances" must be an array of objects',
+                              details=[{"field": "instances", "message": "must be an array"}])
+    if not rows:
+        raise ValidationError('"instances" is empty',
+                              details=[{"field": "instances", "message": "must not be empty"}])
+    if len(rows) > max_rows:
+        raise PayloadTooLargeError(
+            f'"instances" has {len(rows)} rows; at most {max_rows} per request '
+            "(use POST /jobs for files)"
+        )
+    return rows, False
+
+
+def predict_rows(loaded: LoadedModel, rows: list[Any], single: bool) -> dict[str, Any]:
+    """Validate rows, predict, and build the JSON response body."""
+    X = loaded.validator.validate(rows, single=single)
+    result = loaded.predict(X)
+    labels = result.labels.tolist()
+    body: dict[str, Any] = {}
+    keys = [str(c) for c in loaded.classes] if loaded.classes is not None else None
+    probabilities = None
+    if result.probabilities is not None and keys is not None:
+        probabilities = [dict(zip(keys, row, strict=True)) for row in result.probabilities.tolist()]
+    if single:
+        body["prediction"] = labels[0]
+        if probabilities is not None:
+            body["probabilities"] = probabilities[0]
+    else:
+        body["predictions"] = labels
+        if probabilities is not None:
+            body["probabilities"] = probabilities
+    body["model"] = {"name": loaded.manifest.name, "version": loaded.manifest.version}
+    return body

@@ -1,0 +1,183 @@
+"""Validate JSON rows against a schema straight into the model's input.
+
+The hot path of /predict: one pass over each row, writing floats into a NumPy matrix in
+schema order (or columns for a DataFrame when the model needs names or categories).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import ValidationError
+from shared.schema import FeatureSpec, Schema
+
+MAX_DETAILS = 100
+_MISSING = object()
+
+
+class _RowError(Exception):
+    pass
+
+
+def _number(spec: FeatureSpec) -> Callable[[Any], Any]:
+    def convert(v: Any) -> float:
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):
+                raise _RowError(f"must be a finite number, got {v}")
+            return v
+        if t is int:
+            return float(v)
+        raise _RowError(f"must be a number, got {_describe(v)}")
+
+    return convert
+
+
+def _integer(spec: FeatureSpec) -> Callable[[Any], Any]:
+    def convert(v: Any) -> float:
+        t = type(v)
+        if t is int:
+            return float(v)
+        if t is float:
+            if not math.isfinite(v):
+                raise _RowError(f"must be a finite integer, got {v}")
+            if v.is_integer():
+                return v
+        raise _RowError(f"must be an integer, got {_describe(v)}")
+
+    return convert
+
+
+def _boolean(spec: FeatureSpec) -> Callable[[Any], Any]:
+    def convert(v: Any) -> float:
+        if type(v) is bool:
+            return 1.0 if v else 0.0
+        raise _RowError(f"must be a boolean, got {_describe(v)}")
+
+    return convert
+
+
+def _category(spec: FeatureSpec) -> Callable[[Any], Any]:
+    allowed = frozenset(spec.categories or ())
+    shown = ", ".join(repr(c) for c in (spec.categories or [])[:10])
+
+    def convert(v: Any) -> str:
+        if type(v) is not str:
+            raise _RowError(f"must be a string category, got {_describe(v)}")
+        if v not in allowed and not spec.allow_unknown:
+            raise _RowError(f"unknown category {v!r}; expected one of {shown}")
+        return v
+
+    return convert
+
+
+_CONVERTERS = {"number": _number, "integer": _integer, "boolean": _boolean, "category": _category}
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if isinstance(v, str):
+        text = v if len(v) <= 40 else v[:37] + "..."
+        return f"string {text!r}"
+    if isinstance(v, list | dict):
+        return "an array" if isinstance(v, list) else "an object"
+    return f"{type(v).__name__} {v!r}"
+
+
+class RowValidator:
+    """Compiled per schema once; turns JSON rows into model input or a 422 with details."""
+
+    def __init__(self, schema: Schema, as_frame: bool) -> None:
+        self.schema = schema
+        self.as_frame = as_frame
+        self.names = schema.names
+        self.name_set = frozenset(self.names)
+        self.specs = list(schema.features)
+        self.converters = [_CONVERTERS[s.type](s) for s in self.specs]
+        self.null_value = [np.nan if s.is_numeric else None for s in self.specs]
+
+    def validate(self, rows: Sequence[Any], single: bool = False) -> np.ndarray | pd.DataFrame:
+        """Validate rows (dicts) and return the model's input; raise ValidationError."""
+        n, width = len(rows), len(self.specs)
+        columns: list[list[Any]] = [[None] * n for _ in range(width)] if self.as_frame else []
+        matrix = None if self.as_frame else np.empty((n, width), dtype=np.float64)
+        details: list[dict[str, Any]] = []
+        for i, row in enumerate(rows):
+            where = None if single else i
+            if not isinstance(row, dict):
+                details.append(_detail(where, None, f"must be an object, got {_describe(row)}"))
+                continue
+            if len(row) != width or row.keys() != self.name_set:
+                self._key_errors(row, where, details)
+            for j, spec in enumerate(self.specs):
+                v = row.get(spec.name, _MISSING)
+                if v is _MISSING:
+                    continue
+                if v is None:
+                    if not spec.nullable:
+                        details.append(_detail(where, spec.name, "must not be null"))
+                        continue
+                    value = self.null_value[j]
+                else:
+                    try:
+                        value = self.converters[j](v)
+                    except _RowError as exc:
+                        details.append(_detail(where, spec.name, str(exc)))
+                        continue
+                if matrix is not None:
+                    matrix[i, j] = value
+                else:
+                    columns[j][i] = value
+            if len(details) >= MAX_DETAILS:
+                break
+        if details:
+            raise ValidationError(_summary(details), details=details[:MAX_DETAILS])
+        if matrix is not None:
+            return matrix
+        return pd.DataFrame(
+            {s.name: _column(col, s) for s, col in zip(self.specs, columns, strict=True)}
+        )
+
+    def _key_errors(self, row: dict[str, Any], where: int | None, details: list) -> None:
+        for name in self.names:
+            if name not in row:
+                details.append(_detail(where, name, "missing feature"))
+        for key in row:
+            if key not in self.name_set:
+                details.append(_detail(where, str(key), "unknown feature"))
+
+
+def _column(values: list[Any], spec: FeatureSpec) -> Any:
+    if spec.is_numeric:
+        return np.asarray(values, dtype=np.float64)
+    return pd.Series(values, dtype=object)
+
+
+def _detail(row: int | None, field: str | None, message: str) -> dict[str, Any]:
+    detail: dict[str, Any] = {}
+    if row is not None:
+        detail["row"] = row
+    if field is not None:
+        detail["field"] = field
+    detail["message"] = message
+    return detail
+
+
+def _summary(details: list[dict[str, Any]]) -> str:
+    first = details[0]
+    where = []
+    if "row" in first:
+        where.append(f"row {first['row']}")
+    if "field" in first:
+        where.append(f"feature {first['field']!r}")
+    prefix = ", ".join(where)
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"invalid input: {prefix + ': ' if prefix else ''}{first['message']}{more}"
