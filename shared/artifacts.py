@@ -9,7 +9,7 @@ import pickle
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared.errors import ModelNotFoundError, ValidationError
 from shared.manifest import Manifest, read_manifest, write_manifest
@@ -116,7 +116,7 @@ class ModelStore:
         directory = self.version_dir(name, version)
         directory.mkdir(parents=True, exist_ok=False)
         payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-        compression = None
+        compression: Literal["gzip"] | None = None
         filename = "model.pkl"
         if len(payload) > COMPRESS_ABOVE_BYTES:
             payload = gzip.compress(payload, compresslevel=6, mtime=0)

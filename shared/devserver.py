@@ -34,7 +34,8 @@ def start_local_redis(url: str) -> subprocess.Popen | None:
     if parsed.hostname not in ("127.0.0.1", "localhost"):
         sys.exit(f"Redis at {url} is not reachable and is not local: start it first")
     if not shutil.which("redis-server"):
-        sys.exit("redis-server is not installed: run 'make setup' or 'apt-get install redis-server'")
+        sys.exit("redis-server is not installed: run 'make setup' "
+                 "or 'apt-get install redis-server'")
     workdir = STATE_DIR / "redis"
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([

@@ -1,0 +1,71 @@
+"""Shared fixtures: the demo model (trained once), a real redis-server, a real gunicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from shared.artifacts import ModelStore
+from shared.config import Settings
+from shared.training import train_demo
+from tests.servers import ApiServer, RedisServer, tabserve_env
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> tuple[list[str], np.ndarray]:
+    """Feature names and rows of scikit-learn's bundled breast-cancer data."""
+    data = load_breast_cancer()
+    return [str(n) for n in data.feature_names], data.data
+
+
+@pytest.fixture(scope="session")
+def demo_rows(demo_data) -> list[dict[str, float]]:
+    names, X = demo_data
+    return [dict(zip(names, row.tolist(), strict=True)) for row in X]
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory) -> Path:
+    """An artifacts directory holding the demo model, trained once per test session."""
+    root = tmp_path_factory.mktemp("artifacts")
+    train_demo(ModelStore(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_settings(artifacts_dir, redis_server, tmp_path_factory) -> Settings:
+    return Settings(
+        artifacts_dir=artifacts_dir,
+        data_dir=str(tmp_path_factory.mktemp("data")),
+        redis_url=redis_server.url,
+        log_level="INFO",
+        default_model="breast-cancer",
+    )
+
+
+@pytest.fixture(scope="session")
+def api_server(base_settings, tmp_path_factory):
+    """A real gunicorn running the API with two workers, for the whole session."""
+    server = ApiServer(tabserve_env(base_settings.as_env()), tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()

@@ -1,0 +1,124 @@
+"""Real processes for tests: redis-server, gunicorn (`tabserve api`), Celery (`tabserve worker`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05):
+    """Poll check() until it is true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    """A child process in its own process group, stopped (and its children) by stop()."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.alive():
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.kill(signal.SIGKILL)  # any grandchild left in the group
+        self._log.close()
+
+
+class RedisServer(Process):
+    def __init__(self, workdir: Path):
+        if not shutil.which("redis-server"):
+            raise RuntimeError("redis-server is not installed: run 'make setup'")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            dict(os.environ), workdir / "redis.log",
+        )
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: client.ping(), 10, "redis-server")
+        client.close()
+
+
+def tabserve_env(settings_env: dict[str, str], extra: dict[str, str] | None = None):
+    """A child environment: the parent's, minus TABSERVE_*, plus the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TABSERVE_")}
+    env.update(settings_env)
+    env.update(extra or {})
+    return env
+
+
+class ApiServer(Process):
+    """`tabserve api` (gunicorn) on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [sys.executable, "-m", "shared.cli", "api", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(workers)],
+            env, log_dir / f"api-{self.port}.log",
+        )
+        try:
+            wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, 60, "gunicorn")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("gunicorn did not start:\n" + self.log()) from None

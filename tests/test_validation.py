@@ -1,0 +1,70 @@
+"""RowValidator: JSON rows to model input, with every problem named."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from shared.errors import ValidationError
+from shared.schema import FeatureSpec, Schema
+from shared.validation import RowValidator
+
+SCHEMA = Schema(features=[
+    FeatureSpec(name="x", type="number"),
+    FeatureSpec(name="n", type="integer", nullable=True),
+    FeatureSpec(name="flag", type="boolean"),
+    FeatureSpec(name="colour", type="category", categories=["red", "blue"]),
+])
+
+
+def test_dataframe_path_keeps_types():
+    frame = RowValidator(SCHEMA, as_frame=True).validate(
+        [{"x": 1, "n": None, "flag": True, "colour": "red"},
+         {"x": 2.5, "n": 3.0, "flag": False, "colour": "blue"}])
+    assert frame.columns.tolist() == ["x", "n", "flag", "colour"]
+    assert frame["x"].tolist() == [1.0, 2.5]
+    assert math.isnan(frame["n"][0]) and frame["n"][1] == 3.0
+    assert frame["flag"].tolist() == [1.0, 0.0]
+    assert frame["colour"].tolist() == ["red", "blue"]
+
+
+def test_matrix_path_is_in_schema_order():
+    schema = Schema(features=SCHEMA.features[:3])
+    X = RowValidator(schema, as_frame=False).validate([{"flag": True, "n": 2, "x": 0.5}])
+    assert X.dtype == np.float64
+    assert X.tolist() == [[0.5, 2.0, 1.0]]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("x", "1", "must be a number, got string '1'"),
+    ("x", [1], "must be a number, got an array"),
+    ("x", float("nan"), "must be a finite number"),
+    ("n", 2.5, "must be an integer, got float 2.5"),
+    ("flag", 1, "must be a boolean, got int 1"),
+    ("colour", "green", "unknown category 'green'"),
+    ("colour", 3, "must be a string category"),
+    ("flag", None, "must not be null"),
+])
+def test_bad_values_are_named(field, value, message):
+    row = {"x": 1.0, "n": 1, "flag": True, "colour": "red", field: value}
+    with pytest.raises(ValidationError) as exc:
+        RowValidator(SCHEMA, as_frame=True).validate([row], single=True)
+    [detail] = exc.value.details
+    assert detail["field"] == field
+    assert detail["message"].startswith(message)
+
+
+def test_unknown_categories_allowed_when_the_model_takes_them():
+    schema = Schema(features=[FeatureSpec(name="c", type="category", categories=["a"],
+                                          allow_unknown=True)])
+    frame = RowValidator(schema, as_frame=True).validate([{"c": "zzz"}])
+    assert frame["c"].tolist() == ["zzz"]
+
+
+def test_non_object_row():
+    with pytest.raises(ValidationError) as exc:
+        RowValidator(SCHEMA, as_frame=True).validate([{"x": 1, "n": 1, "flag": True,
+                                                       "colour": "red"}, 5])
+    assert exc.value.details == [{"row": 1, "message": "must be an object, got int 5"}]
