@@ -27,7 +27,7 @@ class Settings:
     log_level: str = "INFO"
     chunk_rows: int = 100_000
     job_ttl_seconds: int = 7 * 24 * 3600
-    visibility_timeout_seconds: int = 12 * 3600
+    visibility_timeout_seconds: int = 300
     queue_name: str = "tabserve"
     model_threads: int = 1
     preload_model: bool = True

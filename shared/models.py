@@ -147,3 +147,13 @@ class ModelCache:
     def resolve(self, ref: str | None, default: str | None = None) -> LoadedModel:
         """Resolve a reference and return its loaded model."""
         return self.get(*self.store.resolve(ref, default))
+
+    def warm(self, default: str | None) -> LoadedModel | None:
+        """Load the default model now, so the first request or job does not wait for it."""
+        from shared.errors import TabserveError
+
+        try:
+            return self.resolve(None, default)
+        except TabserveError as exc:
+            logger.warning("default model not loaded at start: %s", exc.message)
+            return None

@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer
 from shared.artifacts import ModelStore
 from shared.config import Settings
 from shared.training import train_demo
-from tests.servers import ApiServer, RedisServer, tabserve_env
+from tests.servers import ApiServer, RedisServer, WorkerProcess, tabserve_env
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +60,8 @@ def base_settings(artifacts_dir, redis_server, tmp_path_factory) -> Settings:
         redis_url=redis_server.url,
         log_level="INFO",
         default_model="breast-cancer",
+        chunk_rows=20_000,
+        max_upload_bytes=100 * 1024 * 1024,
     )
 
 
@@ -69,3 +71,12 @@ def api_server(base_settings, tmp_path_factory):
     server = ApiServer(tabserve_env(base_settings.as_env()), tmp_path_factory.mktemp("logs"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(base_settings, tmp_path_factory):
+    """A real Celery worker process (one pool process) for the whole session."""
+    proc = WorkerProcess(tabserve_env(base_settings.as_env()), tmp_path_factory.mktemp("wlogs"),
+                         "session")
+    yield proc
+    proc.stop()

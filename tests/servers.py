@@ -122,3 +122,20 @@ class ApiServer(Process):
         except TimeoutError:
             self.stop()
             raise RuntimeError("gunicorn did not start:\n" + self.log()) from None
+
+
+class WorkerProcess(Process):
+    """`tabserve worker` (a real Celery worker) with one pool process."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, concurrency: int = 1):
+        self.name = name
+        super().__init__(
+            [sys.executable, "-m", "shared.cli", "worker", "--concurrency", str(concurrency),
+             "--hostname", f"{name}@%h", "--loglevel", "INFO"],
+            env, log_dir / f"worker-{name}-{os.getpid()}.log",
+        )
+        try:
+            wait_until(lambda: "ready" in self.log(), 60, f"worker {name}", interval=0.1)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"worker {name} did not start:\n" + self.log()) from None

@@ -1,0 +1,127 @@
+"""Batch jobs: submit a file, read status and progress, download results, cancel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, request, send_file
+
+from api.views import json_response, runtime
+from shared.errors import JobNotFinishedError, ValidationError
+from shared.jobs import FINAL, STATUSES, public_job
+from shared.jobs import redis_errors as queue_errors
+from shared.outputs import CONTENT_TYPES
+from shared.submission import copy_limited, format_of, parse_options, submit_job
+from shared.tables import InputFormat
+
+bp = Blueprint("jobs", __name__)
+
+
+def _ping_queue() -> None:
+    # Fail fast with 503 before taking an upload the queue cannot accept.
+    with queue_errors():
+        runtime().redis.ping()
+
+
+@bp.post("/jobs")
+def create_job() -> Response:
+    rt = runtime()
+    request.max_content_length = rt.settings.max_upload_bytes
+    _ping_queue()
+    try:
+        staged, fmt, filename = _stage_upload()
+        values = {**request.args.to_dict(), **request.form.to_dict()}
+        options = parse_options(values)
+        record = submit_job(rt, rt.jobs, rt.storage, rt.celery, staged, fmt, filename, options)
+    finally:
+        for path in getattr(request, "staged", []):
+            Path(path).unlink(missing_ok=True)  # already moved into place when accepted
+    job = public_job(record)
+    return json_response(job, status=202, headers={"Location": f"/jobs/{job['id']}"})
+
+
+def _stage_upload() -> tuple[Path, InputFormat, str | None]:
+    storage = runtime().storage
+    if request.mimetype == "multipart/form-data":
+        part = request.files.get("file")
+        if part is None or not part.filename and part.content_length == 0:
+            raise ValidationError('the multipart upload needs a "file" field',
+                                  details=[{"field": "file", "message": "missing"}])
+        part.stream.close()
+        fmt = format_of(part.mimetype if part.mimetype != "application/octet-stream" else None,
+                        part.filename)
+        return Path(part.stream.name), fmt, part.filename or None
+    fmt = format_of(request.mimetype, None)
+    path, fh = storage.staging_file()
+    request.staged = [path]  # type: ignore[attr-defined]
+    with fh:
+        copy_limited(request.stream, fh, runtime().settings.max_upload_bytes)
+    return path, fmt, None
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    limit_raw = request.args.get("limit", "50")
+    status = request.args.get("status") or None
+    details = []
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+        details.append({"field": "limit", "message": "must be an integer from 1 to 1000"})
+    if status is not None and status not in STATUSES:
+        details.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
+    if details:
+        raise ValidationError("invalid query: " + ", ".join(d["field"] for d in details),
+                              details=details)
+    jobs = runtime().jobs.list(limit=int(limit_raw), status=status)
+    return json_response({"jobs": [public_job(j) for j in jobs]})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    return json_response(public_job(runtime().jobs.get(job_id)))
+
+
+def _finished_file(job_id: str, which: str) -> tuple[dict, str]:
+    rec = runtime().jobs.get(job_id)
+    if rec["status"] != "succeeded":
+        reason = f"job {job_id} is {rec['status']}"
+        if rec["status"] in ("queued", "running"):
+            reason += "; poll GET /jobs/" + job_id + " until it has succeeded"
+        raise JobNotFinishedError(reason)
+    if which == "errors":
+        key = rec.get("errors_key")
+        if not key:
+            raise JobNotFinishedError(f"job {job_id} ran with on_error=fail: no errors file")
+        return rec, key
+    return rec, rec["output"]["key"]
+
+
+@bp.get("/jobs/<job_id>/result")
+def get_result(job_id: str) -> Response:
+    rec, key = _finished_file(job_id, "result")
+    fmt = rec["output"]["format"]
+    stem = Path(rec["input"]["name"]).stem or "input"
+    return send_file(runtime().storage.path(key), mimetype=CONTENT_TYPES[fmt],
+                     as_attachment=True, download_name=f"{stem}-predictions.{fmt}",
+                     conditional=True, etag=False)
+
+
+@bp.get("/jobs/<job_id>/errors")
+def get_errors(job_id: str) -> Response:
+    rec, key = _finished_file(job_id, "errors")
+    stem = Path(rec["input"]["name"]).stem or "input"
+    return send_file(runtime().storage.path(key), mimetype="text/csv", as_attachment=True,
+                     download_name=f"{stem}-errors.csv", etag=False)
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> Response:
+    rt = runtime()
+    rec = rt.jobs.get(job_id)
+    if rec["status"] in FINAL:
+        rt.jobs.delete(job_id)
+        rt.storage.delete_prefix(f"jobs/{job_id}")
+        return Response(status=204)
+    status = rt.jobs.finish(job_id, "cancelled")
+    if status == "cancelled":
+        rt.storage.delete(rec["input"]["key"])
+    return json_response(public_job(rt.jobs.get(job_id)))

@@ -1,0 +1,154 @@
+"""Validating and scoring one chunk of a batch job, vectorised: no per-row Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shared.models import LoadedModel
+from shared.schema import FeatureSpec
+from shared.tables import arrow_type
+
+_TRUE = {"1", "true", "True", "TRUE"}
+_FALSE = {"0", "false", "False", "FALSE"}
+
+
+@dataclass
+class RowError:
+    """One bad value: row number (0-based, in the file), column and reason."""
+
+    row: int
+    column: str
+    reason: str
+
+
+@dataclass
+class CheckedChunk:
+    """A chunk after validation: typed good rows, their row numbers, and the errors."""
+
+    table: pa.Table
+    rows: np.ndarray
+    errors: list[RowError] = field(default_factory=list)
+
+
+def _to_float(column: pa.ChunkedArray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Floats (NaN for null) and a mask of values that are present but not numbers."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        text = column.to_pandas(types_mapper=None).astype(object)
+        if spec.type == "boolean":
+            mapped = text.map(lambda v: 1.0 if v in _TRUE else 0.0 if v in _FALSE else np.nan)
+            values = mapped.to_numpy(dtype=np.float64)
+        else:
+            values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        present = text.notna().to_numpy()
+        return values, present & np.isnan(values)
+    if pa.types.is_boolean(column.type):
+        column = pc.cast(column, pa.float64())
+    values = column.to_numpy() if column.null_count == 0 else pc.fill_null(
+        pc.cast(column, pa.float64()), np.nan).to_numpy()
+    values = np.asarray(values, dtype=np.float64)
+    return values, np.zeros(len(values), dtype=bool)
+
+
+def check_chunk(table: pa.Table, start_row: int, features: list[FeatureSpec]) -> CheckedChunk:
+    """Validate every feature column; return the good rows typed, and each bad value."""
+    n = table.num_rows
+    bad = np.zeros(n, dtype=bool)
+    errors: list[RowError] = []
+    typed: dict[str, Any] = {}
+
+    def flag(mask: np.ndarray, name: str, reason: str) -> None:
+        for i in np.flatnonzero(mask):
+            errors.append(RowError(start_row + int(i), name, reason))
+        bad[mask] = True
+
+    for spec in features:
+        column = table.column(spec.name)
+        if spec.is_numeric:
+            values, not_number = _to_float(column, spec)
+            flag(not_number, spec.name, f"not a {spec.type}")
+            null = np.isnan(values) & ~not_number
+            if not spec.nullable:
+                flag(null, spec.name, "missing value")
+            flag(np.isinf(values), spec.name, "not a finite number")
+            if spec.type == "integer":
+                finite = np.isfinite(values)
+                flag(finite & (np.mod(values, 1, where=finite, out=np.zeros(n)) != 0),
+                     spec.name, "not an integer")
+            typed[spec.name] = values
+        else:
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                column = pc.cast(column, pa.string())
+            null = column.is_null().to_numpy(zero_copy_only=False)
+            if not spec.nullable:
+                flag(null, spec.name, "missing value")
+            if not spec.allow_unknown:
+                known = pc.is_in(column, value_set=pa.array(spec.categories or [],
+                                                             type=pa.string()))
+                flag(~known.to_numpy(zero_copy_only=False) & ~null, spec.name,
+                     "unknown category")
+            typed[spec.name] = column
+    errors.sort(key=lambda e: e.row)
+    keep = ~bad
+    rows = np.arange(start_row, start_row + n, dtype=np.int64)[keep]
+    columns = {}
+    for name in table.column_names:
+        if name in typed:
+            spec = next(s for s in features if s.name == name)
+            value = typed[name]
+            arr = pa.array(value, type=pa.float64()) if spec.is_numeric else value
+            columns[name] = arr if spec.is_numeric else pc.cast(arr, arrow_type(spec))
+        else:
+            columns[name] = table.column(name)
+    clean = pa.table(columns)
+    if not keep.all():
+        clean = clean.filter(pa.array(keep))
+    return CheckedChunk(clean, rows, errors)
+
+
+def model_input(table: pa.Table, features: list[FeatureSpec], as_frame: bool) -> Any:
+    """The model's input for validated rows: a float matrix, or a DataFrame like /predict's."""
+    if not as_frame:
+        X = np.empty((table.num_rows, len(features)), dtype=np.float64)
+        for j, spec in enumerate(features):
+            X[:, j] = table.column(spec.name).to_numpy()
+        return X
+    data = {}
+    for spec in features:
+        column = table.column(spec.name)
+        if spec.is_numeric:
+            data[spec.name] = np.asarray(column.to_numpy(), dtype=np.float64)
+        else:
+            data[spec.name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+    return pd.DataFrame(data)
+
+
+def output_table(loaded: LoadedModel, checked: CheckedChunk, id_column: str | None,
+                 include_input: bool) -> pa.Table:
+    """Score validated rows and lay out the output columns."""
+    features = loaded.manifest.features
+    columns: dict[str, Any] = {}
+    if id_column:
+        columns[id_column] = checked.table.column(id_column)
+    else:
+        columns["row"] = pa.array(checked.rows, type=pa.int64())
+    if checked.table.num_rows:
+        result = loaded.predict(model_input(checked.table, features, loaded.validator.as_frame))
+        labels, proba = result.labels, result.probabilities
+    else:
+        labels = np.empty(0, dtype=loaded.classes.dtype if loaded.classes is not None else float)
+        proba = np.empty((0, len(loaded.classes))) if loaded.has_proba else None
+    columns["prediction"] = pa.array(labels)
+    if proba is not None and loaded.classes is not None:
+        for j, cls in enumerate(loaded.classes.tolist()):
+            columns[f"probability_{cls}"] = pa.array(proba[:, j], type=pa.float64())
+    if include_input:
+        for name in checked.table.column_names:
+            if name != id_column and name not in columns:
+                columns[name] = checked.table.column(name)
+    return pa.table(columns)

@@ -1,0 +1,272 @@
+"""Job records in Redis: create, read, list, progress and status transitions.
+
+A job is a Redis hash `tabserve:job:<id>`; `tabserve:jobs` is a sorted set of ids by creation
+time; `tabserve:jobs:queued` and `tabserve:jobs:running` hold ids per live status, so queue
+depth is one SCARD. Status changes are Lua scripts, so the API's cancel and a worker's
+start or finish cannot interleave. Each worker attempt carries a number; a stale attempt
+(superseded after its worker was presumed dead) may no longer write.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+
+from shared.errors import JobNotFoundError, QueueUnavailableError
+
+PREFIX = "tabserve:"
+INDEX = PREFIX + "jobs"
+LIVE = {"queued": PREFIX + "jobs:queued", "running": PREFIX + "jobs:running"}
+FINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", *FINAL)
+JSON_FIELDS = ("options", "error", "model", "input", "output", "drift")
+INT_FIELDS = ("rows_done", "rows_total", "rows_failed", "bytes_done", "bytes_total", "attempt")
+FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "heartbeat_at")
+
+# KEYS: job, queued set, running set. ARGV: id, attempt, now, worker.
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'queued' and status ~= 'running' then return status end
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'started_at', ARGV[3],
+           'heartbeat_at', ARGV[3], 'worker', ARGV[4], 'rows_done', 0, 'bytes_done', 0,
+           'rows_failed', 0)
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 'running'
+"""
+
+# KEYS: job, queued set, running set. ARGV: id, attempt ('' = any), status, ttl, field/value...
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'queued' and status ~= 'running' then return status end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 'stale' end
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return ARGV[3]
+"""
+
+# KEYS: job. ARGV: attempt, field/value... Writes only while this attempt is current.
+_PROGRESS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return status or 'missing' end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 'stale' end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 'running'
+"""
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    """An epoch time as ISO 8601 UTC."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn an unreachable Redis into a 503 with a clear message."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueUnavailableError(
+            f"the job queue (Redis) is not reachable: {exc.__class__.__name__}; "
+            "online /predict is unaffected"
+        ) from None
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        out[k] = orjson.dumps(v).decode() if k in JSON_FIELDS else str(v)
+    return out
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, text = k.decode(), v.decode()
+        if key in JSON_FIELDS:
+            rec[key] = orjson.loads(text)
+        elif key in INT_FIELDS:
+            rec[key] = int(text)
+        elif key in FLOAT_FIELDS:
+            rec[key] = float(text)
+        else:
+            rec[key] = text
+    return rec
+
+
+class JobStore:
+    """Job records in Redis."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.r = client
+        self.ttl = ttl_seconds
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._progress = client.register_script(_PROGRESS)
+
+    def create(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Store a new queued job."""
+        created = now()
+        record = {**fields, "id": job_id, "status": "queued", "created_at": created,
+                  "attempt": 0, "rows_done": 0, "rows_failed": 0, "bytes_done": 0}
+        with redis_errors():
+            pipe = self.r.pipeline()
+            pipe.hset(_key(job_id), mapping=_encode(record))
+            pipe.zadd(INDEX, {job_id: created})
+            pipe.sadd(LIVE["queued"], job_id)
+            pipe.execute()
+        return record
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job's record; JobNotFoundError when unknown or expired."""
+        with redis_errors():
+            raw = self.r.hgetall(_key(job_id))
+        if not raw:
+            raise JobNotFoundError(f"no job {job_id!r} (unknown, or expired)")
+        return _decode(raw)
+
+    def status(self, job_id: str) -> str | None:
+        """Just the status (one HGET), for a worker's between-chunk check."""
+        with redis_errors():
+            value = self.r.hget(_key(job_id), "status")
+        return value.decode() if value else None
+
+    def list(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        """Recent jobs, newest first, optionally of one status."""
+        out: list[dict[str, Any]] = []
+        with redis_errors():
+            start = 0
+            while len(out) < limit:
+                ids = self.r.zrevrange(INDEX, start, start + 199)
+                if not ids:
+                    break
+                start += len(ids)
+                pipe = self.r.pipeline()
+                for job_id in ids:
+                    pipe.hgetall(_key(job_id.decode()))
+                expired = []
+                for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                    if not raw:
+                        expired.append(job_id)
+                        continue
+                    rec = _decode(raw)
+                    if status is None or rec["status"] == status:
+                        out.append(rec)
+                if expired:
+                    self.r.zrem(INDEX, *expired)
+        return out[:limit]
+
+    def start(self, job_id: str, attempt: int, worker: str) -> str:
+        """Mark running for this attempt; returns the status found if it cannot run."""
+        with redis_errors():
+            result = self._start(keys=[_key(job_id), LIVE["queued"], LIVE["running"]],
+                                 args=[job_id, attempt, now(), worker])
+        return result.decode()
+
+    def progress(self, job_id: str, attempt: int, **fields: Any) -> str:
+        """Record progress; returns 'running', or why this attempt should stop."""
+        flat = [x for k, v in _encode({**fields, "heartbeat_at": now()}).items() for x in (k, v)]
+        with redis_errors():
+            result = self._progress(keys=[_key(job_id)], args=[attempt, *flat])
+        return result.decode()
+
+    def finish(self, job_id: str, status: str, attempt: int | None = None,
+               **fields: Any) -> str:
+        """Move a live job to a final status (once); returns the resulting status."""
+        assert status in FINAL
+        flat = [x for k, v in _encode({**fields, "finished_at": now()}).items() for x in (k, v)]
+        with redis_errors():
+            result = self._finish(
+                keys=[_key(job_id), LIVE["queued"], LIVE["running"]],
+                args=[job_id, "" if attempt is None else attempt, status, self.ttl, *flat])
+        return result.decode()
+
+    def delete(self, job_id: str) -> None:
+        """Forget a finished job."""
+        with redis_errors():
+            pipe = self.r.pipeline()
+            pipe.delete(_key(job_id))
+            pipe.zrem(INDEX, job_id)
+            pipe.execute()
+
+    def counts(self) -> dict[str, int]:
+        """Jobs waiting and running, for metrics."""
+        with redis_errors():
+            pipe = self.r.pipeline()
+            pipe.scard(LIVE["queued"])
+            pipe.scard(LIVE["running"])
+            queued, running = pipe.execute()
+        return {"queued": int(queued), "running": int(running)}
+
+
+def public_job(rec: dict[str, Any]) -> dict[str, Any]:
+    """The job as the API shows it."""
+    job_id = rec["id"]
+    total = rec.get("rows_total")
+    done = rec.get("rows_done", 0)
+    if rec["status"] == "succeeded":
+        fraction = 1.0
+    elif total:
+        fraction = min(done / total, 1.0)
+    elif rec.get("bytes_total"):
+        fraction = min(rec.get("bytes_done", 0) / rec["bytes_total"], 1.0)
+    else:
+        fraction = 0.0
+    links = {"self": f"/jobs/{job_id}"}
+    if rec["status"] == "succeeded":
+        links["result"] = f"/jobs/{job_id}/result"
+        if (rec.get("options") or {}).get("on_error") == "skip":
+            links["errors"] = f"/jobs/{job_id}/errors"
+    out = {
+        "id": job_id,
+        "status": rec["status"],
+        "model": rec.get("model"),
+        "options": rec.get("options"),
+        "input": _without_key(rec.get("input")),
+        "output": _without_key(rec.get("output")),
+        "progress": {"rows_done": done, "rows_total": total,
+                     "rows_failed": rec.get("rows_failed", 0), "fraction": round(fraction, 4)},
+        "created_at": iso(rec.get("created_at")),
+        "started_at": iso(rec.get("started_at")),
+        "finished_at": iso(rec.get("finished_at")),
+        "attempts": rec.get("attempt", 0),
+        "error": rec.get("error"),
+        "links": links,
+    }
+    if "drift" in rec:
+        out["drift"] = rec["drift"]
+    return out
+
+
+def _without_key(part: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Storage keys are internal; clients use the links.
+    return None if part is None else {k: v for k, v in part.items() if k != "key"}

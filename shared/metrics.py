@@ -1,0 +1,244 @@
+"""Every Prometheus metric of tabserve, defined once, and the helpers that expose them.
+
+The API (gunicorn workers) and the worker (Celery pool children) are several processes, so the
+metrics run in prometheus_client's multiprocess mode: when PROMETHEUS_MULTIPROC_DIR is set in
+the environment *before prometheus_client is first imported*, each process writes its values to
+files there and `render_metrics()` sums them. Defining a metric opens no connection and, since
+every metric here has labels, writes no file until a labelled child is first used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import psutil
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# prometheus_client's own variable, read by the library itself at import; we only follow it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# 0.5 ms (a cached one-row predict) .. 10 s (the gunicorn timeout is 60 s; past 10 s is an outage).
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# One predict call: a single row online up to one 100k-row chunk of a batch job.
+COMPUTE_BUCKETS = (*HTTP_BUCKETS, 30, 60)
+# A job: seconds for a small file up to the 12 h visibility timeout.
+JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200)
+RATE_BUCKETS = (100, 300, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)
+
+MODEL = ("model", "version")
+
+# --- HTTP (API) ---
+HTTP_REQUESTS = Counter(
+    "tabserve_http_requests_total", "HTTP requests answered, by route template, method, status.",
+    ("route", "method", "status"))
+HTTP_REQUEST_DURATION = Histogram(
+    "tabserve_http_request_duration_seconds", "Time to answer an HTTP request.",
+    ("route", "method"), buckets=HTTP_BUCKETS)
+
+# --- Scoring (both paths: path = online | batch) ---
+MODEL_COMPUTE = Histogram(
+    "tabserve_model_compute_seconds", "Time inside the model's predict call alone.",
+    (*MODEL, "path"), buckets=COMPUTE_BUCKETS)
+ROWS_PREDICTED = Counter(
+    "tabserve_rows_predicted_total", "Rows scored.", (*MODEL, "path"))
+VALIDATION_ERRORS = Counter(
+    "tabserve_validation_errors_total", "Inputs rejected by validation, by error code.",
+    ("code", "path"))
+
+# --- Jobs (batch) ---
+JOBS_SUBMITTED = Counter(
+    "tabserve_jobs_submitted_total", "Jobs accepted by the API.", MODEL)
+JOBS_FINISHED = Counter(
+    "tabserve_jobs_total", "Jobs that reached a final status (succeeded|failed|cancelled).",
+    (*MODEL, "status"))
+JOB_DURATION = Histogram(
+    "tabserve_job_duration_seconds", "Time from a job's start to its final status.",
+    MODEL, buckets=JOB_BUCKETS)
+JOB_ROWS_PER_SECOND = Histogram(
+    "tabserve_job_rows_per_second", "Throughput of each finished job.", MODEL,
+    buckets=RATE_BUCKETS)
+
+# --- Models ---
+# max: the slowest load of this version by any process since start is what start-up pays.
+MODEL_LOAD_SECONDS = Gauge(
+    "tabserve_model_load_seconds", "Time to load (unpickle, verify) a model version.",
+    MODEL, multiprocess_mode="max")
+# livemax: 1 while at least one live process holds the version; set 0 when a process evicts it.
+MODEL_INFO = Gauge(
+    "tabserve_model_info", "A loaded model version and its artifact's sha256 (value 1).",
+    (*MODEL, "sha256"), multiprocess_mode="livemax")
+
+# --- Processes (the default process collector does not work in multiprocess mode) ---
+# livesum: the role's total over processes alive now; a dead worker's memory is not in use.
+PROCESS_RESIDENT_MEMORY = Gauge(
+    "tabserve_process_resident_memory_bytes", "Resident memory of the role's live processes.",
+    ("role",), multiprocess_mode="livesum")
+# A counter, not a livesum gauge: the sum must not drop when a process exits, or rate() would
+# read the drop as a counter reset and report a spike.
+PROCESS_CPU_SECONDS = Counter(
+    "tabserve_process_cpu_seconds_total", "User+system CPU time of the role's processes.",
+    ("role",))
+
+# --- Drift and quality ---
+# mostrecent: PSI is computed over a window by one process (a job's worker, a periodic task);
+# the newest computation supersedes older ones, while max would pin an old spike until restart
+# and keep the alert from resolving. Non-live, so a recycled pool child's result remains.
+FEATURE_DRIFT_PSI = Gauge(
+    "tabserve_feature_drift_psi", "Population stability index of a feature vs training data.",
+    (*MODEL, "feature"), multiprocess_mode="mostrecent")
+PREDICTION_DRIFT_PSI = Gauge(
+    "tabserve_prediction_drift_psi", "Population stability index of predictions vs holdout.",
+    MODEL, multiprocess_mode="mostrecent")
+FEEDBACK = Counter(
+    "tabserve_feedback_total", "Ground-truth labels received for past predictions.", MODEL)
+# mostrecent for the same reason as PSI: each value is computed from the shared feedback store
+# (not a per-process tally), so the newest is the truth whichever process wrote it.
+ACCURACY = Gauge(
+    "tabserve_accuracy", "Accuracy of recent predictions against feedback (classifiers).",
+    MODEL, multiprocess_mode="mostrecent")
+MEAN_ABSOLUTE_ERROR = Gauge(
+    "tabserve_mean_absolute_error", "MAE of recent predictions against feedback (regressors).",
+    MODEL, multiprocess_mode="mostrecent")
+HOLDOUT_ACCURACY = Gauge(
+    "tabserve_holdout_accuracy", "Accuracy on the holdout set, from the model's manifest.",
+    MODEL, multiprocess_mode="mostrecent")
+HOLDOUT_MEAN_ABSOLUTE_ERROR = Gauge(
+    "tabserve_holdout_mean_absolute_error", "MAE on the holdout set, from the model's manifest.",
+    MODEL, multiprocess_mode="mostrecent")
+
+QUEUE_GAUGES = (
+    ("tabserve_queue_depth", "queued", "Jobs waiting for a worker."),
+    ("tabserve_jobs_running", "running", "Jobs being scored now."),
+    ("tabserve_workers_active", "workers", "Worker processes with a live heartbeat."),
+)
+
+
+class QueueCollector:
+    """Queue depth, running jobs and live workers, read from Redis at scrape time."""
+
+    def __init__(self, read_fn: Callable[[], Mapping[str, int]]) -> None:
+        self.read_fn = read_fn
+
+    def describe(self) -> Iterable[Metric]:
+        """The three gauges without values, so registering does not call read_fn."""
+        return [GaugeMetricFamily(name, doc) for name, _, doc in QUEUE_GAUGES]
+
+    def collect(self) -> Iterable[Metric]:
+        """The three gauges, or nothing when the state cannot be read."""
+        try:
+            state = self.read_fn()
+            return [GaugeMetricFamily(name, doc, value=float(state[key]))
+                    for name, key, doc in QUEUE_GAUGES]
+        except Exception as exc:  # a scrape must not fail because Redis is away
+            logger.debug("queue metrics skipped: %s: %s", type(exc).__name__, exc)
+            return []
+
+
+_extra_collectors: list[Collector] = []
+
+
+def register_collector(collector: Collector) -> None:
+    """Add a collector (e.g. QueueCollector) to what render_metrics exposes in this process."""
+    if collector not in _extra_collectors:
+        _extra_collectors.append(collector)
+
+
+class _ProjectCollector:
+    """This process's view: the multiprocess files (or the default registry) plus extras."""
+
+    def collect(self) -> Iterator[Metric]:
+        path = os.environ.get(MULTIPROC_ENV)
+        if path:
+            yield from multiprocess.MultiProcessCollector(None, path=path).collect()
+        else:
+            yield from REGISTRY.collect()
+        for collector in list(_extra_collectors):
+            yield from collector.collect()
+
+
+def build_registry() -> CollectorRegistry:
+    """A registry that reads the current metrics on every collect (for an HTTP exporter)."""
+    registry = CollectorRegistry()
+    registry.register(_ProjectCollector())
+    return registry
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition payload and its content type, for the API's /metrics."""
+    return generate_latest(build_registry()), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve render_metrics' content on a port from a daemon thread (the Celery main process)."""
+    start_http_server(port, addr=addr, registry=build_registry())
+
+
+def multiprocess_active() -> bool:
+    """Whether this process's metrics are written to the multiprocess directory."""
+    return values.ValueClass is not values.MutexValue
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the multiprocess directory and delete a previous run's files; call before forking."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    configured = os.environ.get(MULTIPROC_ENV)
+    if not configured or Path(configured).resolve() != directory.resolve() \
+            or not multiprocess_active():
+        logger.warning("metrics: %s must be %s in the environment before the process starts, "
+                       "or the processes' metrics are not aggregated", MULTIPROC_ENV, directory)
+    return directory
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead process's live gauges (gunicorn child_exit, Celery worker_process_shutdown)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        multiprocess.mark_process_dead(pid, path)
+
+
+_cpu_reported: dict[int, float] = {}  # by pid: a forked child's CPU times start at zero
+
+
+def update_process_metrics(role: str) -> None:
+    """Record this process's resident memory and CPU time under role (api | worker)."""
+    process = psutil.Process()
+    PROCESS_RESIDENT_MEMORY.labels(role=role).set(process.memory_info().rss)
+    times = process.cpu_times()
+    seconds = times.user + times.system
+    pid = os.getpid()
+    delta = seconds - _cpu_reported.get(pid, 0.0)
+    if delta > 0:
+        PROCESS_CPU_SECONDS.labels(role=role).inc(delta)
+        _cpu_reported[pid] = seconds
+
+
+def init_model_series(model: str, version: str) -> None:
+    """Create a model version's counters at zero, so increase() counts their first event."""
+    for status in ("succeeded", "failed", "cancelled"):
+        JOBS_FINISHED.labels(model, version, status)
+    for path in ("online", "batch"):
+        ROWS_PREDICTED.labels(model, version, path)
+    JOBS_SUBMITTED.labels(model, version)
+    FEEDBACK.labels(model, version)

@@ -1,0 +1,89 @@
+"""Writing job outputs (CSV, Parquet, JSON lines) chunk by chunk, and the errors file."""
+
+from __future__ import annotations
+
+import csv
+from typing import BinaryIO, Literal, TextIO
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from shared.batch import RowError
+
+OutputFormat = Literal["csv", "parquet", "jsonl"]
+CONTENT_TYPES = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/x-ndjson",
+}
+_FORMULA = r"^[=+\-@\t\r]"
+
+
+def defuse_formulas(table: pa.Table) -> pa.Table:
+    """Prefix text cells that a spreadsheet would run as a formula with a quote."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            col = table.column(i)
+            risky = pc.fill_null(pc.match_substring_regex(col, _FORMULA), False)
+            if pc.any(risky).as_py():
+                col = pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col)
+                table = table.set_column(i, f, col)
+    return table
+
+
+class OutputWriter:
+    """Appends tables to one output file; the schema is fixed by the first table."""
+
+    def __init__(self, fh: BinaryIO, fmt: OutputFormat) -> None:
+        self.fh = fh
+        self.fmt = fmt
+        self.rows = 0
+        self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows."""
+        if self._schema is None:
+            self._schema = table.schema
+            if self.fmt == "parquet":
+                self._writer = pq.ParquetWriter(self.fh, table.schema, compression="snappy")
+            elif self.fmt == "csv":
+                self._writer = pacsv.CSVWriter(
+                    self.fh, table.schema,
+                    write_options=pacsv.WriteOptions(quoting_style="needed"))
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)
+        self.rows += table.num_rows
+        if self.fmt == "csv":
+            self._writer.write_table(defuse_formulas(table))  # type: ignore[union-attr]
+        elif self.fmt == "parquet":
+            self._writer.write_table(table)  # type: ignore[union-attr]
+        else:
+            self._write_jsonl(table)
+
+    def _write_jsonl(self, table: pa.Table) -> None:
+        lines = [orjson.dumps(row) for row in table.to_pylist()]
+        if lines:
+            self.fh.write(b"\n".join(lines) + b"\n")
+
+    def close(self) -> None:
+        """Finish the file (Parquet footer); an output with no rows still gets its header."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+class ErrorsWriter:
+    """The errors file of an on_error=skip job: row, column, reason."""
+
+    def __init__(self, fh: TextIO) -> None:
+        self._csv = csv.writer(fh)
+        self._csv.writerow(["row", "column", "reason"])
+        self.count = 0
+
+    def write(self, errors: list[RowError]) -> None:
+        """Append row errors."""
+        self._csv.writerows((e.row, e.column, e.reason) for e in errors)
+        self.count += len(errors)

