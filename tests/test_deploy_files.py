@@ -237,6 +237,12 @@ def test_dockerignore_keeps_the_context_small(path: str, excluded: bool) -> None
     assert dockerignore_excludes(path) is excluded
 
 
+def test_compose_file_follows_the_compose_specification(compose: dict) -> None:
+    # The fixture has already run Compose's own schema and consistency checks.
+    assert set(compose["services"]) == {"redis", "api", "worker", "prometheus", "grafana"}
+    assert {"artifacts", "data"} <= set(compose["volumes"])
+
+
 def test_compose_worker_can_scale(compose: dict) -> None:
     worker = compose["services"]["worker"]
     assert "container_name" not in worker and not worker.get("ports")

@@ -22,7 +22,7 @@ def score_job(self: Any, job_id: str) -> str:
     tag = (self.request.properties or {}).get("delivery_tag")
     token = log_context.set({"job_id": job_id})
     try:
-        interval = max(1.0, settings.visibility_timeout_seconds / 5)
+        interval = max(0.2, settings.visibility_timeout_seconds / 5)
         with MessageLease(rt.redis, tag, interval):
             outcome = run_job(rt, rt.jobs, rt.storage, job_id, self.request.hostname)
         try:
