@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: data files, real servers, RSS sampling, report lines."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sklearn.datasets import load_breast_cancer
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def demo_table(rows: int) -> pa.Table:
+    """`rows` rows of the breast-cancer features (the bundled rows, jittered, repeated)."""
+    data = load_breast_cancer()
+    rng = np.random.default_rng(0)
+    base = data.data
+    reps = rows // len(base) + 1
+    X = np.tile(base, (reps, 1))[:rows]
+    X = X * rng.normal(1.0, 0.01, size=X.shape)
+    return pa.table({str(n): X[:, j] for j, n in enumerate(data.feature_names)})
+
+
+def demo_file(rows: int, fmt: str) -> Path:
+    """A cached CSV or Parquet file of `rows` demo rows under bench/out."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"demo-{rows}.{fmt}"
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".tmp")
+    if fmt == "parquet":
+        pq.write_table(demo_table(rows), tmp, row_group_size=100_000)
+    else:
+        with pacsv.CSVWriter(tmp, demo_table(1).schema) as writer:
+            for start in range(0, rows, 500_000):
+                writer.write_table(demo_table(min(500_000, rows - start)))
+    tmp.rename(path)
+    return path
+
+
+class RSSSampler:
+    """Peak resident memory of a process tree, sampled every 20 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.peak_tree = 0
+        self.peak_single = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                rss = [p.memory_info().rss for p in procs]
+                self.peak_tree = max(self.peak_tree, sum(rss))
+                self.peak_single = max(self.peak_single, max(rss))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    def __enter__(self) -> RSSSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def machine() -> str:
+    """One line on the machine and versions."""
+    import pandas
+    import sklearn
+    import xgboost
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
+            f"pandas {pandas.__version__}, scikit-learn {sklearn.__version__}, "
+            f"xgboost {xgboost.__version__}")
