@@ -1,0 +1,62 @@
+"""Job records and retention against a real redis-server; the Celery delivery settings."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from shared.jobs import JobStore, public_job
+from shared.queue import make_celery
+from shared.retention import purge_expired
+from shared.storage import LocalStorage
+
+
+def test_transitions_are_guarded(redis_client):
+    jobs = JobStore(redis_client, ttl_seconds=60)
+    jobs.create("a", {"options": {}, "input": {"key": "jobs/a/input.csv"}})
+    assert jobs.finish("a", "cancelled") == "cancelled"
+    assert jobs.start("a", 1, "w1") == "cancelled"  # a cancelled queued job never runs
+    jobs.create("b", {"options": {}})
+    assert jobs.start("b", 1, "w1") == "running"
+    assert jobs.start("b", 2, "w2") == "running"  # re-delivery supersedes attempt 1
+    assert jobs.progress("b", 1, rows_done=5) == "stale"
+    assert jobs.finish("b", "succeeded", 1) == "stale"
+    assert jobs.progress("b", 2, rows_done=5) == "running"
+    assert jobs.finish("b", "succeeded", 2) == "succeeded"
+    assert jobs.finish("b", "failed", 2) == "succeeded"  # final is final
+    assert jobs.counts() == {"queued": 0, "running": 0}
+    assert 0 < redis_client.ttl("tabserve:job:b") <= 60
+    assert public_job(jobs.get("b"))["attempts"] == 2
+
+
+def test_queue_counts(redis_client):
+    jobs = JobStore(redis_client, ttl_seconds=60)
+    for name in "xyz":
+        jobs.create(name, {"options": {}})
+    jobs.start("x", 1, "w")
+    assert jobs.counts() == {"queued": 2, "running": 1}
+
+
+def test_files_of_expired_jobs_are_removed(redis_client, tmp_path):
+    jobs = JobStore(redis_client, ttl_seconds=60)
+    storage = LocalStorage(tmp_path)
+    for job_id in ("expired", "live", "fresh"):
+        with storage.writer(f"jobs/{job_id}/input.csv") as fh:
+            fh.write(b"a\n1\n")
+    jobs.create("live", {"options": {}})
+    old = time.time() - 2 * 3600
+    for job_id in ("expired", "live"):
+        os.utime(storage.path(f"jobs/{job_id}"), (old, old))
+    assert purge_expired(jobs, storage) == 1
+    assert not storage.path("jobs/expired").exists()
+    assert storage.exists("jobs/live/input.csv") and storage.exists("jobs/fresh/input.csv")
+    assert purge_expired(jobs, storage) == 0  # rate-limited across workers
+
+
+def test_celery_is_configured_not_to_lose_jobs(base_settings):
+    conf = make_celery(base_settings.with_overrides(visibility_timeout_seconds=120)).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] == 120
+    assert conf.broker_connection_retry_on_startup is True
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
