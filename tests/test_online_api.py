@@ -199,3 +199,16 @@ def test_many_rows_return_in_input_order(api_server, demo_rows):
     got = r.json()["predictions"]
     assert [got[0], got[500], got[999]] == single
     assert np.isclose([sum(p.values()) for p in r.json()["probabilities"]], 1.0).all()
+
+
+def test_one_json_log_line_per_request(api_server, demo_rows):
+    post(api_server, {"features": demo_rows[0]}, headers={"X-Request-ID": "log-check-1"})
+    post(api_server, {"features": {}}, headers={"X-Request-ID": "log-check-2"})
+    lines = [orjson.loads(line) for line in api_server.log().splitlines()
+             if line.startswith("{") and '"log-check-' in line]
+    assert len(lines) == 2
+    ok, bad = sorted(lines, key=lambda e: e["request_id"])
+    assert ok["method"] == "POST" and ok["path"] == "/predict" and ok["status"] == 200
+    assert ok["model_version"] == "breast-cancer:1" and ok["latency_ms"] > 0
+    assert bad["status"] == 422 and bad["level"] == "info" and "time" in bad
+    assert "17.99" not in api_server.log()  # feature values are never logged
