@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SYSTEM_PACKAGES := redis-server
+SYSTEM_PACKAGES := redis-server prometheus
 
 .PHONY: setup system-deps run api worker test lint typecheck bench clean
 

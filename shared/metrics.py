@@ -45,6 +45,9 @@ JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 
 RATE_BUCKETS = (100, 300, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)
 
 MODEL = ("model", "version")
+# The final statuses of shared.jobs (FINAL), not imported: shared.jobs may import this module.
+JOB_STATUSES = ("succeeded", "failed", "cancelled")
+PATHS = ("online", "batch")
 
 # --- HTTP (API) ---
 HTTP_REQUESTS = Counter(
@@ -203,9 +206,9 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
-    configured = os.environ.get(MULTIPROC_ENV)
-    if not configured or Path(configured).resolve() != directory.resolve() \
-            or not multiprocess_active():
+    configured = os.environ.get(MULTIPROC_ENV, "")
+    aligned = bool(configured) and Path(configured).resolve() == directory.resolve()
+    if not (aligned and multiprocess_active()):
         logger.warning("metrics: %s must be %s in the environment before the process starts, "
                        "or the processes' metrics are not aggregated", MULTIPROC_ENV, directory)
     return directory
@@ -229,16 +232,17 @@ def update_process_metrics(role: str) -> None:
     seconds = times.user + times.system
     pid = os.getpid()
     delta = seconds - _cpu_reported.get(pid, 0.0)
+    cpu = PROCESS_CPU_SECONDS.labels(role=role)  # the series exists from the first call
     if delta > 0:
-        PROCESS_CPU_SECONDS.labels(role=role).inc(delta)
+        cpu.inc(delta)
         _cpu_reported[pid] = seconds
 
 
 def init_model_series(model: str, version: str) -> None:
     """Create a model version's counters at zero, so increase() counts their first event."""
-    for status in ("succeeded", "failed", "cancelled"):
+    for status in JOB_STATUSES:
         JOBS_FINISHED.labels(model, version, status)
-    for path in ("online", "batch"):
+    for path in PATHS:
         ROWS_PREDICTED.labels(model, version, path)
     JOBS_SUBMITTED.labels(model, version)
     FEEDBACK.labels(model, version)

@@ -1,0 +1,189 @@
+"""Input and prediction drift: Population Stability Index against the manifest's reference.
+
+Each process keeps a rolling window of recent rows per model version as bin indices in a
+ring buffer, with running per-bin counts, so observing a request costs a few vectorised
+operations; PSI is recomputed from the counts at most once per interval.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.manifest import Manifest
+
+EPSILON = 1e-4
+MIN_ROWS = 50
+
+
+def psi(expected: np.ndarray, observed_counts: np.ndarray) -> float:
+    """PSI of observed bin counts against expected bin shares (both smoothed by EPSILON)."""
+    total = observed_counts.sum()
+    if total == 0:
+        return 0.0
+    e = np.clip(np.asarray(expected, dtype=np.float64), EPSILON, None)
+    o = np.clip(observed_counts / total, EPSILON, None)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+class Binner:
+    """Maps a feature's (or the prediction's) values to reference bins; the last bin is null."""
+
+    def __init__(self, ref: dict[str, Any]) -> None:
+        self.kind = ref["kind"]
+        null = float(ref.get("null_fraction", 0.0))
+        freqs = np.asarray(ref["frequencies"], dtype=np.float64) * (1.0 - null)
+        self.expected = np.append(freqs, null)
+        if self.kind == "numeric":
+            self.edges = np.asarray(ref["edges"], dtype=np.float64)
+            self.index: dict[str, int] = {}
+        else:
+            self.edges = np.empty(0)
+            self.index = {str(c): i for i, c in enumerate(ref["categories"])}
+            # an unseen category lands in an extra bin with no expected share
+            self.expected = np.concatenate([freqs, [0.0], [null]])
+        self.n_bins = len(self.expected)
+
+    def bins(self, values: Any) -> np.ndarray:
+        """Bin index of each value."""
+        if self.kind == "numeric":
+            x = np.asarray(values, dtype=np.float64)
+            out = np.searchsorted(self.edges, x, side="right")
+            out[np.isnan(x)] = self.n_bins - 1
+            return out
+        other, null = self.n_bins - 2, self.n_bins - 1
+        return np.fromiter(
+            (null if v is None or v != v else self.index.get(str(v), other) for v in values),
+            dtype=np.int64, count=len(values))
+
+
+class DriftWindow:
+    """A rolling window of binned rows for one model version, and its PSI per feature."""
+
+    def __init__(self, manifest: Manifest, size: int) -> None:
+        ref = manifest.reference or {}
+        feats = ref.get("features", {})
+        self.names = [f.name for f in manifest.features if f.name in feats]
+        self.binners = [Binner(feats[n]) for n in self.names]
+        self.pred = Binner(ref["predictions"]) if "predictions" in ref else None
+        self.size = size
+        width = len(self.binners) + (1 if self.pred else 0)
+        self.ring = np.zeros((size, width), dtype=np.int32)
+        self.max_bins = max([b.n_bins for b in self._all()] + [1])
+        self.counts = np.zeros((width, self.max_bins), dtype=np.int64)
+        self.cols = np.arange(width)
+        self.filled = 0
+        self.pos = 0
+        self.lock = threading.Lock()
+        self.numeric_idx = [i for i, b in enumerate(self.binners) if b.kind == "numeric"]
+        self._fast = manifest.input_kind == "numpy" and len(self.names) == len(manifest.features)
+        if self._fast:
+            # All-numeric models: bin a whole matrix with one comparison against padded edges.
+            longest = max([len(b.edges) for b in self.binners] + [1])
+            self.padded = np.full((len(self.binners), longest), np.inf)
+            for i, b in enumerate(self.binners):
+                self.padded[i, : len(b.edges)] = b.edges
+            self.null_bin = np.array([b.n_bins - 1 for b in self.binners])
+
+    def _all(self) -> list[Binner]:
+        return self.binners + ([self.pred] if self.pred else [])
+
+    def bin_rows(self, X: Any, labels: Any) -> np.ndarray:
+        """Bin indices, one row per input row, one column per feature (+ prediction)."""
+        n = len(X)
+        out = np.empty((n, len(self.cols)), dtype=np.int32)
+        if self._fast:
+            X = np.asarray(X, dtype=np.float64)
+            out[:, : len(self.binners)] = (self.padded[None, :, :] <= X[:, :, None]).sum(-1)
+            nan = np.isnan(X)
+            if nan.any():
+                out[:, : len(self.binners)][nan] = np.broadcast_to(self.null_bin, X.shape)[nan]
+        else:
+            frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(
+                np.asarray(X), columns=[f for f in self.names])
+            for i, (name, b) in enumerate(zip(self.names, self.binners, strict=True)):
+                column = frame[name]
+                out[:, i] = b.bins(column.to_numpy() if b.kind == "numeric" else list(column))
+        if self.pred is not None:
+            out[:, -1] = self.pred.bins(np.asarray(labels).tolist() if self.pred.kind != "numeric"
+                                        else labels)
+        return out
+
+    def add(self, binned: np.ndarray) -> None:
+        """Push binned rows into the window, evicting the oldest."""
+        binned = binned[-self.size:]
+        with self.lock:
+            for row in binned:
+                if self.filled == self.size:
+                    self.counts[self.cols, self.ring[self.pos]] -= 1
+                else:
+                    self.filled += 1
+                self.ring[self.pos] = row
+                self.counts[self.cols, row] += 1
+                self.pos = (self.pos + 1) % self.size
+
+    def scores(self) -> tuple[dict[str, float], float | None] | None:
+        """PSI per feature and of the predictions, or None while the window is too small."""
+        with self.lock:
+            if self.filled < MIN_ROWS:
+                return None
+            counts = self.counts.copy()
+        features = {n: psi(b.expected, counts[i, : b.n_bins])
+                    for i, (n, b) in enumerate(zip(self.names, self.binners, strict=True))}
+        pred = psi(self.pred.expected, counts[-1, : self.pred.n_bins]) if self.pred else None
+        return features, pred
+
+
+class DriftTracker:
+    """Windows per model version; publishes PSI through `publish` at most once per interval."""
+
+    def __init__(self, window: int, interval: float,
+                 publish: Callable[[Manifest, dict[str, float], float | None], None]) -> None:
+        self.window = window
+        self.interval = interval
+        self.publish = publish
+        self._windows: dict[str, DriftWindow] = {}
+        self._last: dict[str, float] = {}
+
+    def observe(self, manifest: Manifest, X: Any, labels: Any) -> None:
+        """Add rows (model input and predicted labels) to the model version's window."""
+        if not manifest.reference or self.window <= 0:
+            return
+        w = self._windows.get(manifest.ref)
+        if w is None:
+            w = self._windows.setdefault(manifest.ref, DriftWindow(manifest, self.window))
+        w.add(w.bin_rows(X, labels))
+        now = time.monotonic()
+        if now - self._last.get(manifest.ref, -1e18) >= self.interval:
+            self._last[manifest.ref] = now
+            scores = w.scores()
+            if scores is not None:
+                self.publish(manifest, *scores)
+
+
+class DriftAccumulator:
+    """Bin counts over all rows of one batch job (no window): the job's own PSI."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.window = DriftWindow(manifest, 1)
+        self.counts = np.zeros_like(self.window.counts)
+
+    def add(self, X: Any, labels: Any) -> None:
+        binned = self.window.bin_rows(X, labels)
+        for j in range(binned.shape[1]):
+            self.counts[j] += np.bincount(binned[:, j], minlength=self.counts.shape[1])
+
+    def result(self) -> dict[str, Any]:
+        """PSI per feature and of the predictions, rounded for the job record."""
+        w = self.window
+        features = {n: round(psi(b.expected, self.counts[i, : b.n_bins]), 6)
+                    for i, (n, b) in enumerate(zip(w.names, w.binners, strict=True))}
+        out: dict[str, Any] = {"features": features}
+        if w.pred is not None:
+            out["prediction"] = round(psi(w.pred.expected, self.counts[-1, : w.pred.n_bins]), 6)
+        return out
