@@ -11,6 +11,7 @@ from api.requestlog import install_request_logging
 from api.upload import UploadRequest
 from shared.config import Settings
 from shared.logs import configure_logging
+from shared.metrics import QueueCollector, register_collector
 from shared.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     install_request_logging(app)
 
-    from api.views import health, jobs, models, predict
+    from api.views import feedback, health, jobs, metrics, models, predict
 
     app.register_blueprint(predict.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(feedback.bp)
+    register_collector(QueueCollector(runtime.jobs.counts))
     if settings.preload_model:
         runtime.models.warm(settings.default_model)
     return app

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import TabserveError
+from shared.metrics import VALIDATION_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ def register_error_handlers(app: Flask) -> None:
     def _domain(exc: TabserveError) -> Response:
         if exc.status >= 500:
             logger.error("%s: %s", exc.code, exc.message)
+        elif exc.status in (400, 413, 415, 422):
+            path = "batch" if request.path.startswith("/jobs") else "online"
+            VALIDATION_ERRORS.labels(exc.code, path).inc()
         return error_response(exc.status, exc.code, exc.message, exc.details)
 
     @app.errorhandler(HTTPException)

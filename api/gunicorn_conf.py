@@ -18,3 +18,28 @@ raw_env = [
     f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '1')}",
     f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', '1')}",
 ]
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """Master, before forking: a clean metrics directory for this run."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from shared.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(directory)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201
+    """A worker died or was replaced: drop its live gauges."""
+    from shared.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201
+    """Remove the metrics directory the CLI created for this run."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.environ.get("TABSERVE_METRICS_DIR_OWNED") == "1":
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shared.models import LoadedModel
+from shared.models import LoadedModel, Prediction
 from shared.schema import FeatureSpec
 from shared.tables import arrow_type
 
@@ -128,25 +128,33 @@ def model_input(table: pa.Table, features: list[FeatureSpec], as_frame: bool) ->
     return pd.DataFrame(data)
 
 
-def output_table(loaded: LoadedModel, checked: CheckedChunk, id_column: str | None,
-                 include_input: bool) -> pa.Table:
-    """Score validated rows and lay out the output columns."""
-    features = loaded.manifest.features
+def score_chunk(loaded: LoadedModel, checked: CheckedChunk) -> tuple[Any, Prediction]:
+    """The model's input for a chunk's validated rows, and its predictions."""
+    X = model_input(checked.table, loaded.manifest.features, loaded.validator.as_frame)
+    if checked.table.num_rows:
+        return X, loaded.predict(X)
+    dtype = loaded.classes.dtype if loaded.classes is not None else np.float64
+    proba = np.empty((0, len(loaded.classes))) if loaded.has_proba and \
+        loaded.classes is not None else None
+    return X, Prediction(np.empty(0, dtype=dtype), proba)
+
+
+def output_table(loaded: LoadedModel, checked: CheckedChunk, result: Prediction,
+                 id_column: str | None, include_input: bool, id_prefix: str) -> pa.Table:
+    """Lay out a chunk's output columns: id or row, prediction id, prediction, probabilities."""
     columns: dict[str, Any] = {}
+    rows = pa.array(checked.rows, type=pa.int64())
     if id_column:
         columns[id_column] = checked.table.column(id_column)
     else:
-        columns["row"] = pa.array(checked.rows, type=pa.int64())
-    if checked.table.num_rows:
-        result = loaded.predict(model_input(checked.table, features, loaded.validator.as_frame))
-        labels, proba = result.labels, result.probabilities
-    else:
-        labels = np.empty(0, dtype=loaded.classes.dtype if loaded.classes is not None else float)
-        proba = np.empty((0, len(loaded.classes))) if loaded.has_proba else None
-    columns["prediction"] = pa.array(labels)
-    if proba is not None and loaded.classes is not None:
+        columns["row"] = rows
+    columns["prediction_id"] = pc.binary_join_element_wise(
+        id_prefix, pc.cast(rows, pa.string()), "")
+    columns["prediction"] = pa.array(result.labels)
+    if result.probabilities is not None and loaded.classes is not None:
         for j, cls in enumerate(loaded.classes.tolist()):
-            columns[f"probability_{cls}"] = pa.array(proba[:, j], type=pa.float64())
+            columns[f"probability_{cls}"] = pa.array(result.probabilities[:, j],
+                                                     type=pa.float64())
     if include_input:
         for name in checked.table.column_names:
             if name != id_column and name not in columns:

@@ -99,6 +99,7 @@ def api(bind: str | None, workers: int | None) -> None:
         env["TABSERVE_BIND"] = bind
     if workers:
         env["TABSERVE_WEB_WORKERS"] = str(workers)
+    _metrics_dir(env, "api")
     _exec([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"],
           env)
 
@@ -121,7 +122,9 @@ def worker(concurrency: int | None, queues: str | None, hostname: str | None,
     if hostname:
         args += ["--hostname", hostname]
     args += ["--loglevel", (loglevel or os.environ.get("TABSERVE_LOG_LEVEL", "INFO")).upper()]
-    _exec(args, dict(os.environ))
+    env = dict(os.environ)
+    _metrics_dir(env, "worker")
+    _exec(args, env)
 
 
 @main.command()
@@ -132,6 +135,16 @@ def run(settings: Settings, port: int) -> None:
     from shared.devserver import run_all
 
     sys.exit(run_all(settings, port))
+
+
+def _metrics_dir(env: dict[str, str], role: str) -> None:
+    # prometheus_client picks multiprocess mode from this variable at import, so it is set
+    # here, before gunicorn or Celery starts; a fresh directory per run holds no stale files.
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"tabserve-metrics-{role}-")
+        env["TABSERVE_METRICS_DIR_OWNED"] = "1"
 
 
 def _exec(args: list[str], env: dict[str, str]) -> None:

@@ -31,6 +31,12 @@ class Settings:
     queue_name: str = "tabserve"
     model_threads: int = 1
     preload_model: bool = True
+    worker_metrics_port: int = 9808
+    drift_window: int = 10_000
+    drift_interval_seconds: int = 10
+    feedback_window: int = 1000
+    prediction_ttl_seconds: int = 7 * 24 * 3600
+    log_payloads: str = "off"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

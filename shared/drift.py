@@ -31,6 +31,16 @@ def psi(expected: np.ndarray, observed_counts: np.ndarray) -> float:
     return float(np.sum((o - e) * np.log(o / e)))
 
 
+def _numeric(names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sorted float values of categories that are all numbers, and their original indices."""
+    try:
+        values = np.array([float(n) for n in names], dtype=np.float64)
+    except ValueError:
+        return None
+    sorter = np.argsort(values)
+    return values[sorter], sorter
+
+
 class Binner:
     """Maps a feature's (or the prediction's) values to reference bins; the last bin is null."""
 
@@ -41,10 +51,15 @@ class Binner:
         self.expected = np.append(freqs, null)
         if self.kind == "numeric":
             self.edges = np.asarray(ref["edges"], dtype=np.float64)
+            self.categories = pd.Index([])
             self.index: dict[str, int] = {}
+            self.numeric_categories: tuple[np.ndarray, np.ndarray] | None = None
         else:
             self.edges = np.empty(0)
-            self.index = {str(c): i for i, c in enumerate(ref["categories"])}
+            names = [str(c) for c in ref["categories"]]
+            self.categories = pd.Index(names)
+            self.index = {c: i for i, c in enumerate(names)}
+            self.numeric_categories = _numeric(names)
             # an unseen category lands in an extra bin with no expected share
             self.expected = np.concatenate([freqs, [0.0], [null]])
         self.n_bins = len(self.expected)
@@ -57,9 +72,25 @@ class Binner:
             out[np.isnan(x)] = self.n_bins - 1
             return out
         other, null = self.n_bins - 2, self.n_bins - 1
-        return np.fromiter(
-            (null if v is None or v != v else self.index.get(str(v), other) for v in values),
-            dtype=np.int64, count=len(values))
+        arr = np.asarray(values)
+        if arr.dtype.kind in "iufb" and self.numeric_categories is not None:
+            x = arr.astype(np.float64)
+            cats, sorter = self.numeric_categories
+            pos = np.clip(np.searchsorted(cats, x), 0, max(len(cats) - 1, 0))
+            out = np.where(cats[pos] == x, sorter[pos], other) if len(cats) else \
+                np.full(len(x), other)
+            out[np.isnan(x)] = null
+            return out
+        if len(arr) <= 64:
+            return np.fromiter(
+                (null if v is None or v != v else self.index.get(str(v), other) for v in arr),
+                dtype=np.int64, count=len(arr))
+        series = pd.Series(arr, dtype=object)
+        missing = series.isna().to_numpy()
+        out = self.categories.get_indexer(series.astype(str))
+        out[out < 0] = other
+        out[missing] = null
+        return out
 
 
 class DriftWindow:
@@ -97,35 +128,47 @@ class DriftWindow:
         """Bin indices, one row per input row, one column per feature (+ prediction)."""
         n = len(X)
         out = np.empty((n, len(self.cols)), dtype=np.int32)
-        if self._fast:
+        if self._fast and n <= 64:
             X = np.asarray(X, dtype=np.float64)
             out[:, : len(self.binners)] = (self.padded[None, :, :] <= X[:, :, None]).sum(-1)
             nan = np.isnan(X)
             if nan.any():
                 out[:, : len(self.binners)][nan] = np.broadcast_to(self.null_bin, X.shape)[nan]
+        elif not isinstance(X, pd.DataFrame):
+            X = np.asarray(X, dtype=np.float64)
+            for i, b in enumerate(self.binners):
+                out[:, i] = b.bins(X[:, i])
         else:
-            frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(
-                np.asarray(X), columns=[f for f in self.names])
             for i, (name, b) in enumerate(zip(self.names, self.binners, strict=True)):
-                column = frame[name]
+                column = X[name]
                 out[:, i] = b.bins(column.to_numpy() if b.kind == "numeric" else list(column))
         if self.pred is not None:
-            out[:, -1] = self.pred.bins(np.asarray(labels).tolist() if self.pred.kind != "numeric"
-                                        else labels)
+            out[:, -1] = self.pred.bins(labels)
         return out
 
     def add(self, binned: np.ndarray) -> None:
         """Push binned rows into the window, evicting the oldest."""
         binned = binned[-self.size:]
+        n = len(binned)
+        if n == 0:
+            return
         with self.lock:
-            for row in binned:
-                if self.filled == self.size:
-                    self.counts[self.cols, self.ring[self.pos]] -= 1
-                else:
-                    self.filled += 1
-                self.ring[self.pos] = row
-                self.counts[self.cols, row] += 1
-                self.pos = (self.pos + 1) % self.size
+            slots = (self.pos + np.arange(n)) % self.size
+            evict = slots[self.filled + np.arange(n) >= self.size] if self.filled + n > \
+                self.size else slots[:0]
+            if n == 1:
+                if len(evict):
+                    self.counts[self.cols, self.ring[slots[0]]] -= 1
+                self.counts[self.cols, binned[0]] += 1
+            else:
+                for j in self.cols:
+                    if len(evict):
+                        self.counts[j] -= np.bincount(self.ring[evict, j],
+                                                      minlength=self.max_bins)
+                    self.counts[j] += np.bincount(binned[:, j], minlength=self.max_bins)
+            self.ring[slots] = binned
+            self.filled = min(self.filled + n, self.size)
+            self.pos = int((self.pos + n) % self.size)
 
     def scores(self) -> tuple[dict[str, float], float | None] | None:
         """PSI per feature and of the predictions, or None while the window is too small."""
@@ -174,6 +217,7 @@ class DriftAccumulator:
         self.counts = np.zeros_like(self.window.counts)
 
     def add(self, X: Any, labels: Any) -> None:
+        """Count a chunk's rows."""
         binned = self.window.bin_rows(X, labels)
         for j in range(binned.shape[1]):
             self.counts[j] += np.bincount(binned[:, j], minlength=self.counts.shape[1])

@@ -24,6 +24,8 @@ from shared.errors import JobNotFoundError, QueueUnavailableError
 PREFIX = "tabserve:"
 INDEX = PREFIX + "jobs"
 LIVE = {"queued": PREFIX + "jobs:queued", "running": PREFIX + "jobs:running"}
+WORKERS = PREFIX + "workers"
+WORKER_STALE_SECONDS = 30
 FINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", "running", *FINAL)
 JSON_FIELDS = ("options", "error", "model", "input", "output", "drift")
@@ -127,7 +129,7 @@ class JobStore:
     """Job records in Redis."""
 
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
-        self.r = client
+        self.r: Any = client  # redis-py's own types are too loose to check against
         self.ttl = ttl_seconds
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
@@ -219,13 +221,29 @@ class JobStore:
             pipe.execute()
 
     def counts(self) -> dict[str, int]:
-        """Jobs waiting and running, for metrics."""
+        """Jobs waiting and running, and live workers, for metrics."""
         with redis_errors():
             pipe = self.r.pipeline()
             pipe.scard(LIVE["queued"])
             pipe.scard(LIVE["running"])
-            queued, running = pipe.execute()
-        return {"queued": int(queued), "running": int(running)}
+            pipe.zcount(WORKERS, now() - WORKER_STALE_SECONDS, "+inf")
+            queued, running, workers = pipe.execute()
+        return {"queued": int(queued), "running": int(running), "workers": int(workers)}
+
+    def worker_heartbeat(self, name: str, processes: int) -> None:
+        """Record that a worker (its `processes` pool processes) is alive now."""
+        stamp = now()
+        pipe = self.r.pipeline()
+        pipe.zadd(WORKERS, {f"{name}#{i}": stamp for i in range(processes)})
+        pipe.zremrangebyscore(WORKERS, "-inf", stamp - 10 * WORKER_STALE_SECONDS)
+        pipe.execute()
+
+    def worker_gone(self, name: str) -> None:
+        """Forget a worker that shut down cleanly."""
+        prefix = (name + "#").encode()
+        members = [m for m in self.r.zrange(WORKERS, 0, -1) if bytes(m).startswith(prefix)]
+        if members:
+            self.r.zrem(WORKERS, *members)
 
 
 def public_job(rec: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from shared.manifest import Manifest
+
 logger = logging.getLogger(__name__)
 
 # prometheus_client's own variable, read by the library itself at import; we only follow it.
@@ -246,3 +248,52 @@ def init_model_series(model: str, version: str) -> None:
         ROWS_PREDICTED.labels(model, version, path)
     JOBS_SUBMITTED.labels(model, version)
     FEEDBACK.labels(model, version)
+
+
+def record_model_loaded(manifest: Manifest, seconds: float) -> None:
+    """Load time, info and holdout figures of a model version just loaded in this process."""
+    model, version = manifest.name, str(manifest.version)
+    init_model_series(model, version)
+    MODEL_LOAD_SECONDS.labels(model, version).set(seconds)
+    MODEL_INFO.labels(model, version, manifest.sha256).set(1)
+    if "accuracy" in manifest.metrics:
+        HOLDOUT_ACCURACY.labels(model, version).set(manifest.metrics["accuracy"])
+    if "mae" in manifest.metrics:
+        HOLDOUT_MEAN_ABSOLUTE_ERROR.labels(model, version).set(manifest.metrics["mae"])
+
+
+def record_prediction(manifest: Manifest, path: str, rows: int, seconds: float) -> None:
+    """One predict call: its compute time and the rows it scored."""
+    model, version = manifest.name, str(manifest.version)
+    MODEL_COMPUTE.labels(model, version, path).observe(seconds)
+    ROWS_PREDICTED.labels(model, version, path).inc(rows)
+
+
+def record_drift(manifest: Manifest, features: Mapping[str, float], prediction: float | None,
+                 ) -> None:
+    """Publish a window's PSI per feature and of the predictions."""
+    model, version = manifest.name, str(manifest.version)
+    for feature, value in features.items():
+        FEATURE_DRIFT_PSI.labels(model, version, feature).set(value)
+    if prediction is not None:
+        PREDICTION_DRIFT_PSI.labels(model, version).set(prediction)
+
+
+def record_job_finished(model: str, version: str, status: str, seconds: float | None,
+                        rows: int) -> None:
+    """A job reached a final status."""
+    JOBS_FINISHED.labels(model, version, status).inc()
+    if status == "succeeded" and seconds:
+        JOB_DURATION.labels(model, version).observe(seconds)
+        JOB_ROWS_PER_SECOND.labels(model, version).observe(rows / seconds)
+
+
+def record_feedback(models: list[dict]) -> None:
+    """Labels received and the rolling accuracy (or MAE) of each model version."""
+    for entry in models:
+        model, version = entry["name"], str(entry["version"])
+        FEEDBACK.labels(model, version).inc(entry["labels"])
+        if "accuracy" in entry:
+            ACCURACY.labels(model, version).set(entry["accuracy"])
+        if "mean_absolute_error" in entry:
+            MEAN_ABSOLUTE_ERROR.labels(model, version).set(entry["mean_absolute_error"])

@@ -16,6 +16,7 @@ import pandas as pd
 from shared.artifacts import ModelStore, sha256_bytes
 from shared.errors import ModelIntegrityError, ModelLoadError
 from shared.manifest import Manifest
+from shared.metrics import record_model_loaded
 from shared.validation import RowValidator
 from shared.versions import version_mismatches
 
@@ -141,6 +142,7 @@ class ModelCache:
                 loaded = self._models.get(key)
                 if loaded is None:
                     loaded = load_model(self.store, name, version, self.threads)
+                    record_model_loaded(loaded.manifest, loaded.load_seconds)
                     self._models[key] = loaded
         return loaded
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
+import time
 from typing import Any
 
 import orjson
 
 from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationError
+from shared.metrics import record_prediction
 from shared.models import LoadedModel
+from shared.predictions import new_prediction_id
+from shared.runtime import Runtime
+
+# Audit log of inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS; off by default.
+payload_logger = logging.getLogger("tabserve.payloads")
 
 
 def parse_json(raw: bytes) -> Any:
@@ -56,11 +65,18 @@ def extract_rows(body: Any, max_rows: int) -> tuple[list[Any], bool]:
     return rows, False
 
 
-def predict_rows(loaded: LoadedModel, rows: list[Any], single: bool) -> dict[str, Any]:
+def predict_rows(rt: Runtime, loaded: LoadedModel, rows: list[Any],
+                 single: bool) -> dict[str, Any]:
     """Validate rows, predict, and build the JSON response body."""
+    manifest = loaded.manifest
     X = loaded.validator.validate(rows, single=single)
+    started = time.perf_counter()
     result = loaded.predict(X)
+    record_prediction(manifest, "online", len(rows), time.perf_counter() - started)
+    rt.drift.observe(manifest, X, result.labels)
     labels = result.labels.tolist()
+    prediction_id = new_prediction_id()
+    rt.predictions.add(prediction_id, manifest.name, manifest.version, manifest.task, labels)
     body: dict[str, Any] = {}
     keys = [str(c) for c in loaded.classes] if loaded.classes is not None else None
     probabilities = None
@@ -70,9 +86,15 @@ def predict_rows(loaded: LoadedModel, rows: list[Any], single: bool) -> dict[str
         body["prediction"] = labels[0]
         if probabilities is not None:
             body["probabilities"] = probabilities[0]
+        body["prediction_id"] = prediction_id
     else:
         body["predictions"] = labels
         if probabilities is not None:
             body["probabilities"] = probabilities
-    body["model"] = {"name": loaded.manifest.name, "version": loaded.manifest.version}
+        body["prediction_ids"] = [f"{prediction_id}.{i}" for i in range(len(labels))]
+    body["model"] = {"name": manifest.name, "version": manifest.version}
+    if rt.payload_sample_rate and random.random() < rt.payload_sample_rate:
+        payload_logger.info("payload %s", prediction_id, extra={
+            "prediction_id": prediction_id, "model_version": manifest.ref, "inputs": rows,
+            "outputs": {k: v for k, v in body.items() if k != "model"}})
     return body

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from typing import BinaryIO, Literal, TextIO
+from typing import IO, Literal
 
 import orjson
 import pyarrow as pa
@@ -37,7 +37,7 @@ def defuse_formulas(table: pa.Table) -> pa.Table:
 class OutputWriter:
     """Appends tables to one output file; the schema is fixed by the first table."""
 
-    def __init__(self, fh: BinaryIO, fmt: OutputFormat) -> None:
+    def __init__(self, fh: IO[bytes], fmt: OutputFormat) -> None:
         self.fh = fh
         self.fmt = fmt
         self.rows = 0
@@ -78,7 +78,7 @@ class OutputWriter:
 class ErrorsWriter:
     """The errors file of an on_error=skip job: row, column, reason."""
 
-    def __init__(self, fh: TextIO) -> None:
+    def __init__(self, fh: IO[str]) -> None:
         self._csv = csv.writer(fh)
         self._csv.writerow(["row", "column", "reason"])
         self.count = 0

@@ -7,6 +7,7 @@ from typing import Any
 
 from shared.artifacts import ModelStore
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.models import ModelCache
 
 
@@ -41,6 +42,36 @@ class Runtime:
         from shared.storage import LocalStorage
 
         return LocalStorage(self.settings.data_dir)
+
+    @cached_property
+    def drift(self) -> Any:
+        """Rolling drift windows of this process (shared.drift.DriftTracker)."""
+        from shared.drift import DriftTracker
+        from shared.metrics import record_drift
+
+        return DriftTracker(self.settings.drift_window, self.settings.drift_interval_seconds,
+                            record_drift)
+
+    @cached_property
+    def predictions(self) -> Any:
+        """Online predictions kept for feedback (shared.predictions.PredictionLog)."""
+        from shared.predictions import PredictionLog
+
+        return PredictionLog(self.redis, self.settings.prediction_ttl_seconds)
+
+    @cached_property
+    def payload_sample_rate(self) -> float:
+        """Share of requests whose inputs and outputs are logged (TABSERVE_LOG_PAYLOADS)."""
+        raw = self.settings.log_payloads.strip().lower()
+        if raw in ("", "off", "0", "false", "no"):
+            return 0.0
+        if raw in ("on", "all", "true", "yes"):
+            return 1.0
+        try:
+            return min(max(float(raw), 0.0), 1.0)
+        except ValueError:
+            raise ConfigError(f"TABSERVE_LOG_PAYLOADS={raw!r}: use off, on or a rate "
+                              "from 0 to 1") from None
 
     @cached_property
     def celery(self) -> Any:

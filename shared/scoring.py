@@ -16,15 +16,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shared.batch import CheckedChunk, RowError, check_chunk, output_table
+from shared.batch import CheckedChunk, RowError, check_chunk, output_table, score_chunk
+from shared.drift import DriftAccumulator
 from shared.errors import TabserveError
 from shared.jobs import JobStore
+from shared.metrics import record_job_finished, record_prediction
 from shared.outputs import ErrorsWriter, OutputWriter
+from shared.predictions import JOB_KEY, pack_job_chunk
 from shared.runtime import Runtime
 from shared.storage import LocalStorage
 from shared.tables import arrow_type, iter_chunks
 
 logger = logging.getLogger(__name__)
+
+
+PROGRESS_LOG_CHUNKS = 10
+DRIFT_SAMPLE_ROWS = 10_000
+
+
+def _drift_sample(X: Any) -> np.ndarray:
+    # PSI over an even sample of each chunk: the same estimate for a fraction of the work.
+    n = len(X)
+    return np.arange(n) if n <= DRIFT_SAMPLE_ROWS else np.linspace(
+        0, n - 1, DRIFT_SAMPLE_ROWS).astype(np.int64)
 
 
 class JobStopped(Exception):
@@ -58,6 +72,9 @@ def run_job(rt: Runtime, jobs: JobStore, storage: LocalStorage, job_id: str,
         return JobOutcome(state)
     if attempt > 1:
         logger.warning("job %s: attempt %d (an earlier worker stopped mid-job)", job_id, attempt)
+    model, version = rec["model"]["name"], str(rec["model"]["version"])
+    logger.info("job %s: started on %s (model %s:%s, attempt %d)", job_id, worker, model,
+                version, attempt, extra={"job_id": job_id, "model_version": f"{model}:{version}"})
     started = time.perf_counter()
     try:
         rows = _score(rt, jobs, storage, rec, attempt)
@@ -66,15 +83,27 @@ def run_job(rt: Runtime, jobs: JobStore, storage: LocalStorage, job_id: str,
         return JobOutcome(str(stop))
     except TabserveError as exc:
         error = {"code": exc.code, "message": exc.message, **getattr(exc, "where", {})}
-        final = jobs.finish(job_id, "failed", attempt, error=error)
-        logger.info("job %s: failed: %s", job_id, exc.message)
-        return JobOutcome(final)
+        return _failed(jobs, job_id, attempt, error, model, version, started)
     except Exception as exc:  # anything else is a bug or an I/O fault; keep it off the client
         logger.exception("job %s: unexpected error", job_id)
         error = {"code": "internal_error", "message": f"scoring failed: {type(exc).__name__}"}
-        return JobOutcome(jobs.finish(job_id, "failed", attempt, error=error))
+        return _failed(jobs, job_id, attempt, error, model, version, started)
     seconds = time.perf_counter() - started
+    record_job_finished(model, version, "succeeded", seconds, rows)
+    logger.info("job %s: succeeded: %d rows in %.2f s (%.0f rows/s)", job_id, rows, seconds,
+                rows / max(seconds, 1e-9), extra={"duration_s": round(seconds, 3), "rows": rows})
     return JobOutcome("succeeded", rows, seconds)
+
+
+def _failed(jobs: JobStore, job_id: str, attempt: int, error: dict[str, Any], model: str,
+            version: str, started: float) -> JobOutcome:
+    final = jobs.finish(job_id, "failed", attempt, error=error)
+    seconds = time.perf_counter() - started
+    if final == "failed":
+        record_job_finished(model, version, "failed", seconds, 0)
+    logger.info("job %s: failed after %.2f s: %s", job_id, seconds, error["message"],
+                extra={"duration_s": round(seconds, 3), "error_code": error["code"]})
+    return JobOutcome(final)
 
 
 def _score(rt: Runtime, jobs: JobStore, storage: LocalStorage, rec: dict[str, Any],
@@ -95,20 +124,40 @@ def _score(rt: Runtime, jobs: JobStore, storage: LocalStorage, rec: dict[str, An
     output_key = f"jobs/{job_id}/result.{out_fmt}"
     errors_key = f"jobs/{job_id}/errors.csv"
     rows_done = rows_failed = 0
+    manifest = loaded.manifest
+    drift = DriftAccumulator(manifest)
+    rt.redis.delete(JOB_KEY + job_id)  # a re-delivered job starts its predictions afresh
     with ExitStack() as files:
         out_fh = files.enter_context(storage.writer(output_key))
         err_fh = files.enter_context(storage.writer(errors_key, "w")) if skip else None
         writer = OutputWriter(out_fh, out_fmt)
         errors = ErrorsWriter(err_fh) if err_fh else None
-        for chunk in iter_chunks(input_path, fmt, types, columns, rt.settings.chunk_rows):
+        for n_chunk, chunk in enumerate(iter_chunks(input_path, fmt, types, columns,
+                                                    rt.settings.chunk_rows)):
             checked = check_chunk(chunk.table, chunk.start_row, features)
             if checked.errors:
                 if errors is None:
                     raise _row_error(checked.errors[0], len(checked.errors))
                 errors.write(checked.errors)
-            writer.write(output_table(loaded, checked, id_column,
-                                      bool(options.get("include_input"))))
+            scored_at = time.perf_counter()
+            X, result = score_chunk(loaded, checked)
+            record_prediction(manifest, "batch", checked.table.num_rows,
+                              time.perf_counter() - scored_at)
+            sample = _drift_sample(X)
+            X_sample = X[sample] if isinstance(X, np.ndarray) else X.iloc[sample]
+            drift.add(X_sample, result.labels[sample])
+            rt.drift.observe(manifest, X_sample, result.labels[sample])
+            pipe = rt.redis.pipeline()
+            pipe.append(JOB_KEY + job_id, pack_job_chunk(
+                chunk.table.num_rows, checked.rows, chunk.start_row, result.labels,
+                loaded.classes))
+            pipe.expire(JOB_KEY + job_id, rt.settings.prediction_ttl_seconds)
+            pipe.execute()
+            writer.write(output_table(loaded, checked, result, id_column,
+                                      bool(options.get("include_input")), f"{job_id}."))
             rows_done += chunk.table.num_rows
+            if n_chunk % PROGRESS_LOG_CHUNKS == PROGRESS_LOG_CHUNKS - 1:
+                logger.info("job %s: %d rows scored", job_id, rows_done)
             rows_failed += chunk.table.num_rows - checked.table.num_rows
             state = jobs.progress(job_id, attempt, rows_done=rows_done, rows_failed=rows_failed,
                                   bytes_done=chunk.bytes_done)
@@ -125,7 +174,7 @@ def _score(rt: Runtime, jobs: JobStore, storage: LocalStorage, rec: dict[str, An
     final = jobs.finish(job_id, "succeeded", attempt, rows_total=rows_done,
                         rows_done=rows_done, rows_failed=rows_failed,
                         bytes_done=rec["input"]["size_bytes"], output=output,
-                        errors_key=errors_key if skip else None)
+                        errors_key=errors_key if skip else None, drift=drift.result())
     if final == "cancelled":
         storage.delete(output_key)
         storage.delete(errors_key)
@@ -147,4 +196,5 @@ def _empty_output(loaded: Any, id_column: str | None) -> pa.Table:
                          np.empty(0, dtype=np.int64))
     if id_column:
         empty.table = empty.table.append_column(id_column, pa.array([], type=pa.string()))
-    return output_table(loaded, empty, id_column, False)
+    _, result = score_chunk(loaded, empty)
+    return output_table(loaded, empty, result, id_column, False, "")

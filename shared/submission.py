@@ -17,6 +17,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.jobs import JobStore, new_job_id
+from shared.metrics import JOBS_SUBMITTED
 from shared.runtime import Runtime
 from shared.storage import LocalStorage
 from shared.tables import InputFormat, inspect_input
@@ -124,6 +125,7 @@ def submit_job(rt: Runtime, jobs: JobStore, storage: LocalStorage, celery: Any,
                                              "message": "the job could not be queued"})
         storage.delete_prefix(f"jobs/{job_id}")
         raise QueueUnavailableError("the job queue is not reachable; try again later") from None
+    JOBS_SUBMITTED.labels(manifest.name, str(manifest.version)).inc()
     logger.info("job %s: queued for %s (%s, %d bytes)", job_id, manifest.ref, fmt,
-                info.size_bytes)
+                info.size_bytes, extra={"job_id": job_id, "model_version": manifest.ref})
     return record

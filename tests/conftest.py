@@ -61,6 +61,8 @@ def base_settings(artifacts_dir, redis_server, tmp_path_factory) -> Settings:
         log_level="INFO",
         default_model="breast-cancer",
         chunk_rows=20_000,
+        worker_metrics_port=0,
+        drift_interval_seconds=0,
         max_upload_bytes=100 * 1024 * 1024,
     )
 

@@ -52,7 +52,9 @@ def test_job_output_equals_online_predictions(api_server, worker, frame, demo_ro
 
     result, response = read_result(api_server.url, job["id"])
     assert f'filename=input-predictions.{out_fmt}' in response.headers["Content-Disposition"]
-    assert list(result.columns) == ["customer", "prediction", "probability_0", "probability_1"]
+    assert list(result.columns) == ["customer", "prediction_id", "prediction", "probability_0",
+                                    "probability_1"]
+    assert result["prediction_id"][7] == f"{job['id']}.7"
     assert result["customer"].tolist() == frame["customer"].tolist()
     expected = online(api_server, demo_rows)
     assert result["prediction"].tolist() == expected["predictions"]
@@ -67,7 +69,7 @@ def test_include_input_and_row_numbers(api_server, worker, frame):
     assert wait_job(api_server.url, r.json()["id"])["status"] == "succeeded"
     result, _ = read_result(api_server.url, r.json()["id"])
     assert result["row"].tolist() == list(range(50))
-    assert list(result.columns[4:]) == list(frame.columns)
+    assert list(result.columns[5:]) == list(frame.columns)
     assert result["customer"].tolist() == frame["customer"][:50].tolist()
     np.testing.assert_array_equal(result["mean radius"], frame["mean radius"][:50])
 

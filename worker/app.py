@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import threading
 from typing import Any
 
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from shared.config import Settings
 from shared.logs import configure_logging
 from shared.queue import make_celery
 from shared.runtime import Runtime
 
+logger = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 10
 settings = Settings.from_env()
 celery_app = make_celery(settings)
+_stopping = threading.Event()
 
 
 @setup_logging.connect
@@ -39,6 +52,59 @@ def _init_process(**_: Any) -> None:
     _runtime = Runtime(settings)
     if settings.preload_model:
         _runtime.models.warm(settings.default_model)
+
+
+@worker_init.connect
+def _init_worker(sender: Any = None, **_: Any) -> None:
+    # Main process, before the pool forks: metrics directory, exporter, heartbeat.
+    from shared import metrics
+
+    directory = os.environ.get(metrics.MULTIPROC_ENV)
+    if directory:
+        metrics.prepare_multiprocess_dir(directory)
+    if settings.worker_metrics_port:
+        try:
+            metrics.start_metrics_server(settings.worker_metrics_port)
+        except OSError as exc:
+            logger.warning("worker metrics: port %d unavailable: %s",
+                           settings.worker_metrics_port, exc)
+    processes = int(getattr(sender, "concurrency", 0) or 1)
+    name = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
+    threading.Thread(target=_heartbeat, args=(name, processes), name="heartbeat",
+                     daemon=True).start()
+
+
+def _heartbeat(name: str, processes: int) -> None:
+    from shared import metrics
+
+    rt = Runtime(settings)
+    while True:
+        try:
+            rt.jobs.worker_heartbeat(name, processes)
+            metrics.update_process_metrics("worker")
+        except Exception as exc:  # Redis away: keep trying
+            logger.debug("heartbeat failed: %s", exc)
+        if _stopping.wait(HEARTBEAT_SECONDS):
+            break
+    try:
+        rt.jobs.worker_gone(name)
+    except Exception:  # best effort on the way out
+        pass
+
+
+@worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: Any) -> None:
+    from shared.metrics import mark_process_dead
+
+    mark_process_dead(pid or os.getpid())
+
+
+@worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    _stopping.set()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.environ.get("TABSERVE_METRICS_DIR_OWNED") == "1":
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 import worker.tasks  # noqa: E402,F401  (registers the tasks)

@@ -10,6 +10,7 @@ from api.views import json_response, runtime
 from shared.errors import JobNotFinishedError, ValidationError
 from shared.jobs import FINAL, STATUSES, public_job
 from shared.jobs import redis_errors as queue_errors
+from shared.metrics import record_job_finished
 from shared.outputs import CONTENT_TYPES
 from shared.submission import copy_limited, format_of, parse_options, submit_job
 from shared.tables import InputFormat
@@ -124,4 +125,6 @@ def delete_job(job_id: str) -> Response:
     status = rt.jobs.finish(job_id, "cancelled")
     if status == "cancelled":
         rt.storage.delete(rec["input"]["key"])
+        record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "cancelled",
+                            None, 0)
     return json_response(public_job(rt.jobs.get(job_id)))

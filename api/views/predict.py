@@ -17,4 +17,4 @@ def predict() -> Response:
     rows, single = extract_rows(body, rt.settings.max_online_rows)
     loaded = rt.models.resolve(request.args.get("model"), rt.settings.default_model)
     g.model_ref = loaded.manifest.ref
-    return json_response(predict_rows(loaded, rows, single))
+    return json_response(predict_rows(rt, loaded, rows, single))

@@ -1,0 +1,22 @@
+"""POST /feedback: labels for earlier predictions, for rolling accuracy per model version."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from api.views import json_body_bytes, json_response, runtime
+from shared.feedback import FeedbackStore, parse_feedback
+from shared.metrics import record_feedback
+from shared.online import parse_json
+
+bp = Blueprint("feedback", __name__)
+
+
+@bp.post("/feedback")
+def post_feedback() -> Response:
+    rt = runtime()
+    items = parse_feedback(parse_json(json_body_bytes()))
+    store = FeedbackStore(rt.redis, rt.jobs, rt.store, rt.settings.feedback_window)
+    result = store.record(items)
+    record_feedback(result["models"])
+    return json_response(result)

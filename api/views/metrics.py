@@ -1,0 +1,16 @@
+"""GET /metrics: Prometheus exposition, summed over this API's gunicorn workers."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from shared.metrics import render_metrics, update_process_metrics
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    update_process_metrics("api")
+    payload, content_type = render_metrics()
+    return Response(payload, content_type=content_type)

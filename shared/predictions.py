@@ -1,0 +1,109 @@
+"""Predictions kept for later feedback: online ones buffered and written to Redis off the
+request path; a job's written per chunk as packed bytes (one entry per row)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+
+logger = logging.getLogger(__name__)
+
+ONLINE_KEY = "tabserve:pred:"
+JOB_KEY = "tabserve:jobpred:"
+FLUSH_SECONDS = 0.5
+MAX_BUFFER = 100_000
+
+
+def new_prediction_id() -> str:
+    """A request's prediction id (rows of an `instances` request add `.<index>`)."""
+    return uuid.uuid4().hex
+
+
+class PredictionLog:
+    """Buffers online predictions in memory; a daemon thread writes them to Redis in batches.
+
+    Redis stays off the /predict path: a request only appends to a deque. If Redis is away,
+    the buffered predictions are dropped (with a warning) and serving goes on.
+    """
+
+    def __init__(self, client: Any, ttl_seconds: int) -> None:
+        self.client = client
+        self.ttl = ttl_seconds
+        self._buffer: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=MAX_BUFFER)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last_warning = 0.0
+
+    def add(self, prediction_id: str, model: str, version: int, task: str,
+            labels: list[Any]) -> None:
+        """Remember a request's predicted labels under its prediction id."""
+        value = orjson.dumps({"m": model, "v": version, "t": task, "p": labels})
+        self._buffer.append((prediction_id, value))
+        if self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:  # started lazily, in the process that serves
+                self._thread = threading.Thread(target=self._run, name="predlog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    def flush(self) -> int:
+        """Write what is buffered; returns how many predictions were written."""
+        items: list[tuple[str, bytes]] = []
+        while self._buffer and len(items) < 10_000:
+            items.append(self._buffer.popleft())
+        if not items:
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for prediction_id, value in items:
+                pipe.set(ONLINE_KEY + prediction_id, value, ex=self.ttl)
+            pipe.execute()
+        except Exception as exc:  # Redis away: drop, warn at most once a minute
+            if time.monotonic() - self._last_warning > 60:
+                self._last_warning = time.monotonic()
+                logger.warning("prediction log: %d predictions dropped: %s", len(items), exc)
+            return 0
+        return len(items)
+
+
+def pack_job_chunk(n_rows: int, kept_rows: np.ndarray, start_row: int, labels: np.ndarray,
+                   classes: np.ndarray | None) -> bytes:
+    """The packed predictions of one chunk, every row of it (skipped rows empty)."""
+    offsets = kept_rows - start_row
+    if classes is not None and len(classes) <= 254:
+        codes = np.zeros(n_rows, dtype=np.uint8)
+        sorter = np.argsort(classes)
+        pos = np.clip(np.searchsorted(classes, labels, sorter=sorter), 0, len(classes) - 1)
+        index = sorter[pos]
+        found = classes[index] == labels
+        codes[offsets] = np.where(found, index + 1, 0).astype(np.uint8)
+        return codes.tobytes()
+    values = np.full(n_rows, np.nan, dtype=np.float64)
+    values[offsets] = np.asarray(labels, dtype=np.float64)
+    return values.tobytes()
+
+
+def lookup_job_prediction(client: Any, job_id: str, row: int, classes: list[Any] | None) -> Any:
+    """A job row's predicted label (or value); None when unknown."""
+    width = 1 if classes is not None and len(classes) <= 254 else 8
+    raw = client.getrange(JOB_KEY + job_id, row * width, row * width + width - 1)
+    if len(raw) != width:
+        return None
+    if width == 1:
+        return classes[raw[0] - 1] if raw[0] and classes else None
+    value = float(np.frombuffer(raw, dtype=np.float64)[0])
+    return None if value != value else value
