@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     runtime = Runtime(settings)
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
-    install_request_logging(app)
+    install_request_logging(app, metrics=settings.monitoring)
 
     from api.views import feedback, health, jobs, metrics, models, predict
 

@@ -15,8 +15,8 @@ logger = logging.getLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def install_request_logging(app: Flask) -> None:
-    """Time every request, tag it with a request id, and log it once."""
+def install_request_logging(app: Flask, metrics: bool = True) -> None:
+    """Time every request, tag it with a request id, log it once, count it (metrics)."""
 
     @app.before_request
     def _start() -> None:
@@ -31,10 +31,11 @@ def install_request_logging(app: Flask) -> None:
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        if latency_ms is not None:
-            HTTP_REQUEST_DURATION.labels(route, request.method).observe(latency_ms / 1000)
+        if metrics:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+            if latency_ms is not None:
+                HTTP_REQUEST_DURATION.labels(route, request.method).observe(latency_ms / 1000)
         logger.info(
             "%s %s %d",
             request.method,

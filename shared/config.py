@@ -31,12 +31,16 @@ class Settings:
     queue_name: str = "tabserve"
     model_threads: int = 1
     preload_model: bool = True
+    monitoring: bool = True
     worker_metrics_port: int = 9808
     drift_window: int = 10_000
     drift_interval_seconds: int = 10
     feedback_window: int = 1000
     prediction_ttl_seconds: int = 7 * 24 * 3600
     log_payloads: str = "off"
+    s3_endpoint_url: str | None = None
+    input_url_prefixes: str = ""
+    staging_dir: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

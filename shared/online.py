@@ -72,11 +72,13 @@ def predict_rows(rt: Runtime, loaded: LoadedModel, rows: list[Any],
     X = loaded.validator.validate(rows, single=single)
     started = time.perf_counter()
     result = loaded.predict(X)
-    record_prediction(manifest, "online", len(rows), time.perf_counter() - started)
-    rt.drift.observe(manifest, X, result.labels)
     labels = result.labels.tolist()
     prediction_id = new_prediction_id()
-    rt.predictions.add(prediction_id, manifest.name, manifest.version, manifest.task, labels)
+    if rt.settings.monitoring:
+        record_prediction(manifest, "online", len(rows), time.perf_counter() - started)
+        rt.drift.observe(manifest, X, result.labels)
+        rt.predictions.add(prediction_id, manifest.name, manifest.version, manifest.task,
+                           labels)
     body: dict[str, Any] = {}
     keys = [str(c) for c in loaded.classes] if loaded.classes is not None else None
     probabilities = None

@@ -38,10 +38,10 @@ class Runtime:
 
     @cached_property
     def storage(self) -> Any:
-        """Uploads, outputs and error files (shared.storage.LocalStorage)."""
-        from shared.storage import LocalStorage
+        """Uploads, outputs and error files (a shared.storage.Storage: directory or bucket)."""
+        from shared.storage import make_storage
 
-        return LocalStorage(self.settings.data_dir)
+        return make_storage(self.settings)
 
     @cached_property
     def drift(self) -> Any:

@@ -24,7 +24,7 @@ from shared.metrics import record_job_finished, record_prediction
 from shared.outputs import ErrorsWriter, OutputWriter
 from shared.predictions import JOB_KEY, pack_job_chunk
 from shared.runtime import Runtime
-from shared.storage import LocalStorage
+from shared.storage import Storage
 from shared.tables import arrow_type, iter_chunks
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class JobOutcome:
     seconds: float = 0.0
 
 
-def run_job(rt: Runtime, jobs: JobStore, storage: LocalStorage, job_id: str,
+def run_job(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str,
             worker: str) -> JobOutcome:
     """Score one job end to end; every failure ends in the job's record, never raised."""
     try:
@@ -106,7 +106,7 @@ def _failed(jobs: JobStore, job_id: str, attempt: int, error: dict[str, Any], mo
     return JobOutcome(final)
 
 
-def _score(rt: Runtime, jobs: JobStore, storage: LocalStorage, rec: dict[str, Any],
+def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
            attempt: int) -> int:
     job_id, options = rec["id"], rec["options"]
     loaded = rt.models.get(rec["model"]["name"], int(rec["model"]["version"]))
@@ -119,7 +119,6 @@ def _score(rt: Runtime, jobs: JobStore, storage: LocalStorage, rec: dict[str, An
         columns = list(rec["input"]["columns"])
     types = {f.name: arrow_type(f) for f in features}
     fmt, out_fmt = rec["input"]["format"], options["output_format"]
-    input_path = storage.path(rec["input"]["key"])
     skip = options.get("on_error") == "skip"
     output_key = f"jobs/{job_id}/result.{out_fmt}"
     errors_key = f"jobs/{job_id}/errors.csv"
@@ -128,11 +127,12 @@ def _score(rt: Runtime, jobs: JobStore, storage: LocalStorage, rec: dict[str, An
     drift = DriftAccumulator(manifest)
     rt.redis.delete(JOB_KEY + job_id)  # a re-delivered job starts its predictions afresh
     with ExitStack() as files:
+        input_fh = files.enter_context(storage.open(rec["input"]["key"]))
         out_fh = files.enter_context(storage.writer(output_key))
         err_fh = files.enter_context(storage.writer(errors_key, "w")) if skip else None
         writer = OutputWriter(out_fh, out_fmt)
         errors = ErrorsWriter(err_fh) if err_fh else None
-        for n_chunk, chunk in enumerate(iter_chunks(input_path, fmt, types, columns,
+        for n_chunk, chunk in enumerate(iter_chunks(input_fh, fmt, types, columns,
                                                     rt.settings.chunk_rows)):
             checked = check_chunk(chunk.table, chunk.start_row, features)
             if checked.errors:

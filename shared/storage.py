@@ -1,35 +1,136 @@
-"""Where uploads, outputs and error files live: one interface over the data directory.
+"""Where uploads, outputs and error files live: one interface over a directory or a bucket.
 
-Keys look like `jobs/<id>/input.csv`. Writes go to a temporary name and are moved into
-place only when complete, so a reader never sees a half-written file.
+Keys look like `jobs/<id>/input.csv`, relative to TABSERVE_DATA_DIR: a local (or shared)
+directory, or `s3://bucket/prefix` through fsspec and s3fs. A key may also be a URL of the
+same store (`file:///...` or `s3://...`), for inputs that were already there. Writes appear
+under their key only when complete, so a reader never sees a half-written file. Uploads are
+first streamed to a local staging file, checked there, then adopted into the store.
 """
 
 from __future__ import annotations
 
+import codecs
+import errno
+import io
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from shared.config import Settings
+from shared.errors import ConfigError
+
+PIECE_BYTES = 1024 * 1024  # copy and download piece
+READ_BLOCK_BYTES = 8 * 1024 * 1024  # s3fs read-ahead block
+PART_BYTES = 8 * 1024 * 1024  # s3fs multipart part (S3's minimum is 5 MiB)
 
 
-class LocalStorage:
-    """Storage on a local or shared filesystem (TABSERVE_DATA_DIR)."""
+def _check_key(key: str) -> None:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"bad storage key {key!r}")
 
-    def __init__(self, root: str | Path) -> None:
+
+class Storage:
+    """What every store offers; the local staging area for uploads is common to all."""
+
+    scheme = ""
+
+    def __init__(self, staging_dir: str | Path) -> None:
+        self.staging_dir = Path(staging_dir)
+
+    def is_store_url(self, url: str) -> bool:
+        """Whether url names an object of this store (and so may be used as a key)."""
+        return url.startswith(f"{self.scheme}://")
+
+    def staging_file(self) -> tuple[Path, IO[bytes]]:
+        """A new local file to stream an upload into, before it is checked and adopted."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        path = self.staging_dir / f"{uuid.uuid4().hex}.part"
+        return path, open(path, "wb")
+
+    def purge_staging(self, older_than: float) -> int:
+        """Remove staging files last changed before older_than (epoch seconds)."""
+        removed = 0
+        for stale in self.staging_dir.glob("*.part") if self.staging_dir.is_dir() else []:
+            if stale.stat().st_mtime < older_than:
+                stale.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def iter_bytes(self, key: str, piece: int = PIECE_BYTES) -> Iterator[bytes]:
+        """The stored file in pieces, for a streamed download."""
+        with self.open(key) as fh:
+            while data := fh.read(piece):
+                yield data
+
+    def local_path(self, key: str) -> Path | None:
+        """The key's file on this machine's filesystem, if the store is one (for sendfile)."""
+        return None
+
+    # Each store implements these.
+    def open(self, key: str) -> IO[bytes]:
+        """Open key for reading (seekable)."""
+        raise NotImplementedError
+
+    def writer(self, key: str, mode: str = "wb") -> Any:
+        """Context manager: a file for key that appears under its name only on success."""
+        raise NotImplementedError
+
+    def adopt(self, path: Path, key: str) -> None:
+        """Move a staged local file into the store under key."""
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def size(self, key: str) -> int:
+        """Size in bytes; FileNotFoundError if there is no such file."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key under a prefix (a job's files)."""
+        raise NotImplementedError
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """Immediate sub-prefixes (one per job) under prefix."""
+        raise NotImplementedError
+
+    def last_modified(self, prefix: str) -> float:
+        """When anything under prefix last changed (epoch seconds; 0 if nothing is there)."""
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    """Storage on a local or shared filesystem (TABSERVE_DATA_DIR is a directory)."""
+
+    scheme = "file"
+
+    def __init__(self, root: str | Path, staging_dir: str | Path | None = None) -> None:
         self.root = Path(root)
+        super().__init__(staging_dir or self.root / "staging")
 
     def path(self, key: str) -> Path:
-        """The local path of a key (the scoring code reads files by path)."""
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"bad storage key {key!r}")
+        """The local path of a key or a file:// URL."""
+        if self.is_store_url(key):
+            key = key[len("file://"):]
+            if not key.startswith("/") or ".." in key.split("/"):
+                raise ValueError(f"bad file URL {key!r}")
+            return Path(key)
+        _check_key(key)
         return self.root / key
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
 
     @contextmanager
     def writer(self, key: str, mode: str = "wb") -> Iterator[IO]:
-        """Open key for writing; it appears under its name only if the block succeeds."""
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
@@ -43,8 +144,19 @@ class LocalStorage:
             tmp.unlink(missing_ok=True)
 
     def open(self, key: str) -> IO[bytes]:
-        """Open key for reading."""
         return open(self.path(key), "rb")
+
+    def adopt(self, path: Path, key: str) -> None:
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # staging on another filesystem: copy instead
+                raise
+            with open(path, "rb") as src, self.writer(key) as dst:
+                shutil.copyfileobj(src, dst, PIECE_BYTES)
+            path.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -56,25 +168,121 @@ class LocalStorage:
         self.path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove every key under a prefix (a job's directory)."""
         shutil.rmtree(self.path(prefix), ignore_errors=True)
 
     def list_prefixes(self, prefix: str) -> list[str]:
-        """Immediate sub-prefixes (job directories) under prefix."""
         base = self.path(prefix)
         if not base.is_dir():
             return []
         return [f"{prefix.rstrip('/')}/{p.name}" for p in base.iterdir() if p.is_dir()]
 
-    def staging_file(self) -> tuple[Path, IO[bytes]]:
-        """A temporary file on the same filesystem, for streaming an upload into."""
-        staging = self.root / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        path = staging / f"{uuid.uuid4().hex}.part"
-        return path, open(path, "wb")
+    def last_modified(self, prefix: str) -> float:
+        try:
+            return self.path(prefix).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+
+class ObjectStorage(Storage):
+    """Storage in an S3 bucket (TABSERVE_DATA_DIR=s3://bucket/prefix), through s3fs.
+
+    Credentials and region come from the standard AWS variables (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION), read by botocore itself.
+    """
+
+    scheme = "s3"
+
+    def __init__(self, url: str, endpoint_url: str | None = None,
+                 staging_dir: str | Path | None = None, fs: Any = None) -> None:
+        root = url[len("s3://"):].strip("/")
+        if not url.startswith("s3://") or not root:
+            raise ConfigError(f"TABSERVE_DATA_DIR={url!r}: use s3://BUCKET[/PREFIX]")
+        self.root = root
+        if fs is None:
+            import fsspec
+
+            # Listings are not cached: other machines add and remove files all the time.
+            fs = fsspec.filesystem("s3", endpoint_url=endpoint_url, use_listings_cache=False)
+        self.fs = fs
+        super().__init__(staging_dir or Path(tempfile.gettempdir()) / "tabserve-staging")
+
+    def _path(self, key: str) -> str:
+        if self.is_store_url(key):
+            path = key[len("s3://"):]
+            _check_key(path)
+            return path
+        _check_key(key)
+        return f"{self.root}/{key}"
+
+    def open(self, key: str) -> IO[bytes]:
+        raw = self.fs.open(self._path(key), "rb", block_size=READ_BLOCK_BYTES)
+        # BufferedReader adds readline(limit), which the CSV reader needs.
+        return io.BufferedReader(raw, buffer_size=PIECE_BYTES)
+
+    @contextmanager
+    def writer(self, key: str, mode: str = "wb") -> Iterator[Any]:
+        # s3fs sends parts of a multipart upload as the buffer fills and completes the
+        # upload on close(); a small file is one PUT on close(). Until then the key does
+        # not exist, so a failed or killed writer leaves nothing under it.
+        fh = self.fs.open(self._path(key), "wb", block_size=PART_BYTES)
+        try:
+            yield codecs.getwriter("utf-8")(fh) if "b" not in mode else fh
+        except BaseException:
+            fh.discard()  # abort the multipart upload
+            fh.closed = True  # so that no later close() (or __del__) uploads anything
+            raise
+        fh.close()
 
     def adopt(self, path: Path, key: str) -> None:
-        """Move a staged file into place under key."""
-        final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, final)
+        with open(path, "rb") as src, self.writer(key) as dst:
+            shutil.copyfileobj(src, dst, PIECE_BYTES)
+        path.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.isfile(self._path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        try:
+            self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        # Stores with real directories (SeaweedFS, MinIO) keep an empty one as "prefix/";
+        # on AWS S3 this deletes nothing.
+        bucket, key, _ = self.fs.split_path(path)
+        self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self._path(prefix), detail=True)
+        except FileNotFoundError:
+            return []
+        return [f"{prefix.rstrip('/')}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}"
+                for e in entries if e["type"] == "directory"]
+
+    def last_modified(self, prefix: str) -> float:
+        found = self.fs.find(self._path(prefix), detail=True)
+        times = [info["LastModified"].timestamp() for info in found.values()
+                 if info.get("LastModified") is not None]
+        return max(times, default=0.0)
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The store that TABSERVE_DATA_DIR names: a directory, or s3://bucket/prefix."""
+    data_dir = settings.data_dir
+    if data_dir.startswith("s3://"):
+        return ObjectStorage(data_dir, settings.s3_endpoint_url, settings.staging_dir)
+    if "://" in data_dir:
+        raise ConfigError(f"TABSERVE_DATA_DIR={data_dir!r}: use a directory or "
+                          "s3://BUCKET[/PREFIX]")
+    return LocalStorage(data_dir, settings.staging_dir)
+

@@ -1,28 +1,33 @@
-"""Accepting a batch job: options, the stored upload's checks, the record, the queue."""
+"""Accepting a batch job: options, the input's checks (an upload or an input_url), the record,
+the queue."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from shared.errors import (
+    NotFoundError,
     PayloadTooLargeError,
     QueueUnavailableError,
+    TabserveError,
     UnsupportedMediaTypeError,
     ValidationError,
 )
 from shared.jobs import JobStore, new_job_id
+from shared.manifest import Manifest
 from shared.metrics import JOBS_SUBMITTED
 from shared.runtime import Runtime
-from shared.storage import LocalStorage
-from shared.tables import InputFormat, inspect_input
+from shared.storage import Storage
+from shared.tables import InputFormat, InputInfo, inspect_input
 
 logger = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 COPY_BYTES = 1024 * 1024
 CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
@@ -47,15 +52,48 @@ class JobOptions(BaseModel):
         return value or None
 
 
-def parse_options(values: Mapping[str, str]) -> JobOptions:
+class InputSource(BaseModel):
+    """The input of a JSON job request: a file already in the store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_url: str
+    format: Literal["csv", "parquet"] | None = None
+
+
+class InputURLForbiddenError(TabserveError):
+    status = 403
+    code = "input_url_forbidden"
+
+
+class InputNotFoundError(NotFoundError):
+    code = "input_not_found"
+
+
+def parse_options(values: Mapping[str, Any]) -> JobOptions:
     """Validate job options; a 422 names each bad field."""
+    return _validated(JobOptions, values, "invalid job options")
+
+
+def parse_url_request(body: Any, query: Mapping[str, str]) -> tuple[InputSource, JobOptions]:
+    """Split a JSON job request (query parameters beneath) into its input and its options."""
+    if not isinstance(body, dict):
+        raise ValidationError('the JSON body must be an object: {"input_url": "...", ...}')
+    values = {**query, **body}
+    names = InputSource.model_fields.keys()
+    source = _validated(InputSource, {k: v for k, v in values.items() if k in names},
+                        "invalid job input")
+    return source, parse_options({k: v for k, v in values.items() if k not in names})
+
+
+def _validated(model: type[M], values: Mapping[str, Any], what: str) -> M:
     try:
-        return JobOptions.model_validate(dict(values))
+        return model.model_validate(dict(values))
     except PydanticValidationError as exc:
         details = [{"field": ".".join(str(p) for p in e["loc"]) or "options",
                     "message": e["msg"]} for e in exc.errors()]
         names = ", ".join(d["field"] for d in details)
-        raise ValidationError(f"invalid job options: {names}", details=details) from None
+        raise ValidationError(f"{what}: {names}", details=details) from None
 
 
 def format_of(content_type: str | None, filename: str | None) -> InputFormat:
@@ -89,26 +127,86 @@ def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
         dst.write(piece)
 
 
-def submit_job(rt: Runtime, jobs: JobStore, storage: LocalStorage, celery: Any,
+def submit_job(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
                staged: Path, fmt: InputFormat, filename: str | None,
                options: JobOptions) -> dict[str, Any]:
     """Check a staged upload against the pinned model, store it, record and queue the job."""
-    from shared.queue import send_score_job
-
-    loaded = rt.models.resolve(options.model, rt.settings.default_model)
-    manifest = loaded.manifest
-    info = inspect_input(staged, fmt, manifest.schema_, options.id_column)
+    manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
+    with open(staged, "rb") as fh:
+        info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
+                             options.id_column)
     job_id = new_job_id()
     key = f"jobs/{job_id}/input.{fmt}"
     storage.adopt(staged, key)
+    source = {"name": filename or f"input.{fmt}", "key": key}
+    return _record_and_queue(rt, jobs, storage, celery, job_id, manifest, options, info, source)
+
+
+def submit_input_url(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
+                     source: InputSource, options: JobOptions) -> dict[str, Any]:
+    """Check a file already in the store (an allowed input_url), record and queue the job."""
+    url = source.input_url
+    check_input_url(url, rt.settings.input_url_prefixes, storage)
+    fmt = source.format or _format_of_url(url)
+    manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
+    try:
+        size = storage.size(url)
+        with storage.open(url) as fh:
+            info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column)
+    except FileNotFoundError:
+        raise InputNotFoundError(f"there is no file at input_url {url}") from None
+    except PermissionError:
+        raise InputURLForbiddenError(f"the store refused to read input_url {url}") from None
+    name = url.rsplit("/", 1)[-1] or f"input.{fmt}"
+    # "url" marks an input the job does not own: it is never deleted with the job.
+    return _record_and_queue(rt, jobs, storage, celery, new_job_id(), manifest, options, info,
+                             {"name": name, "key": url, "url": url})
+
+
+def check_input_url(url: str, allowed: str, storage: Storage) -> None:
+    """403 unless url is under one of the comma-separated allowed prefixes; 422 if malformed."""
+    prefixes = [p.strip() for p in allowed.split(",") if p.strip()]
+    if not prefixes:
+        raise InputURLForbiddenError(
+            "input_url is disabled on this server (TABSERVE_INPUT_URL_PREFIXES is empty); "
+            "upload the file instead")
+    scheme, _, path = url.partition("://")
+    segments = (path[1:] if scheme == "file" else path).split("/")  # file:///abs/path
+    if not path or any(s in ("", ".", "..") for s in segments) or set("?#\\") & set(path):
+        raise ValidationError(f"input_url {url!r} is not a plain URL of a file",
+                              details=[{"field": "input_url", "message": "malformed"}])
+    if not any(url.startswith(p if p.endswith("/") else p + "/") for p in prefixes):
+        raise InputURLForbiddenError(f"input_url {url} is outside the prefixes this server "
+                                     "accepts")
+    if not storage.is_store_url(url):
+        raise ValidationError(f"input_url must be a {storage.scheme}:// URL of the job store",
+                              details=[{"field": "input_url", "message": f"not {scheme}://"}])
+
+
+def _format_of_url(url: str) -> InputFormat:
+    suffix = Path(url).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    raise ValidationError(
+        f"cannot tell the format of {url} from its suffix: add \"format\": \"csv\" or "
+        "\"parquet\"", details=[{"field": "format", "message": "needed for this input_url"}])
+
+
+def _record_and_queue(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any, job_id: str,
+                      manifest: Manifest, options: JobOptions, info: InputInfo,
+                      source: dict[str, Any]) -> dict[str, Any]:
+    from shared.queue import send_score_job
+
     opts = options.model_dump()
-    opts["output_format"] = options.output_format or fmt
+    opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
     fields = {
         "model": {"name": manifest.name, "version": manifest.version},
         "options": opts,
-        "input": {"name": filename or f"input.{fmt}", "format": fmt, "key": key,
-                  "size_bytes": info.size_bytes, "columns": info.columns},
+        "input": {**source, "format": info.format, "size_bytes": info.size_bytes,
+                  "columns": info.columns},
         "rows_total": info.rows_total,
         "bytes_total": info.size_bytes,
     }
@@ -126,6 +224,6 @@ def submit_job(rt: Runtime, jobs: JobStore, storage: LocalStorage, celery: Any,
         storage.delete_prefix(f"jobs/{job_id}")
         raise QueueUnavailableError("the job queue is not reachable; try again later") from None
     JOBS_SUBMITTED.labels(manifest.name, str(manifest.version)).inc()
-    logger.info("job %s: queued for %s (%s, %d bytes)", job_id, manifest.ref, fmt,
+    logger.info("job %s: queued for %s (%s, %d bytes)", job_id, manifest.ref, info.format,
                 info.size_bytes, extra={"job_id": job_id, "model_version": manifest.ref})
     return record

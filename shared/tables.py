@@ -10,8 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import IO, Literal
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -54,23 +53,22 @@ def arrow_type(spec: FeatureSpec) -> pa.DataType:
     return pa.float64()
 
 
-def inspect_input(path: Path, fmt: InputFormat, schema: Schema,
+def inspect_input(fh: IO[bytes], size: int, fmt: InputFormat, schema: Schema,
                   id_column: str | None = None) -> InputInfo:
-    """Check a stored upload before it is queued: readable, non-empty, has the columns."""
-    size = path.stat().st_size
+    """Check an input (an open, seekable file) before it is queued: readable, has the columns."""
     if size == 0:
         raise BadRequestError("the uploaded file is empty")
     if fmt == "parquet":
-        info = _inspect_parquet(path, size, schema)
+        info = _inspect_parquet(fh, size, schema)
     else:
-        info = _inspect_csv(path, size)
+        info = _inspect_csv(fh, size)
     _check_columns(info.columns, schema, id_column)
     return info
 
 
-def _inspect_parquet(path: Path, size: int, schema: Schema) -> InputInfo:
+def _inspect_parquet(fh: IO[bytes], size: int, schema: Schema) -> InputInfo:
     try:
-        meta = pq.ParquetFile(path)
+        meta = pq.ParquetFile(fh)
     except (pa.ArrowException, OSError) as exc:
         raise BadRequestError(f"the uploaded file is not a readable Parquet file: {exc}") from None
     arrow_schema = meta.schema_arrow
@@ -101,9 +99,9 @@ def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
     return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_null(dtype)
 
 
-def _inspect_csv(path: Path, size: int) -> InputInfo:
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
+def _inspect_csv(fh: IO[bytes], size: int) -> InputInfo:
+    fh.seek(0)
+    head = fh.read(SNIFF_BYTES)
     if b"\x00" in head:
         raise BadRequestError("the uploaded file is binary, not CSV text")
     try:
@@ -113,19 +111,18 @@ def _inspect_csv(path: Path, size: int) -> InputInfo:
             raise BadRequestError(
                 f"the uploaded file is not UTF-8 CSV text (bad byte at offset {exc.start})"
             ) from None
-    header = read_header(path)
+    header = read_header(fh)
     columns = header_columns(header)
-    with open(path, "rb") as fh:
-        fh.seek(len(header))
-        if not fh.read(SNIFF_BYTES).strip():
-            raise BadRequestError("the CSV file has a header but no data rows")
+    fh.seek(len(header))
+    if not fh.read(SNIFF_BYTES).strip():
+        raise BadRequestError("the CSV file has a header but no data rows")
     return InputInfo("csv", columns, None, size)
 
 
-def read_header(path: Path) -> bytes:
+def read_header(fh: IO[bytes]) -> bytes:
     """The first line of a CSV file, line end included."""
-    with open(path, "rb") as fh:
-        line = fh.readline(MAX_LINE_BYTES)
+    fh.seek(0)
+    line = fh.readline(MAX_LINE_BYTES)
     if not line.strip():
         raise BadRequestError("the CSV file has no header line")
     if not line.endswith(b"\n") and len(line) >= MAX_LINE_BYTES:
@@ -161,19 +158,19 @@ def _check_columns(columns: list[str], schema: Schema, id_column: str | None) ->
                               details=[{"field": id_column, "message": "missing column"}])
 
 
-def iter_chunks(path: Path, fmt: InputFormat, column_types: dict[str, pa.DataType],
+def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],
                 columns: list[str], chunk_rows: int) -> Iterator[Chunk]:
-    """Yield the file's rows in order, chunk_rows at a time (about, for CSV)."""
+    """Yield the rows of an open, seekable file in order, chunk_rows at a time (about, for CSV)."""
     if fmt == "parquet":
-        yield from _parquet_chunks(path, column_types, columns, chunk_rows)
+        yield from _parquet_chunks(fh, column_types, columns, chunk_rows)
     else:
-        yield from _csv_chunks(path, column_types, columns, chunk_rows)
+        yield from _csv_chunks(fh, column_types, columns, chunk_rows)
 
 
-def _parquet_chunks(path: Path, column_types: dict[str, pa.DataType], columns: list[str],
+def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
                     chunk_rows: int) -> Iterator[Chunk]:
-    pf = pq.ParquetFile(path)
-    size = path.stat().st_size
+    size = fh.seek(0, io.SEEK_END)
+    pf = pq.ParquetFile(fh)
     total = max(pf.metadata.num_rows, 1)
     start = 0
     for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True):
@@ -185,31 +182,30 @@ def _parquet_chunks(path: Path, column_types: dict[str, pa.DataType], columns: l
         yield Chunk(start - table.num_rows, table, int(size * start / total))
 
 
-def csv_block_bytes(path: Path, chunk_rows: int) -> int:
+def csv_block_bytes(fh: IO[bytes], chunk_rows: int) -> int:
     """Bytes per CSV block so that a block holds about chunk_rows rows."""
-    with open(path, "rb") as fh:
-        fh.readline(MAX_LINE_BYTES)
-        sample = fh.read(SNIFF_BYTES)
+    fh.seek(0)
+    fh.readline(MAX_LINE_BYTES)
+    sample = fh.read(SNIFF_BYTES)
     lines = max(sample.count(b"\n"), 1)
     per_row = max(len(sample) / lines, 1.0)
     return max(int(per_row * chunk_rows), 64 * 1024)
 
 
-def _csv_chunks(path: Path, column_types: dict[str, pa.DataType], columns: list[str],
+def _csv_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
                 chunk_rows: int) -> Iterator[Chunk]:
-    header = read_header(path)
+    header = read_header(fh)
     names = header_columns(header)
-    block_bytes = csv_block_bytes(path, chunk_rows)
+    block_bytes = csv_block_bytes(fh, chunk_rows)
     start = 0
-    with open(path, "rb") as fh:
-        fh.seek(len(header))
-        for block, offset in read_blocks(fh, block_bytes):
-            table = parse_csv_block(block, names, column_types, columns, start)
-            start += table.num_rows
-            yield Chunk(start - table.num_rows, table, offset)
+    fh.seek(len(header))
+    for block, offset in read_blocks(fh, block_bytes):
+        table = parse_csv_block(block, names, column_types, columns, start)
+        start += table.num_rows
+        yield Chunk(start - table.num_rows, table, offset)
 
 
-def read_blocks(fh: BinaryIO, block_bytes: int) -> Iterator[tuple[bytes, int]]:
+def read_blocks(fh: IO[bytes], block_bytes: int) -> Iterator[tuple[bytes, int]]:
     """Blocks of about block_bytes, each ending at a line end; with the offset reached."""
     while True:
         block = fh.read(block_bytes)

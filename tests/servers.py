@@ -109,13 +109,13 @@ def tabserve_env(settings_env: dict[str, str], extra: dict[str, str] | None = No
 class ApiServer(Process):
     """`tabserve api` (gunicorn) on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2):
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 2, cwd: Path = ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [sys.executable, "-m", "shared.cli", "api", "--bind", f"127.0.0.1:{self.port}",
              "--workers", str(workers)],
-            env, log_dir / f"api-{self.port}.log",
+            env, log_dir / f"api-{self.port}.log", cwd,
         )
         try:
             wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, 60, "gunicorn")
@@ -127,12 +127,13 @@ class ApiServer(Process):
 class WorkerProcess(Process):
     """`tabserve worker` (a real Celery worker) with one pool process."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str, concurrency: int = 1):
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, concurrency: int = 1,
+                 cwd: Path = ROOT):
         self.name = name
         super().__init__(
             [sys.executable, "-m", "shared.cli", "worker", "--concurrency", str(concurrency),
              "--hostname", f"{name}@%h", "--loglevel", "INFO"],
-            env, log_dir / f"worker-{name}-{os.getpid()}.log",
+            env, log_dir / f"worker-{name}-{os.getpid()}.log", cwd,
         )
         try:
             wait_until(lambda: "ready" in self.log(), 60, f"worker {name}", interval=0.1)

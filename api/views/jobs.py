@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
 
@@ -11,8 +14,17 @@ from shared.errors import JobNotFinishedError, ValidationError
 from shared.jobs import FINAL, STATUSES, public_job
 from shared.jobs import redis_errors as queue_errors
 from shared.metrics import record_job_finished
+from shared.online import parse_json
 from shared.outputs import CONTENT_TYPES
-from shared.submission import copy_limited, format_of, parse_options, submit_job
+from shared.runtime import Runtime
+from shared.submission import (
+    copy_limited,
+    format_of,
+    parse_options,
+    parse_url_request,
+    submit_input_url,
+    submit_job,
+)
 from shared.tables import InputFormat
 
 bp = Blueprint("jobs", __name__)
@@ -27,18 +39,28 @@ def _ping_queue() -> None:
 @bp.post("/jobs")
 def create_job() -> Response:
     rt = runtime()
-    request.max_content_length = rt.settings.max_upload_bytes
     _ping_queue()
+    if request.mimetype == "application/json":  # {"input_url": ...}: a file already stored
+        request.max_content_length = rt.settings.max_body_bytes
+        source, options = parse_url_request(parse_json(request.get_data(cache=False)),
+                                            request.args.to_dict())
+        record = submit_input_url(rt, rt.jobs, rt.storage, rt.celery, source, options)
+    else:
+        record = _submit_upload(rt)
+    job = public_job(record)
+    return json_response(job, status=202, headers={"Location": f"/jobs/{job['id']}"})
+
+
+def _submit_upload(rt: Runtime) -> dict[str, Any]:
+    request.max_content_length = rt.settings.max_upload_bytes
     try:
         staged, fmt, filename = _stage_upload()
         values = {**request.args.to_dict(), **request.form.to_dict()}
         options = parse_options(values)
-        record = submit_job(rt, rt.jobs, rt.storage, rt.celery, staged, fmt, filename, options)
+        return submit_job(rt, rt.jobs, rt.storage, rt.celery, staged, fmt, filename, options)
     finally:
         for path in getattr(request, "staged", []):
-            Path(path).unlink(missing_ok=True)  # already moved into place when accepted
-    job = public_job(record)
-    return json_response(job, status=202, headers={"Location": f"/jobs/{job['id']}"})
+            Path(path).unlink(missing_ok=True)  # already adopted into the store when accepted
 
 
 def _stage_upload() -> tuple[Path, InputFormat, str | None]:
@@ -101,17 +123,38 @@ def get_result(job_id: str) -> Response:
     rec, key = _finished_file(job_id, "result")
     fmt = rec["output"]["format"]
     stem = Path(rec["input"]["name"]).stem or "input"
-    return send_file(runtime().storage.path(key), mimetype=CONTENT_TYPES[fmt],
-                     as_attachment=True, download_name=f"{stem}-predictions.{fmt}",
-                     conditional=True, etag=False)
+    return _send_stored(key, CONTENT_TYPES[fmt], f"{stem}-predictions.{fmt}", conditional=True)
 
 
 @bp.get("/jobs/<job_id>/errors")
 def get_errors(job_id: str) -> Response:
     rec, key = _finished_file(job_id, "errors")
     stem = Path(rec["input"]["name"]).stem or "input"
-    return send_file(runtime().storage.path(key), mimetype="text/csv", as_attachment=True,
-                     download_name=f"{stem}-errors.csv", etag=False)
+    return _send_stored(key, "text/csv", f"{stem}-errors.csv")
+
+
+def _send_stored(key: str, mimetype: str, name: str, conditional: bool = False) -> Response:
+    """A stored file as an attachment: sendfile from a directory, streamed from a bucket."""
+    storage = runtime().storage
+    path = storage.local_path(key)
+    if path is not None:
+        return send_file(path, mimetype=mimetype, as_attachment=True, download_name=name,
+                         conditional=conditional, etag=False)
+    size = storage.size(key)
+    response = Response(storage.iter_bytes(key), mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    response.headers.set("Content-Disposition", "attachment", **_filename_params(name))
+    return response
+
+
+def _filename_params(name: str) -> dict[str, str]:
+    # As send_file does: an ASCII fallback, and RFC 5987 UTF-8 for other names.
+    try:
+        name.encode("ascii")
+    except UnicodeEncodeError:
+        simple = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+        return {"filename": simple, "filename*": f"UTF-8''{quote(name, safe='!#$&+^`|~')}"}
+    return {"filename": name}
 
 
 @bp.delete("/jobs/<job_id>")
@@ -124,7 +167,8 @@ def delete_job(job_id: str) -> Response:
         return Response(status=204)
     status = rt.jobs.finish(job_id, "cancelled")
     if status == "cancelled":
-        rt.storage.delete(rec["input"]["key"])
+        if not rec["input"].get("url"):  # an input_url file is not the job's to delete
+            rt.storage.delete(rec["input"]["key"])
         record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "cancelled",
                             None, 0)
     return json_response(public_job(rt.jobs.get(job_id)))
