@@ -29,11 +29,26 @@ class RowError:
 
 @dataclass
 class CheckedChunk:
-    """A chunk after validation: typed good rows, their row numbers, and the errors."""
+    """A chunk after validation: the good rows, their row numbers, and the errors.
+
+    Numeric features stay NumPy arrays (what the model takes); `table` holds the other
+    columns (categories, ids, passed-through input) as Arrow.
+    """
 
     table: pa.Table
     rows: np.ndarray
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
     errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> Any:
+        """A kept column as Arrow, numeric features included."""
+        if name in self.numeric:
+            return pa.array(self.numeric[name], type=pa.float64())
+        return self.table.column(name)
 
 
 def _to_float(column: pa.ChunkedArray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -92,46 +107,47 @@ def check_chunk(table: pa.Table, start_row: int, features: list[FeatureSpec]) ->
                                                              type=pa.string()))
                 flag(~known.to_numpy(zero_copy_only=False) & ~null, spec.name,
                      "unknown category")
-            typed[spec.name] = column
+            typed[spec.name] = pc.cast(column, arrow_type(spec))
     errors.sort(key=lambda e: e.row)
     keep = ~bad
-    rows = np.arange(start_row, start_row + n, dtype=np.int64)[keep]
-    columns = {}
+    everything = bool(keep.all())
+    rows = np.arange(start_row, start_row + n, dtype=np.int64)
+    numeric = {}
+    others = {}
     for name in table.column_names:
-        if name in typed:
-            spec = next(s for s in features if s.name == name)
-            value = typed[name]
-            arr = pa.array(value, type=pa.float64()) if spec.is_numeric else value
-            columns[name] = arr if spec.is_numeric else pc.cast(arr, arrow_type(spec))
+        value = typed.get(name)
+        if isinstance(value, np.ndarray):
+            numeric[name] = value if everything else value[keep]
         else:
-            columns[name] = table.column(name)
-    clean = pa.table(columns)
-    if not keep.all():
+            others[name] = value if value is not None else table.column(name)
+    clean = pa.table(others) if others else pa.table({"_": pa.nulls(n)}).drop(["_"])
+    if not everything:
         clean = clean.filter(pa.array(keep))
-    return CheckedChunk(clean, rows, errors)
+        rows = rows[keep]
+    return CheckedChunk(clean, rows, numeric, errors)
 
 
-def model_input(table: pa.Table, features: list[FeatureSpec], as_frame: bool) -> Any:
+def model_input(checked: CheckedChunk, features: list[FeatureSpec], as_frame: bool) -> Any:
     """The model's input for validated rows: a float matrix, or a DataFrame like /predict's."""
     if not as_frame:
-        X = np.empty((table.num_rows, len(features)), dtype=np.float64)
+        X = np.empty((checked.num_rows, len(features)), dtype=np.float64)
         for j, spec in enumerate(features):
-            X[:, j] = table.column(spec.name).to_numpy()
+            X[:, j] = checked.numeric[spec.name]
         return X
     data = {}
     for spec in features:
-        column = table.column(spec.name)
         if spec.is_numeric:
-            data[spec.name] = np.asarray(column.to_numpy(), dtype=np.float64)
+            data[spec.name] = checked.numeric[spec.name]
         else:
+            column = checked.table.column(spec.name)
             data[spec.name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
     return pd.DataFrame(data)
 
 
 def score_chunk(loaded: LoadedModel, checked: CheckedChunk) -> tuple[Any, Prediction]:
     """The model's input for a chunk's validated rows, and its predictions."""
-    X = model_input(checked.table, loaded.manifest.features, loaded.validator.as_frame)
-    if checked.table.num_rows:
+    X = model_input(checked, loaded.manifest.features, loaded.validator.as_frame)
+    if checked.num_rows:
         return X, loaded.predict(X)
     dtype = loaded.classes.dtype if loaded.classes is not None else np.float64
     proba = np.empty((0, len(loaded.classes))) if loaded.has_proba and \
@@ -140,12 +156,13 @@ def score_chunk(loaded: LoadedModel, checked: CheckedChunk) -> tuple[Any, Predic
 
 
 def output_table(loaded: LoadedModel, checked: CheckedChunk, result: Prediction,
-                 id_column: str | None, include_input: bool, id_prefix: str) -> pa.Table:
+                 id_column: str | None, input_columns: list[str] | None,
+                 id_prefix: str) -> pa.Table:
     """Lay out a chunk's output columns: id or row, prediction id, prediction, probabilities."""
     columns: dict[str, Any] = {}
     rows = pa.array(checked.rows, type=pa.int64())
     if id_column:
-        columns[id_column] = checked.table.column(id_column)
+        columns[id_column] = checked.column(id_column)
     else:
         columns["row"] = rows
     columns["prediction_id"] = pc.binary_join_element_wise(
@@ -155,8 +172,8 @@ def output_table(loaded: LoadedModel, checked: CheckedChunk, result: Prediction,
         for j, cls in enumerate(loaded.classes.tolist()):
             columns[f"probability_{cls}"] = pa.array(result.probabilities[:, j],
                                                      type=pa.float64())
-    if include_input:
-        for name in checked.table.column_names:
+    if input_columns:
+        for name in input_columns:
             if name != id_column and name not in columns:
-                columns[name] = checked.table.column(name)
+                columns[name] = checked.column(name)
     return pa.table(columns)

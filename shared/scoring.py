@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,17 +21,19 @@ from shared.drift import DriftAccumulator
 from shared.errors import TabserveError
 from shared.jobs import JobStore
 from shared.metrics import record_job_finished, record_prediction
+from shared.models import Prediction
 from shared.outputs import ErrorsWriter, OutputWriter
+from shared.pipeline import WriteBehind, prefetch
 from shared.predictions import JOB_KEY, pack_job_chunk
 from shared.runtime import Runtime
 from shared.storage import Storage
-from shared.tables import arrow_type, iter_chunks
+from shared.tables import Chunk, arrow_type, iter_chunks
 
 logger = logging.getLogger(__name__)
 
 
 PROGRESS_LOG_CHUNKS = 10
-DRIFT_SAMPLE_ROWS = 10_000
+DRIFT_SAMPLE_ROWS = 5_000
 
 
 def _drift_sample(X: Any) -> np.ndarray:
@@ -108,79 +110,105 @@ def _failed(jobs: JobStore, job_id: str, attempt: int, error: dict[str, Any], mo
 
 def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
            attempt: int) -> int:
-    job_id, options = rec["id"], rec["options"]
-    loaded = rt.models.get(rec["model"]["name"], int(rec["model"]["version"]))
-    features = loaded.manifest.features
-    id_column = options.get("id_column")
-    needed = [f.name for f in features]
-    extra = [id_column] if id_column and id_column not in needed else []
-    columns = needed + extra
-    if options.get("include_input"):
-        columns = list(rec["input"]["columns"])
-    types = {f.name: arrow_type(f) for f in features}
-    fmt, out_fmt = rec["input"]["format"], options["output_format"]
-    skip = options.get("on_error") == "skip"
-    output_key = f"jobs/{job_id}/result.{out_fmt}"
-    errors_key = f"jobs/{job_id}/errors.csv"
-    rows_done = rows_failed = 0
-    manifest = loaded.manifest
-    drift = DriftAccumulator(manifest)
-    rt.redis.delete(JOB_KEY + job_id)  # a re-delivered job starts its predictions afresh
+    """Score every chunk, then publish the output and mark the job succeeded."""
+    run = _JobRun(rt, jobs, rec, attempt)
     with ExitStack() as files:
         input_fh = files.enter_context(storage.open(rec["input"]["key"]))
-        out_fh = files.enter_context(storage.writer(output_key))
-        err_fh = files.enter_context(storage.writer(errors_key, "w")) if skip else None
-        writer = OutputWriter(out_fh, out_fmt)
-        errors = ErrorsWriter(err_fh) if err_fh else None
-        for n_chunk, chunk in enumerate(iter_chunks(input_fh, fmt, types, columns,
-                                                    rt.settings.chunk_rows)):
-            checked = check_chunk(chunk.table, chunk.start_row, features)
-            if checked.errors:
-                if errors is None:
-                    raise _row_error(checked.errors[0], len(checked.errors))
-                errors.write(checked.errors)
-            scored_at = time.perf_counter()
-            X, result = score_chunk(loaded, checked)
-            record_prediction(manifest, "batch", checked.table.num_rows,
-                              time.perf_counter() - scored_at)
-            sample = _drift_sample(X)
-            X_sample = X[sample] if isinstance(X, np.ndarray) else X.iloc[sample]
-            drift.add(X_sample, result.labels[sample])
-            rt.drift.observe(manifest, X_sample, result.labels[sample])
-            pipe = rt.redis.pipeline()
-            pipe.append(JOB_KEY + job_id, pack_job_chunk(
-                chunk.table.num_rows, checked.rows, chunk.start_row, result.labels,
-                loaded.classes))
-            pipe.expire(JOB_KEY + job_id, rt.settings.prediction_ttl_seconds)
-            pipe.execute()
-            writer.write(output_table(loaded, checked, result, id_column,
-                                      bool(options.get("include_input")), f"{job_id}."))
-            rows_done += chunk.table.num_rows
-            if n_chunk % PROGRESS_LOG_CHUNKS == PROGRESS_LOG_CHUNKS - 1:
-                logger.info("job %s: %d rows scored", job_id, rows_done)
-            rows_failed += chunk.table.num_rows - checked.table.num_rows
-            state = jobs.progress(job_id, attempt, rows_done=rows_done, rows_failed=rows_failed,
-                                  bytes_done=chunk.bytes_done)
-            if state != "running":
-                raise JobStopped(state)
-        if rows_done == 0:
+        out_fh = files.enter_context(storage.writer(run.output_key))
+        err_fh = files.enter_context(storage.writer(run.errors_key, "w")) if run.skip else None
+        writer = OutputWriter(out_fh, run.out_fmt)
+        run.errors = ErrorsWriter(err_fh) if err_fh else None
+        behind = WriteBehind(writer.write)
+        try:
+            chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
+                                 rt.settings.chunk_rows)
+            with closing(prefetch(chunks)) as stream:  # stops the reader on any exit
+                for chunk in stream:
+                    behind.put(run.process(chunk))
+        finally:
+            behind.close()
+        if run.rows_done == 0:
             raise RowsRejectedError("the file has no data rows")
         if writer.rows == 0:
-            writer.write(_empty_output(loaded, id_column))
+            writer.write(_empty_output(run.loaded, run.id_column))
         writer.close()
     # Both files are in place now; only then does the job become "succeeded".
-    output = {"format": out_fmt, "key": output_key, "rows": writer.rows,
-              "size_bytes": storage.size(output_key)}
-    final = jobs.finish(job_id, "succeeded", attempt, rows_total=rows_done,
-                        rows_done=rows_done, rows_failed=rows_failed,
+    output = {"format": run.out_fmt, "key": run.output_key, "rows": writer.rows,
+              "size_bytes": storage.size(run.output_key)}
+    final = jobs.finish(rec["id"], "succeeded", attempt, rows_total=run.rows_done,
+                        rows_done=run.rows_done, rows_failed=run.rows_failed,
                         bytes_done=rec["input"]["size_bytes"], output=output,
-                        errors_key=errors_key if skip else None, drift=drift.result())
+                        errors_key=run.errors_key if run.skip else None,
+                        drift=run.drift.result())
     if final == "cancelled":
-        storage.delete(output_key)
-        storage.delete(errors_key)
+        storage.delete(run.output_key)
+        storage.delete(run.errors_key)
     if final != "succeeded":
         raise JobStopped(final)
-    return rows_done
+    return run.rows_done
+
+
+class _JobRun:
+    """One attempt at one job: validates, scores and reports chunk by chunk."""
+
+    def __init__(self, rt: Runtime, jobs: JobStore, rec: dict[str, Any], attempt: int) -> None:
+        self.rt, self.jobs, self.attempt = rt, jobs, attempt
+        self.job_id, options = rec["id"], rec["options"]
+        self.loaded = rt.models.get(rec["model"]["name"], int(rec["model"]["version"]))
+        self.manifest = self.loaded.manifest
+        features = self.manifest.features
+        self.id_column = options.get("id_column")
+        self.include_input = bool(options.get("include_input"))
+        names = [f.name for f in features]
+        extra = [self.id_column] if self.id_column and self.id_column not in names else []
+        self.columns = list(rec["input"]["columns"]) if self.include_input else names + extra
+        self.types = {f.name: arrow_type(f) for f in features}
+        self.out_fmt = options["output_format"]
+        self.skip = options.get("on_error") == "skip"
+        self.output_key = f"jobs/{self.job_id}/result.{self.out_fmt}"
+        self.errors_key = f"jobs/{self.job_id}/errors.csv"
+        self.errors: ErrorsWriter | None = None
+        self.drift = DriftAccumulator(self.manifest)
+        self.rows_done = self.rows_failed = self.chunks = 0
+        rt.redis.delete(JOB_KEY + self.job_id)  # a re-delivered job starts afresh
+
+    def process(self, chunk: Chunk) -> pa.Table:
+        """Validate and score one chunk, record it, and return its output rows."""
+        checked = check_chunk(chunk.table, chunk.start_row, self.manifest.features)
+        if checked.errors:
+            if self.errors is None:
+                raise _row_error(checked.errors[0], len(checked.errors))
+            self.errors.write(checked.errors)
+        scored_at = time.perf_counter()
+        X, result = score_chunk(self.loaded, checked)
+        record_prediction(self.manifest, "batch", checked.num_rows,
+                          time.perf_counter() - scored_at)
+        self._observe(chunk, checked, X, result)
+        table = output_table(self.loaded, checked, result, self.id_column,
+                             self.columns if self.include_input else None, f"{self.job_id}.")
+        self.rows_done += chunk.table.num_rows
+        self.rows_failed += chunk.table.num_rows - checked.num_rows
+        self.chunks += 1
+        if self.chunks % PROGRESS_LOG_CHUNKS == 0:
+            logger.info("job %s: %d rows scored", self.job_id, self.rows_done)
+        state = self.jobs.progress(self.job_id, self.attempt, rows_done=self.rows_done,
+                                   rows_failed=self.rows_failed, bytes_done=chunk.bytes_done)
+        if state != "running":
+            raise JobStopped(state)
+        return table
+
+    def _observe(self, chunk: Chunk, checked: CheckedChunk, X: Any, result: Prediction) -> None:
+        # Drift (the job's own, and this process's window) and predictions kept for feedback.
+        sample = _drift_sample(X)
+        X_sample = X[sample] if isinstance(X, np.ndarray) else X.iloc[sample]
+        self.drift.add(X_sample, result.labels[sample])
+        self.rt.drift.observe(self.manifest, X_sample, result.labels[sample])
+        pipe = self.rt.redis.pipeline()
+        pipe.append(JOB_KEY + self.job_id, pack_job_chunk(
+            chunk.table.num_rows, checked.rows, chunk.start_row, result.labels,
+            self.loaded.classes))
+        pipe.expire(JOB_KEY + self.job_id, self.rt.settings.prediction_ttl_seconds)
+        pipe.execute()
 
 
 def _row_error(first: RowError, count: int) -> RowsRejectedError:
@@ -191,10 +219,11 @@ def _row_error(first: RowError, count: int) -> RowsRejectedError:
 
 
 def _empty_output(loaded: Any, id_column: str | None) -> pa.Table:
-    empty = CheckedChunk(pa.table({f.name: pa.array([], type=arrow_type(f))
-                                   for f in loaded.manifest.features}),
-                         np.empty(0, dtype=np.int64))
-    if id_column:
-        empty.table = empty.table.append_column(id_column, pa.array([], type=pa.string()))
+    """The output's header (and schema) for a job whose every row was skipped."""
+    features = loaded.manifest.features
+    table = pa.table({f.name: pa.array([], type=arrow_type(f)) for f in features})
+    if id_column and id_column not in table.column_names:
+        table = table.append_column(id_column, pa.array([], type=pa.string()))
+    empty = check_chunk(table, 0, features)
     _, result = score_chunk(loaded, empty)
-    return output_table(loaded, empty, result, id_column, False, "")
+    return output_table(loaded, empty, result, id_column, None, "")

@@ -205,17 +205,52 @@ def _csv_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: li
         yield Chunk(start - table.num_rows, table, offset)
 
 
-def read_blocks(fh: IO[bytes], block_bytes: int) -> Iterator[tuple[bytes, int]]:
-    """Blocks of about block_bytes, each ending at a line end; with the offset reached."""
+def read_blocks(fh: IO[bytes], block_bytes: int) -> Iterator[tuple[memoryview, int]]:
+    """Blocks of about block_bytes, each ending at a line end; with the offset reached.
+
+    Each block is read straight into a fresh buffer (readinto), with the partial line left
+    over from the previous block copied in front: one copy of the file's bytes in all.
+    """
+    carry = b""
+    offset = fh.tell()
     while True:
-        block = fh.read(block_bytes)
-        if not block:
+        buf = bytearray(len(carry) + block_bytes)
+        buf[: len(carry)] = carry
+        view = memoryview(buf)
+        got = _read_into(fh, view[len(carry):])
+        end = len(carry) + got
+        offset += got
+        if got == 0:
+            if carry.strip():
+                yield view[:end], offset
             return
-        if not block.endswith(b"\n"):
-            rest = fh.readline(MAX_LINE_BYTES)
-            block += rest
-        if block.strip():
-            yield block, fh.tell()
+        cut = buf.rfind(b"\n", 0, end) + 1
+        if cut == 0:
+            if end > MAX_LINE_BYTES:
+                raise ValidationError(f"a CSV line near byte {offset} is longer than "
+                                      f"{MAX_LINE_BYTES} bytes")
+            carry = bytes(view[:end])
+            continue
+        carry = bytes(view[cut:end])
+        if cut > 1024 or bytes(view[:cut]).strip():
+            yield view[:cut], offset - len(carry)
+
+
+def _read_into(fh: IO[bytes], view: memoryview) -> int:
+    """Fill view from fh as far as the file allows."""
+    total = 0
+    readinto = getattr(fh, "readinto", None)
+    while total < len(view):
+        if readinto is not None:
+            n = readinto(view[total:])
+        else:
+            data = fh.read(len(view) - total)
+            n = len(data)
+            view[total:total + n] = data
+        if not n:
+            break
+        total += n
+    return total
 
 
 def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
@@ -227,19 +262,21 @@ def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
                                 quoted_strings_can_be_null=False)
 
 
-def parse_csv_block(block: bytes, names: list[str], column_types: dict[str, pa.DataType],
-                    columns: list[str], start_row: int) -> pa.Table:
+def parse_csv_block(block: bytes | memoryview, names: list[str],
+                    column_types: dict[str, pa.DataType], columns: list[str],
+                    start_row: int) -> pa.Table:
     """Parse one block; on a value that does not convert, re-parse as text to locate it."""
-    read = pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 24)
+    # 1 MiB parse blocks: enough units for every core (measured faster than 4 or 16 MiB).
+    read = pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 20)
     try:
-        return pacsv.read_csv(io.BytesIO(block), read_options=read,
+        return pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
                               convert_options=csv_convert_options(names, column_types, columns))
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
             raise ValidationError(f"CSV parse error after row {start_row}: "
                                   f"{_short(exc)}") from None
     # Some value is not of its column's type: read as text, let validation name the rows.
-    return pacsv.read_csv(io.BytesIO(block), read_options=read,
+    return pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
                           convert_options=csv_convert_options(names, {}, columns))
 
 
