@@ -26,6 +26,7 @@ class Settings:
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     log_level: str = "INFO"
     chunk_rows: int = 100_000
+    part_rows: int = 500_000
     job_ttl_seconds: int = 7 * 24 * 3600
     visibility_timeout_seconds: int = 300
     queue_name: str = "tabserve"

@@ -222,6 +222,10 @@ class DriftAccumulator:
         for j in range(binned.shape[1]):
             self.counts[j] += np.bincount(binned[:, j], minlength=self.counts.shape[1])
 
+    def merge(self, counts: list[list[int]]) -> None:
+        """Add another accumulator's counts (a part of the same job)."""
+        self.counts += np.asarray(counts, dtype=np.int64)
+
     def result(self) -> dict[str, Any]:
         """PSI per feature and of the predictions, rounded for the job record."""
         w = self.window

@@ -29,7 +29,8 @@ WORKER_STALE_SECONDS = 30
 FINAL = ("succeeded", "failed", "cancelled")
 STATUSES = ("queued", "running", *FINAL)
 JSON_FIELDS = ("options", "error", "model", "input", "output", "drift")
-INT_FIELDS = ("rows_done", "rows_total", "rows_failed", "bytes_done", "bytes_total", "attempt")
+INT_FIELDS = ("rows_done", "rows_total", "rows_failed", "bytes_done", "bytes_total", "attempt",
+              "parts_total", "parts_done")
 FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "heartbeat_at")
 
 # KEYS: job, queued set, running set. ARGV: id, attempt, now, worker.
@@ -69,6 +70,46 @@ return 'running'
 """
 
 
+# Parts of a job split across workers. KEYS: job, parts hash. ARGV[1]: part index.
+_PART_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return {status or 'missing', 0} end
+local i = ARGV[1]
+local attempt = redis.call('HINCRBY', KEYS[2], i .. ':attempt', 1)
+for _, f in ipairs({'rows_done', 'bytes_done', 'rows_failed'}) do
+  local old = tonumber(redis.call('HGET', KEYS[2], i .. ':' .. f) or '0')
+  if old ~= 0 then redis.call('HINCRBY', KEYS[1], f, -old) end
+  redis.call('HSET', KEYS[2], i .. ':' .. f, 0)
+end
+return {'running', attempt}
+"""
+
+# ARGV: index, attempt, rows, bytes, failed, now
+_PART_PROGRESS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return status or 'missing' end
+local i = ARGV[1]
+if redis.call('HGET', KEYS[2], i .. ':attempt') ~= ARGV[2] then return 'stale' end
+local fields = {'rows_done', 'bytes_done', 'rows_failed'}
+for k = 1, 3 do
+  redis.call('HINCRBY', KEYS[1], fields[k], ARGV[k + 2])
+  redis.call('HINCRBY', KEYS[2], i .. ':' .. fields[k], ARGV[k + 2])
+end
+redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[6])
+return 'running'
+"""
+
+# ARGV: index, attempt, result JSON. Returns the number of parts done, or why not.
+_PART_DONE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return status or 'missing' end
+local i = ARGV[1]
+if redis.call('HGET', KEYS[2], i .. ':attempt') ~= ARGV[2] then return 'stale' end
+if redis.call('HSETNX', KEYS[2], i .. ':done', ARGV[3]) == 0 then return 'duplicate' end
+return tostring(redis.call('HINCRBY', KEYS[1], 'parts_done', 1))
+"""
+
+
 def now() -> float:
     return time.time()
 
@@ -87,6 +128,10 @@ def new_job_id() -> str:
 
 def _key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
+
+
+def _parts_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:parts"
 
 
 @contextmanager
@@ -134,6 +179,9 @@ class JobStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._progress = client.register_script(_PROGRESS)
+        self._part_start = client.register_script(_PART_START)
+        self._part_progress = client.register_script(_PART_PROGRESS)
+        self._part_done = client.register_script(_PART_DONE)
 
     def create(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Store a new queued job."""
@@ -162,7 +210,7 @@ class JobStore:
             value = self.r.hget(_key(job_id), "status")
         return value.decode() if value else None
 
-    def list(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
         """Recent jobs, newest first, optionally of one status."""
         out: list[dict[str, Any]] = []
         with redis_errors():
@@ -212,11 +260,68 @@ class JobStore:
                 args=[job_id, "" if attempt is None else attempt, status, self.ttl, *flat])
         return result.decode()
 
+    # --- parts of a job split across workers ---
+
+    def set_parts(self, job_id: str, specs: list[dict[str, int]]) -> None:
+        """Record a job's parts (before their messages are sent)."""
+        pipe = self.r.pipeline()
+        pipe.delete(_parts_key(job_id))
+        pipe.hset(_parts_key(job_id), mapping={f"{i}:spec": orjson.dumps(spec).decode()
+                                               for i, spec in enumerate(specs)})
+        pipe.expire(_parts_key(job_id), self.ttl)
+        pipe.hset(_key(job_id), mapping={"parts_total": len(specs), "parts_done": 0})
+        pipe.execute()
+
+    def parts_dispatched(self, job_id: str) -> None:
+        """Every part's message is sent: a re-delivered coordinator need not send them again."""
+        self.r.hset(_key(job_id), "parts_dispatched", 1)
+
+    def part_spec(self, job_id: str, index: int) -> dict[str, int]:
+        raw = self.r.hget(_parts_key(job_id), f"{index}:spec")
+        if raw is None:
+            raise JobNotFoundError(f"job {job_id} has no part {index}")
+        return orjson.loads(raw)
+
+    def part_start(self, job_id: str, index: int) -> tuple[str, int]:
+        """Begin an attempt at a part: (status, attempt)."""
+        status, attempt = self._part_start(keys=[_key(job_id), _parts_key(job_id)],
+                                           args=[index])
+        return status.decode(), int(attempt)
+
+    def part_progress(self, job_id: str, index: int, attempt: int, rows: int, nbytes: int,
+                      failed: int) -> str:
+        """Add a chunk's rows to the job's progress; 'running' or why to stop."""
+        result = self._part_progress(keys=[_key(job_id), _parts_key(job_id)],
+                                     args=[index, attempt, rows, nbytes, failed, now()])
+        return result.decode()
+
+    def part_done(self, job_id: str, index: int, attempt: int, result: dict[str, Any]) -> str:
+        """Mark a part scored; returns how many parts are done, or why it does not count."""
+        answer = self._part_done(keys=[_key(job_id), _parts_key(job_id)],
+                                 args=[index, attempt, orjson.dumps(result).decode()])
+        return answer.decode()
+
+    def part_results(self, job_id: str, count: int) -> list[dict[str, Any]]:
+        """Every part's result, in part order."""
+        raw = self.r.hmget(_parts_key(job_id), [f"{i}:done" for i in range(count)])
+        return [orjson.loads(r) for r in raw]
+
+    def part_counts(self, job_id: str, upto: int) -> list[int | None]:
+        """Row counts of parts [0, upto) where known."""
+        if upto == 0:
+            return []
+        raw = self.r.hmget(_parts_key(job_id), [f"{i}:count" for i in range(upto)])
+        return [None if r is None else int(r) for r in raw]
+
+    def set_part_count(self, job_id: str, index: int, rows: int) -> None:
+        self.r.hsetnx(_parts_key(job_id), f"{index}:count", rows)
+
     def delete(self, job_id: str) -> None:
         """Forget a finished job."""
         with redis_errors():
             pipe = self.r.pipeline()
             pipe.delete(_key(job_id))
+            pipe.delete(_parts_key(job_id))
             pipe.zrem(INDEX, job_id)
             pipe.execute()
 
@@ -256,7 +361,7 @@ def public_job(rec: dict[str, Any]) -> dict[str, Any]:
     elif total:
         fraction = min(done / total, 1.0)
     elif rec.get("bytes_total"):
-        fraction = min(rec.get("bytes_done", 0) / rec["bytes_total"], 1.0)
+        fraction = min(max(rec.get("bytes_done", 0), 0) / rec["bytes_total"], 1.0)
     else:
         fraction = 0.0
     links = {"self": f"/jobs/{job_id}"}
@@ -282,6 +387,8 @@ def public_job(rec: dict[str, Any]) -> dict[str, Any]:
     }
     if "drift" in rec:
         out["drift"] = rec["drift"]
+    if rec.get("parts_total"):
+        out["parts"] = {"total": rec["parts_total"], "done": rec.get("parts_done", 0)}
     return out
 
 

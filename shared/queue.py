@@ -9,6 +9,7 @@ from celery import Celery
 from shared.config import Settings
 
 SCORE_JOB = "tabserve.score_job"
+SCORE_PART = "tabserve.score_part"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -52,3 +53,10 @@ def send_score_job(app: Celery, settings: Settings, job_id: str) -> None:
     app.send_task(SCORE_JOB, args=[job_id], queue=settings.queue_name, retry=True,
                   retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                 "interval_max": 0.5})
+
+
+def send_score_part(app: Celery, settings: Settings, job_id: str, index: int) -> None:
+    """Queue one part of a job split across workers."""
+    app.send_task(SCORE_PART, args=[job_id, index], queue=settings.queue_name, retry=True,
+                  retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
+                                "interval_max": 2})

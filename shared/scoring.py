@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import redis
 
 from shared.batch import CheckedChunk, RowError, check_chunk, output_table, score_chunk
 from shared.drift import DriftAccumulator
@@ -27,7 +29,7 @@ from shared.pipeline import WriteBehind, prefetch
 from shared.predictions import JOB_KEY, pack_job_chunk
 from shared.runtime import Runtime
 from shared.storage import Storage
-from shared.tables import Chunk, arrow_type, iter_chunks
+from shared.tables import Chunk, Part, arrow_type, iter_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ def run_job(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str,
     except TabserveError:
         logger.warning("job %s: no record (expired or deleted); dropping", job_id)
         return JobOutcome("missing")
+    if rec["status"] == "running" and rec.get("parts_dispatched"):
+        logger.info("job %s: its parts are queued already", job_id)  # a re-delivered split
+        return JobOutcome("split")
     attempt = rec.get("attempt", 0) + 1
     state = jobs.start(job_id, attempt, worker)
     if state != "running":
@@ -79,6 +84,10 @@ def run_job(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str,
                 version, attempt, extra={"job_id": job_id, "model_version": f"{model}:{version}"})
     started = time.perf_counter()
     try:
+        from shared.splitting import split_job  # splitting builds on this module
+
+        if split_job(rt, jobs, storage, rec):
+            return JobOutcome("split")
         rows = _score(rt, jobs, storage, rec, attempt)
     except JobStopped as stop:
         logger.info("job %s: stopped (%s)", job_id, stop)
@@ -111,31 +120,21 @@ def _failed(jobs: JobStore, job_id: str, attempt: int, error: dict[str, Any], mo
 def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
            attempt: int) -> int:
     """Score every chunk, then publish the output and mark the job succeeded."""
-    run = _JobRun(rt, jobs, rec, attempt)
-    with ExitStack() as files:
-        input_fh = files.enter_context(storage.open(rec["input"]["key"]))
-        out_fh = files.enter_context(storage.writer(run.output_key))
-        err_fh = files.enter_context(storage.writer(run.errors_key, "w")) if run.skip else None
-        writer = OutputWriter(out_fh, run.out_fmt)
-        run.errors = ErrorsWriter(err_fh) if err_fh else None
-        behind = WriteBehind(writer.write)
-        try:
-            chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
-                                 rt.settings.chunk_rows)
-            with closing(prefetch(chunks)) as stream:  # stops the reader on any exit
-                for chunk in stream:
-                    behind.put(run.process(chunk))
-        finally:
-            behind.close()
-        if run.rows_done == 0:
-            raise RowsRejectedError("the file has no data rows")
-        if writer.rows == 0:
-            writer.write(_empty_output(run.loaded, run.id_column))
-        writer.close()
+    job_id = rec["id"]
+
+    def report(run: _JobRun, chunk: Chunk) -> str:
+        return jobs.progress(job_id, attempt, rows_done=run.rows_done,
+                             rows_failed=run.rows_failed, bytes_done=chunk.bytes_done)
+
+    run = _JobRun(rt, rec, report)
+    rt.redis.delete(JOB_KEY + job_id)  # a re-delivered job starts its predictions afresh
+    rows = score_range(storage, rec, run, None, run.output_key, run.errors_key)
+    if run.rows_done == 0:
+        raise RowsRejectedError("the file has no data rows")
     # Both files are in place now; only then does the job become "succeeded".
-    output = {"format": run.out_fmt, "key": run.output_key, "rows": writer.rows,
+    output = {"format": run.out_fmt, "key": run.output_key, "rows": rows,
               "size_bytes": storage.size(run.output_key)}
-    final = jobs.finish(rec["id"], "succeeded", attempt, rows_total=run.rows_done,
+    final = jobs.finish(job_id, "succeeded", attempt, rows_total=run.rows_done,
                         rows_done=run.rows_done, rows_failed=run.rows_failed,
                         bytes_done=rec["input"]["size_bytes"], output=output,
                         errors_key=run.errors_key if run.skip else None,
@@ -148,11 +147,37 @@ def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
     return run.rows_done
 
 
-class _JobRun:
-    """One attempt at one job: validates, scores and reports chunk by chunk."""
+def score_range(storage: Storage, rec: dict[str, Any], run: _JobRun, part: Part | None,
+                output_key: str, errors_key: str) -> int:
+    """Score the input (or one part of it) into output_key (and errors_key); returns the
+    output's row count. Reading runs ahead and writing behind the scoring."""
+    with ExitStack() as files:
+        input_fh = files.enter_context(storage.open(rec["input"]["key"]))
+        out_fh = files.enter_context(storage.writer(output_key))
+        err_fh = files.enter_context(storage.writer(errors_key, "w")) if run.skip else None
+        writer = OutputWriter(out_fh, run.out_fmt)
+        run.errors = ErrorsWriter(err_fh) if err_fh else None
+        behind = WriteBehind(writer.write)
+        try:
+            chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
+                                 run.rt.settings.chunk_rows, part)
+            with closing(prefetch(chunks)) as stream:  # stops the reader on any exit
+                for chunk in stream:
+                    behind.put(run.process(chunk))
+        finally:
+            behind.close()
+        if writer.rows == 0:
+            writer.write(_empty_output(run.loaded, run.id_column))
+        writer.close()
+    return writer.rows
 
-    def __init__(self, rt: Runtime, jobs: JobStore, rec: dict[str, Any], attempt: int) -> None:
-        self.rt, self.jobs, self.attempt = rt, jobs, attempt
+
+class _JobRun:
+    """One attempt at one job (or part): validates, scores and reports chunk by chunk."""
+
+    def __init__(self, rt: Runtime, rec: dict[str, Any],
+                 report: Callable[[_JobRun, Chunk], str]) -> None:
+        self.rt, self.report = rt, report
         self.job_id, options = rec["id"], rec["options"]
         self.loaded = rt.models.get(rec["model"]["name"], int(rec["model"]["version"]))
         self.manifest = self.loaded.manifest
@@ -170,7 +195,6 @@ class _JobRun:
         self.errors: ErrorsWriter | None = None
         self.drift = DriftAccumulator(self.manifest)
         self.rows_done = self.rows_failed = self.chunks = 0
-        rt.redis.delete(JOB_KEY + self.job_id)  # a re-delivered job starts afresh
 
     def process(self, chunk: Chunk) -> pa.Table:
         """Validate and score one chunk, record it, and return its output rows."""
@@ -191,8 +215,7 @@ class _JobRun:
         self.chunks += 1
         if self.chunks % PROGRESS_LOG_CHUNKS == 0:
             logger.info("job %s: %d rows scored", self.job_id, self.rows_done)
-        state = self.jobs.progress(self.job_id, self.attempt, rows_done=self.rows_done,
-                                   rows_failed=self.rows_failed, bytes_done=chunk.bytes_done)
+        state = self.report(self, chunk)
         if state != "running":
             raise JobStopped(state)
         return table
@@ -203,12 +226,18 @@ class _JobRun:
         X_sample = X[sample] if isinstance(X, np.ndarray) else X.iloc[sample]
         self.drift.add(X_sample, result.labels[sample])
         self.rt.drift.observe(self.manifest, X_sample, result.labels[sample])
+        packed = pack_job_chunk(chunk.table.num_rows, checked.rows, chunk.start_row,
+                                result.labels, self.loaded.classes)
+        if not packed:
+            return
+        width = len(packed) // chunk.table.num_rows
         pipe = self.rt.redis.pipeline()
-        pipe.append(JOB_KEY + self.job_id, pack_job_chunk(
-            chunk.table.num_rows, checked.rows, chunk.start_row, result.labels,
-            self.loaded.classes))
+        pipe.setrange(JOB_KEY + self.job_id, chunk.start_row * width, packed)
         pipe.expire(JOB_KEY + self.job_id, self.rt.settings.prediction_ttl_seconds)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:  # past Redis's 512 MB string limit
+            logger.warning("job %s: predictions not kept for feedback: %s", self.job_id, exc)
 
 
 def _row_error(first: RowError, count: int) -> RowsRejectedError:

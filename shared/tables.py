@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -158,22 +159,87 @@ def _check_columns(columns: list[str], schema: Schema, id_column: str | None) ->
                               details=[{"field": id_column, "message": "missing column"}])
 
 
-def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],
-                columns: list[str], chunk_rows: int) -> Iterator[Chunk]:
-    """Yield the rows of an open, seekable file in order, chunk_rows at a time (about, for CSV)."""
+@dataclass(frozen=True)
+class Part:
+    """A slice of a file that one worker scores: CSV bytes [start, end), or Parquet row
+    groups [start, end); first_row is the number of the slice's first row."""
+
+    index: int
+    start: int
+    end: int
+    first_row: int = 0
+
+
+def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int) -> list[Part]:
+    """Cut a file into parts of about part_rows rows (one part when it is small)."""
     if fmt == "parquet":
-        yield from _parquet_chunks(fh, column_types, columns, chunk_rows)
+        meta = pq.ParquetFile(fh).metadata
+        parts: list[Part] = []
+        first = rows = group = 0
+        for g in range(meta.num_row_groups):
+            rows += meta.row_group(g).num_rows
+            if rows >= part_rows or g == meta.num_row_groups - 1:
+                parts.append(Part(len(parts), group, g + 1, first))
+                first, rows, group = first + rows, 0, g + 1
+        return parts
+    header = read_header(fh)
+    size = fh.seek(0, io.SEEK_END)
+    part_bytes = max(csv_block_bytes(fh, part_rows), 1 << 20)
+    cuts = [len(header)]
+    while cuts[-1] + part_bytes < size:
+        fh.seek(cuts[-1] + part_bytes)
+        fh.readline(MAX_LINE_BYTES)  # to the next line end
+        at = fh.tell()
+        if at >= size:
+            break
+        cuts.append(at)
+    cuts.append(size)
+    return [Part(i, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
+
+
+def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
+    """Rows in CSV bytes [start, end) as pyarrow counts them: lines, less empty ones."""
+    fh.seek(start)
+    rows = 0
+    carry = b"x\n"  # the bytes before `start` end a (non-empty) line
+    buf = bytearray(min(16 << 20, max(end - start, 1)))
+    remaining = end - start
+    while remaining > 0:
+        n = _read_into(fh, memoryview(buf)[: min(len(buf), remaining)])
+        if n == 0:
+            break
+        arr = np.frombuffer(carry + bytes(memoryview(buf)[:n]), dtype=np.uint8)
+        nl = arr == 10
+        ends = nl[2:]  # line ends in this block
+        empty = ends & (nl[1:-1] | ((arr[1:-1] == 13) & nl[:-2]))
+        rows += int(ends.sum()) - int(empty.sum())
+        carry = bytes(arr[-2:])
+        remaining -= n
+    last = carry[-1:]
+    if last not in (b"\n", b"") and carry.strip():
+        rows += 1  # a last line without a line end
+    return rows
+
+
+def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],
+                columns: list[str], chunk_rows: int, part: Part | None = None) -> Iterator[Chunk]:
+    """Yield the rows of an open, seekable file (or of one part of it) in order, chunk_rows
+    at a time (about, for CSV)."""
+    if fmt == "parquet":
+        yield from _parquet_chunks(fh, column_types, columns, chunk_rows, part)
     else:
-        yield from _csv_chunks(fh, column_types, columns, chunk_rows)
+        yield from _csv_chunks(fh, column_types, columns, chunk_rows, part)
 
 
 def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
-                    chunk_rows: int) -> Iterator[Chunk]:
+                    chunk_rows: int, part: Part | None) -> Iterator[Chunk]:
     size = fh.seek(0, io.SEEK_END)
     pf = pq.ParquetFile(fh)
     total = max(pf.metadata.num_rows, 1)
-    start = 0
-    for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True):
+    start = part.first_row if part else 0
+    groups = list(range(part.start, part.end)) if part else None
+    for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True,
+                                 row_groups=groups):
         table = pa.Table.from_batches([batch])
         table = table.cast(pa.schema([
             pa.field(n, column_types.get(n, table.schema.field(n).type)) for n in table.column_names
@@ -193,31 +259,38 @@ def csv_block_bytes(fh: IO[bytes], chunk_rows: int) -> int:
 
 
 def _csv_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
-                chunk_rows: int) -> Iterator[Chunk]:
+                chunk_rows: int, part: Part | None) -> Iterator[Chunk]:
     header = read_header(fh)
     names = header_columns(header)
     block_bytes = csv_block_bytes(fh, chunk_rows)
-    start = 0
-    fh.seek(len(header))
-    for block, offset in read_blocks(fh, block_bytes):
+    start = part.first_row if part else 0
+    fh.seek(part.start if part else len(header))
+    limit = part.end - part.start if part else None
+    for block, offset in read_blocks(fh, block_bytes, limit):
         table = parse_csv_block(block, names, column_types, columns, start)
         start += table.num_rows
         yield Chunk(start - table.num_rows, table, offset)
 
 
-def read_blocks(fh: IO[bytes], block_bytes: int) -> Iterator[tuple[memoryview, int]]:
-    """Blocks of about block_bytes, each ending at a line end; with the offset reached.
+def read_blocks(fh: IO[bytes], block_bytes: int,
+                limit: int | None = None) -> Iterator[tuple[memoryview, int]]:
+    """Blocks of about block_bytes (up to `limit` bytes in all), each ending at a line end;
+    with the offset reached.
 
     Each block is read straight into a fresh buffer (readinto), with the partial line left
     over from the previous block copied in front: one copy of the file's bytes in all.
     """
     carry = b""
     offset = fh.tell()
+    left = limit
     while True:
-        buf = bytearray(len(carry) + block_bytes)
+        want = block_bytes if left is None else min(block_bytes, left)
+        buf = bytearray(len(carry) + want)
         buf[: len(carry)] = carry
         view = memoryview(buf)
-        got = _read_into(fh, view[len(carry):])
+        got = _read_into(fh, view[len(carry):]) if want else 0
+        if left is not None:
+            left -= got
         end = len(carry) + got
         offset += got
         if got == 0:

@@ -7,9 +7,10 @@ from typing import Any
 
 from shared.leases import MessageLease
 from shared.logs import log_context
-from shared.queue import SCORE_JOB
+from shared.queue import SCORE_JOB, SCORE_PART
 from shared.retention import purge_expired
 from shared.scoring import run_job
+from shared.splitting import run_part
 from worker.app import celery_app, runtime, settings
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,21 @@ def score_job(self: Any, job_id: str) -> str:
             purge_expired(rt.jobs, rt.storage)
         except Exception:  # retention is best effort; the job is done
             logger.exception("retention sweep failed")
+        return outcome.status
+    finally:
+        log_context.reset(token)
+
+
+@celery_app.task(name=SCORE_PART, bind=True)
+def score_part(self: Any, job_id: str, index: int) -> str:
+    """Score one part of a job split across workers."""
+    rt = runtime()
+    tag = (self.request.properties or {}).get("delivery_tag")
+    token = log_context.set({"job_id": job_id, "part": index})
+    try:
+        interval = max(0.2, settings.visibility_timeout_seconds / 5)
+        with MessageLease(rt.redis, tag, interval):
+            outcome = run_part(rt, rt.jobs, rt.storage, job_id, index, self.request.hostname)
         return outcome.status
     finally:
         log_context.reset(token)

@@ -94,7 +94,7 @@ def list_jobs() -> Response:
     if details:
         raise ValidationError("invalid query: " + ", ".join(d["field"] for d in details),
                               details=details)
-    jobs = runtime().jobs.list(limit=int(limit_raw), status=status)
+    jobs = runtime().jobs.recent(limit=int(limit_raw), status=status)
     return json_response({"jobs": [public_job(j) for j in jobs]})
 
 

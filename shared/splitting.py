@@ -1,0 +1,204 @@
+"""One large job spread over many workers: cut into parts that any worker can take.
+
+The job's own message (the coordinator) cuts the input into parts (CSV byte ranges at line
+ends, Parquet row groups) and queues one message per part. Each part is scored into its own
+file, with its progress added to the job's; the part that completes the set joins the parts'
+files in input order into the one result, and marks the job succeeded. A CSV part numbers
+its rows after counting the lines of the parts before it (each part counts its own range;
+a missing count is counted by whoever needs it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from shared.errors import TabserveError
+from shared.jobs import JobStore
+from shared.metrics import record_job_finished
+from shared.predictions import JOB_KEY
+from shared.queue import send_score_part
+from shared.runtime import Runtime
+from shared.scoring import JobOutcome, JobStopped, _JobRun, score_range
+from shared.storage import Storage
+from shared.tables import Part, count_csv_rows, plan_parts
+
+logger = logging.getLogger(__name__)
+
+COUNT_WAIT_SECONDS = 3.0
+COPY_BYTES = 8 << 20
+
+
+def split_job(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]) -> bool:
+    """Queue the job as parts when it is large; False when it is scored in one piece."""
+    if rt.settings.part_rows <= 0:
+        return False
+    with storage.open(rec["input"]["key"]) as fh:
+        parts = plan_parts(fh, rec["input"]["format"], rt.settings.part_rows)
+    if len(parts) < 2:
+        return False
+    job_id = rec["id"]
+    jobs.set_parts(job_id, [{"start": p.start, "end": p.end, "first_row": p.first_row}
+                            for p in parts])
+    rt.redis.delete(JOB_KEY + job_id)
+    for part in parts:
+        send_score_part(rt.celery, rt.settings, job_id, part.index)
+    jobs.parts_dispatched(job_id)
+    logger.info("job %s: split into %d parts", job_id, len(parts))
+    return True
+
+
+def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: int,
+             worker: str) -> JobOutcome:
+    """Score one part; the part that completes the set assembles the result."""
+    status, attempt = jobs.part_start(job_id, index)
+    if status != "running":
+        logger.info("job %s part %d: not run, job is %s", job_id, index, status)
+        return JobOutcome(status)
+    rec = jobs.get(job_id)
+    spec = jobs.part_spec(job_id, index)
+    run = _JobRun(rt, rec, _PartProgress(jobs, rec, index, attempt, spec["start"]))
+    keys = _part_keys(job_id, index, run.out_fmt)
+    try:
+        part = _part(rt, jobs, storage, rec, index, spec)
+        rows = score_range(storage, rec, run, part, keys["output"], keys["errors"])
+    except JobStopped as stop:
+        return JobOutcome(str(stop))
+    except TabserveError as exc:
+        error = {"code": exc.code, "message": exc.message, **getattr(exc, "where", {})}
+        return _fail(jobs, storage, rec, error)
+    except Exception as exc:  # a bug or an I/O fault; keep it off the client
+        logger.exception("job %s part %d: unexpected error", job_id, index)
+        return _fail(jobs, storage, rec, {"code": "internal_error",
+                                          "message": f"scoring failed: {type(exc).__name__}"})
+    result = {"rows": rows, "rows_done": run.rows_done, "rows_failed": run.rows_failed,
+              "drift": run.drift.counts.tolist()}
+    done = jobs.part_done(job_id, index, attempt, result)
+    logger.info("job %s part %d: %d rows scored (%s)", job_id, index, run.rows_done, done)
+    if not done.isdigit():
+        if done != "stale":
+            storage.delete(keys["output"])
+            storage.delete(keys["errors"])
+        return JobOutcome(done)
+    if int(done) < int(rec["parts_total"]):
+        return JobOutcome("part_done", run.rows_done)
+    return _assemble(rt, jobs, storage, rec, run)
+
+
+class _PartProgress:
+    """Adds each chunk's rows and bytes to the job's progress (fenced by the attempt)."""
+
+    def __init__(self, jobs: JobStore, rec: dict[str, Any], index: int, attempt: int,
+                 offset: int) -> None:
+        self.jobs, self.rec, self.index, self.attempt = jobs, rec, index, attempt
+        self.offset = offset
+        self.rows = self.failed = 0
+
+    def __call__(self, run: _JobRun, chunk: Any) -> str:
+        rows, failed = run.rows_done - self.rows, run.rows_failed - self.failed
+        self.rows, self.failed = run.rows_done, run.rows_failed
+        if self.rec["input"]["format"] == "csv":
+            nbytes, self.offset = chunk.bytes_done - self.offset, chunk.bytes_done
+        else:  # Parquet: bytes in proportion to rows
+            total_rows = max(self.rec.get("rows_total") or 1, 1)
+            nbytes = int(self.rec["input"]["size_bytes"] * rows / total_rows)
+        return self.jobs.part_progress(self.rec["id"], self.index, self.attempt, rows, nbytes,
+                                       failed)
+
+
+def _part_keys(job_id: str, index: int, fmt: str) -> dict[str, str]:
+    return {"output": f"jobs/{job_id}/parts/{index:05d}.{fmt}",
+            "errors": f"jobs/{job_id}/parts/{index:05d}.errors.csv"}
+
+
+def _part(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int,
+          spec: dict[str, int]) -> Part:
+    """The part with its first row's number (for CSV, from the line counts before it)."""
+    if rec["input"]["format"] == "parquet":
+        return Part(index, spec["start"], spec["end"], spec["first_row"])
+    job_id = rec["id"]
+    with storage.open(rec["input"]["key"]) as fh:
+        jobs.set_part_count(job_id, index, count_csv_rows(fh, spec["start"], spec["end"]))
+        deadline = time.monotonic() + COUNT_WAIT_SECONDS
+        counts = jobs.part_counts(job_id, index)
+        while None in counts and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts = jobs.part_counts(job_id, index)
+        for j, count in enumerate(counts):
+            if count is None:  # that part has not started: count its lines here
+                other = jobs.part_spec(job_id, j)
+                counted = count_csv_rows(fh, other["start"], other["end"])
+                jobs.set_part_count(job_id, j, counted)
+                counts[j] = counted
+    return Part(index, spec["start"], spec["end"], sum(c or 0 for c in counts))
+
+
+def _fail(jobs: JobStore, storage: Storage, rec: dict[str, Any],
+          error: dict[str, Any]) -> JobOutcome:
+    final = jobs.finish(rec["id"], "failed", None, error=error)
+    if final == "failed":
+        record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "failed",
+                            None, 0)
+        storage.delete_prefix(f"jobs/{rec['id']}/parts")
+    logger.info("job %s: failed: %s", rec["id"], error["message"])
+    return JobOutcome(final)
+
+
+def _assemble(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
+              run: _JobRun) -> JobOutcome:
+    """Join the parts' files in order into the result; the job succeeds once it is in place."""
+    job_id, total = rec["id"], int(rec["parts_total"])
+    results = jobs.part_results(job_id, total)
+    fmt = run.out_fmt
+    outputs = [_part_keys(job_id, i, fmt)["output"] for i in range(total)]
+    _join(storage, outputs, run.output_key, fmt)
+    if run.skip:
+        errors = [_part_keys(job_id, i, fmt)["errors"] for i in range(total)]
+        _join(storage, errors, run.errors_key, "csv")
+    for counts in results:
+        run.drift.merge(counts["drift"])
+    rows = sum(r["rows_done"] for r in results)
+    output = {"format": fmt, "key": run.output_key, "rows": sum(r["rows"] for r in results),
+              "size_bytes": storage.size(run.output_key)}
+    final = jobs.finish(job_id, "succeeded", None, rows_total=rows, rows_done=rows,
+                        rows_failed=sum(r["rows_failed"] for r in results),
+                        bytes_done=rec["input"]["size_bytes"], output=output,
+                        errors_key=run.errors_key if run.skip else None,
+                        drift=run.drift.result())
+    storage.delete_prefix(f"jobs/{job_id}/parts")
+    if final != "succeeded":
+        storage.delete(run.output_key)
+        storage.delete(run.errors_key)
+        return JobOutcome(final)
+    seconds = time.time() - float(rec.get("started_at") or time.time())
+    record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "succeeded",
+                        seconds, rows)
+    logger.info("job %s: succeeded: %d rows in %d parts, %.2f s (%.0f rows/s)", job_id, rows,
+                total, seconds, rows / max(seconds, 1e-9),
+                extra={"duration_s": round(seconds, 3), "rows": rows})
+    return JobOutcome("succeeded", rows, seconds)
+
+
+def _join(storage: Storage, keys: list[str], target: str, fmt: str) -> None:
+    """Concatenate part files (CSV headers after the first dropped; Parquet re-batched)."""
+    with storage.writer(target) as out:
+        if fmt == "parquet":
+            writer = None
+            for key in keys:
+                with storage.open(key) as fh:
+                    table = pq.read_table(fh)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema, compression="snappy")
+                writer.write_table(table)
+            if writer is not None:
+                writer.close()
+            return
+        for i, key in enumerate(keys):
+            with storage.open(key) as fh:
+                if fmt == "csv" and i > 0:
+                    fh.readline()
+                while piece := fh.read(COPY_BYTES):
+                    out.write(piece)
