@@ -202,7 +202,7 @@ def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
     fh.seek(start)
     rows = 0
     carry = b"x\n"  # the bytes before `start` end a (non-empty) line
-    buf = bytearray(min(16 << 20, max(end - start, 1)))
+    buf = bytearray(min(4 << 20, max(end - start, 1)))
     remaining = end - start
     while remaining > 0:
         n = _read_into(fh, memoryview(buf)[: min(len(buf), remaining)])
