@@ -119,8 +119,8 @@ def worker(concurrency: int | None, queues: str | None, hostname: str | None,
         args += ["--concurrency", str(concurrency)]
     if queues:
         args += ["--queues", queues]
-    if hostname:
-        args += ["--hostname", hostname]
+    # Unique per process, so replicas on one host keep apart in Redis and in the logs.
+    args += ["--hostname", hostname or f"worker-{os.getpid()}@%h"]
     args += ["--loglevel", (loglevel or os.environ.get("TABSERVE_LOG_LEVEL", "INFO")).upper()]
     env = dict(os.environ)
     _metrics_dir(env, "worker")
@@ -140,11 +140,17 @@ def run(settings: Settings, port: int) -> None:
 def _metrics_dir(env: dict[str, str], role: str) -> None:
     # prometheus_client picks multiprocess mode from this variable at import, so it is set
     # here, before gunicorn or Celery starts; a fresh directory per run holds no stale files.
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
         import tempfile
 
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"tabserve-metrics-{role}-")
         env["TABSERVE_METRICS_DIR_OWNED"] = "1"
+    else:  # given by the deployment: drop a previous run's files before anything opens them
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
 
 
 def _exec(args: list[str], env: dict[str, str]) -> None:

@@ -34,6 +34,7 @@ class Settings:
     preload_model: bool = True
     monitoring: bool = True
     worker_metrics_port: int = 9808
+    worker_metrics_bind: str = "127.0.0.1"
     drift_window: int = 10_000
     drift_interval_seconds: int = 10
     feedback_window: int = 1000

@@ -130,6 +130,11 @@ HOLDOUT_MEAN_ABSOLUTE_ERROR = Gauge(
     "tabserve_holdout_mean_absolute_error", "MAE on the holdout set, from the model's manifest.",
     MODEL, multiprocess_mode="mostrecent")
 
+WORKER_HEARTBEAT = Gauge(
+    "tabserve_worker_heartbeat_timestamp_seconds",
+    "When this worker last reached Redis (Unix time); its health check reads it.",
+    multiprocess_mode="max")  # one writer per worker replica: its main process
+
 QUEUE_GAUGES = (
     ("tabserve_queue_depth", "queued", "Jobs waiting for a worker."),
     ("tabserve_jobs_running", "running", "Jobs being scored now."),
@@ -192,7 +197,7 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(build_registry()), CONTENT_TYPE_PLAIN_0_0_4
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve render_metrics' content on a port from a daemon thread (the Celery main process)."""
     start_http_server(port, addr=addr, registry=build_registry())
 

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from typing import Any
 
 from celery.signals import (
@@ -56,15 +57,15 @@ def _init_process(**_: Any) -> None:
 
 @worker_init.connect
 def _init_worker(sender: Any = None, **_: Any) -> None:
-    # Main process, before the pool forks: metrics directory, exporter, heartbeat.
+    # Main process, before the pool forks: exporter and heartbeat. (The metrics directory
+    # is cleaned by `tabserve worker` before Python starts: metrics made at import already
+    # hold their files open, so cleaning here would lose them.)
     from shared import metrics
 
-    directory = os.environ.get(metrics.MULTIPROC_ENV)
-    if directory:
-        metrics.prepare_multiprocess_dir(directory)
     if settings.worker_metrics_port:
         try:
-            metrics.start_metrics_server(settings.worker_metrics_port)
+            metrics.start_metrics_server(settings.worker_metrics_port,
+                                         settings.worker_metrics_bind)
         except OSError as exc:
             logger.warning("worker metrics: port %d unavailable: %s",
                            settings.worker_metrics_port, exc)
@@ -81,6 +82,7 @@ def _heartbeat(name: str, processes: int) -> None:
     while True:
         try:
             rt.jobs.worker_heartbeat(name, processes)
+            metrics.WORKER_HEARTBEAT.set(time.time())  # the container health check reads it
             metrics.update_process_metrics("worker")
         except Exception as exc:  # Redis away: keep trying
             logger.debug("heartbeat failed: %s", exc)
