@@ -133,9 +133,11 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
                         redis_url=redis.url, max_upload_bytes=16 * 1024**3,
                         worker_metrics_port=0, log_level="INFO")
     env = tabserve_env(settings.as_env())
-    api = ApiServer(env, work, workers=2)
-    workers = [WorkerProcess(env, work, "b1")]
+    api = None
+    workers: list[WorkerProcess] = []
     try:
+        api = ApiServer(env, work, workers=2)
+        workers.append(WorkerProcess(env, work, "b1"))
         out["small"] = small_jobs(api.url, small_count)
         out["queue_csv"] = through_queue(api.url, workers, csv, "csv")
         out["queue_parquet"] = through_queue(api.url, workers, parquet, "parquet")
@@ -147,7 +149,8 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
         out["set_2"] = job_set(api.url, csv, 4)
     finally:
         for proc in (*workers, api, redis):
-            proc.stop()
+            if proc is not None:
+                proc.stop()
     return out
 
 
