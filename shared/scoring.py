@@ -193,11 +193,16 @@ class _JobRun:
         self.output_key = f"jobs/{self.job_id}/result.{self.out_fmt}"
         self.errors_key = f"jobs/{self.job_id}/errors.csv"
         self.errors: ErrorsWriter | None = None
+        # A part of a split job learns its first row's number while it starts (see
+        # shared.splitting); chunks are numbered from 0 until then, and shifted here.
+        self.row_offset: Callable[[], int] | None = None
         self.drift = DriftAccumulator(self.manifest)
         self.rows_done = self.rows_failed = self.chunks = 0
 
     def process(self, chunk: Chunk) -> pa.Table:
         """Validate and score one chunk, record it, and return its output rows."""
+        if self.row_offset is not None:
+            chunk = Chunk(chunk.start_row + self.row_offset(), chunk.table, chunk.bytes_done)
         checked = check_chunk(chunk.table, chunk.start_row, self.manifest.features)
         if checked.errors:
             if self.errors is None:

@@ -11,7 +11,9 @@ a missing count is counted by whoever needs it).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -33,8 +35,9 @@ COPY_BYTES = 8 << 20
 
 
 def split_job(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]) -> bool:
-    """Queue the job as parts when it is large; False when it is scored in one piece."""
-    if rt.settings.part_rows <= 0:
+    """Queue the job as parts when it is large and more than one worker process is alive;
+    False when it is scored in one piece."""
+    if rt.settings.part_rows <= 0 or jobs.counts()["workers"] < 2:
         return False
     with storage.open(rec["input"]["key"]) as fh:
         parts = plan_parts(fh, rec["input"]["format"], rt.settings.part_rows)
@@ -63,7 +66,9 @@ def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: 
     run = _JobRun(rt, rec, _PartProgress(jobs, rec, index, attempt, spec["start"]))
     keys = _part_keys(job_id, index, run.out_fmt)
     try:
-        part = _part(rt, jobs, storage, rec, index, spec)
+        first_row = _first_row(jobs, storage, rec, index, spec)
+        run.row_offset = first_row.result  # waited for at the first chunk, after its parse
+        part = Part(index, spec["start"], spec["end"], 0)
         rows = score_range(storage, rec, run, part, keys["output"], keys["errors"])
     except JobStopped as stop:
         return JobOutcome(str(stop))
@@ -114,26 +119,41 @@ def _part_keys(job_id: str, index: int, fmt: str) -> dict[str, str]:
             "errors": f"jobs/{job_id}/parts/{index:05d}.errors.csv"}
 
 
-def _part(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int,
-          spec: dict[str, int]) -> Part:
-    """The part with its first row's number (for CSV, from the line counts before it)."""
+def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int,
+               spec: dict[str, int]) -> Future[int]:
+    """The number of the part's first row, found in a thread while the part starts scoring.
+
+    Parquet parts know it from the file's metadata. A CSV part counts its own lines (for
+    the parts after it) and adds up the counts of the parts before it, counting any that
+    no part has posted within a few seconds itself.
+    """
+    future: Future[int] = Future()
     if rec["input"]["format"] == "parquet":
-        return Part(index, spec["start"], spec["end"], spec["first_row"])
-    job_id = rec["id"]
-    with storage.open(rec["input"]["key"]) as fh:
-        jobs.set_part_count(job_id, index, count_csv_rows(fh, spec["start"], spec["end"]))
-        deadline = time.monotonic() + COUNT_WAIT_SECONDS
-        counts = jobs.part_counts(job_id, index)
-        while None in counts and time.monotonic() < deadline:
-            time.sleep(0.05)
-            counts = jobs.part_counts(job_id, index)
-        for j, count in enumerate(counts):
-            if count is None:  # that part has not started: count its lines here
-                other = jobs.part_spec(job_id, j)
-                counted = count_csv_rows(fh, other["start"], other["end"])
-                jobs.set_part_count(job_id, j, counted)
-                counts[j] = counted
-    return Part(index, spec["start"], spec["end"], sum(c or 0 for c in counts))
+        future.set_result(spec["first_row"])
+        return future
+
+    def count() -> None:
+        job_id = rec["id"]
+        try:
+            with storage.open(rec["input"]["key"]) as fh:
+                jobs.set_part_count(job_id, index, count_csv_rows(fh, spec["start"],
+                                                                  spec["end"]))
+                deadline = time.monotonic() + COUNT_WAIT_SECONDS
+                counts = jobs.part_counts(job_id, index)
+                while None in counts and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    counts = jobs.part_counts(job_id, index)
+                for j, known in enumerate(counts):
+                    if known is None:  # that part has not started: count its lines here
+                        other = jobs.part_spec(job_id, j)
+                        counts[j] = count_csv_rows(fh, other["start"], other["end"])
+                        jobs.set_part_count(job_id, j, counts[j] or 0)
+            future.set_result(sum(c or 0 for c in counts))
+        except BaseException as exc:  # handed to the scoring thread
+            future.set_exception(exc)
+
+    threading.Thread(target=count, name="count-rows", daemon=True).start()
+    return future
 
 
 def _fail(jobs: JobStore, storage: Storage, rec: dict[str, Any],

@@ -208,17 +208,26 @@ def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
         n = _read_into(fh, memoryview(buf)[: min(len(buf), remaining)])
         if n == 0:
             break
-        arr = np.frombuffer(carry + bytes(memoryview(buf)[:n]), dtype=np.uint8)
-        nl = arr == 10
-        ends = nl[2:]  # line ends in this block
-        empty = ends & (nl[1:-1] | ((arr[1:-1] == 13) & nl[:-2]))
-        rows += int(ends.sum()) - int(empty.sum())
-        carry = bytes(arr[-2:])
+        boundary = carry + bytes(buf[: min(n, 2)])
+        if (buf.find(b"\n\n", 0, n) >= 0 or buf.find(b"\n\r\n", 0, n) >= 0
+                or b"\n\n" in boundary or b"\n\r\n" in boundary):
+            rows += _count_non_empty(carry + bytes(memoryview(buf)[:n]))
+        else:  # the common case: no empty line, so every line end ends a row
+            rows += buf.count(b"\n", 0, n)
+        carry = (carry + bytes(buf[max(0, n - 2):n]))[-2:]
         remaining -= n
-    last = carry[-1:]
-    if last not in (b"\n", b"") and carry.strip():
+    if carry[-1:] not in (b"\n", b"") and carry.strip():
         rows += 1  # a last line without a line end
     return rows
+
+
+def _count_non_empty(block: bytes) -> int:
+    # Line ends after the two carried bytes, less those that end an empty line.
+    arr = np.frombuffer(block, dtype=np.uint8)
+    nl = arr == 10
+    ends = nl[2:]
+    empty = ends & (nl[1:-1] | ((arr[1:-1] == 13) & nl[:-2]))
+    return int(ends.sum()) - int(empty.sum())
 
 
 def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],

@@ -4,6 +4,7 @@ real worker process; drift and accuracy as the metrics show them."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 
@@ -33,7 +34,7 @@ def stack(base_settings, redis_server, tmp_path_factory):
     settings = base_settings.with_overrides(
         redis_url=redis_server.url.rsplit("/", 1)[0] + "/5", queue_name="monitoring",
         worker_metrics_port=free_port(), drift_window=400, drift_interval_seconds=0,
-        data_dir=str(tmp / "data"))
+        data_dir=str(tmp / "data"), log_payloads="on")
     env = tabserve_env(settings.as_env())
     api = ApiServer(env, tmp, workers=2)
     worker = WorkerProcess(env, tmp, "monitoring")
@@ -219,3 +220,14 @@ def test_every_dashboard_and_alert_expression_evaluates(prometheus):
         assert answer["status"] == "success", (expr, answer)
     rules = requests.get(prometheus + "/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert all(r["health"] in ("ok", "unknown") for g in rules for r in g["rules"])
+
+
+def test_payload_audit_log_when_turned_on(stack, demo_rows):
+    api, *_ = stack
+    r = requests.post(api.url + "/predict", json={"features": demo_rows[3]}, timeout=10)
+    pid = r.json()["prediction_id"]
+    wait_until(lambda: pid in api.log(), 10, "the payload log line")
+    line = next(json.loads(x) for x in api.log().splitlines() if pid in x and "inputs" in x)
+    assert line["logger"] == "tabserve.payloads"
+    assert line["inputs"] == [demo_rows[3]]
+    assert line["outputs"]["prediction"] == r.json()["prediction"]
