@@ -27,6 +27,7 @@ class Settings:
     log_level: str = "INFO"
     chunk_rows: int = 50_000
     part_rows: int = 500_000
+    worker_threads: int = 0
     job_ttl_seconds: int = 7 * 24 * 3600
     visibility_timeout_seconds: int = 300
     queue_name: str = "tabserve"

@@ -94,3 +94,19 @@ class WriteBehind:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+def configure_arrow(threads: int) -> None:
+    """Size pyarrow's thread pools (0: one per CPU) and return freed memory to the system
+    at once, so a worker's resident memory follows its chunks rather than its peak."""
+    import os
+
+    import pyarrow as pa
+
+    count = threads or os.cpu_count() or 1
+    pa.set_cpu_count(count)
+    pa.set_io_thread_count(max(count, 2))
+    try:
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, pa.ArrowException):  # another allocator: nothing to tune
+        pass

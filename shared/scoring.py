@@ -157,15 +157,19 @@ def score_range(storage: Storage, rec: dict[str, Any], run: _JobRun, part: Part 
         err_fh = files.enter_context(storage.writer(errors_key, "w")) if run.skip else None
         writer = OutputWriter(out_fh, run.out_fmt)
         run.errors = ErrorsWriter(err_fh) if err_fh else None
-        behind = WriteBehind(writer.write)
-        try:
-            chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
-                                 run.rt.settings.chunk_rows, part)
-            with closing(prefetch(chunks)) as stream:  # stops the reader on any exit
-                for chunk in stream:
-                    behind.put(run.process(chunk))
-        finally:
-            behind.close()
+        chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
+                             run.rt.settings.chunk_rows, part)
+        if run.rt.settings.worker_threads == 1:  # one core: the stages one after another
+            for chunk in chunks:
+                writer.write(run.process(chunk))
+        else:
+            behind = WriteBehind(writer.write)
+            try:
+                with closing(prefetch(chunks)) as stream:  # stops the reader on any exit
+                    for chunk in stream:
+                        behind.put(run.process(chunk))
+            finally:
+                behind.close()
         if writer.rows == 0:
             writer.write(_empty_output(run.loaded, run.id_column))
         writer.close()

@@ -19,6 +19,7 @@ def fault_settings(base_settings, redis_server, redis_client, tmp_path):
     return base_settings.with_overrides(
         redis_url=redis_server.url.rsplit("/", 1)[0] + "/3", queue_name="faults",
         visibility_timeout_seconds=3, chunk_rows=2000, data_dir=str(tmp_path / "data"),
+        worker_threads=1,  # the sequential, one-core path
     )
 
 

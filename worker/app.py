@@ -19,6 +19,7 @@ from celery.signals import (
 
 from shared.config import Settings
 from shared.logs import configure_logging
+from shared.pipeline import configure_arrow
 from shared.queue import make_celery
 from shared.runtime import Runtime
 
@@ -51,6 +52,7 @@ def _init_process(**_: Any) -> None:
     # A pool child must not share the parent's Redis connections: build its own.
     global _runtime
     _runtime = Runtime(settings)
+    configure_arrow(settings.worker_threads)
     if settings.preload_model:
         _runtime.models.warm(settings.default_model)
 
