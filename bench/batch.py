@@ -141,10 +141,17 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
         out["small"] = small_jobs(api.url, small_count)
         out["queue_csv"] = through_queue(api.url, workers, csv, "csv")
         out["queue_parquet"] = through_queue(api.url, workers, parquet, "parquet")
+        out["large"] = through_queue(api.url, workers, large, "csv")
+        print(out, flush=True)
+        # Scaling: single-threaded workers (one core each), 1 and then 2 of them.
+        workers.pop().stop()
+        single = tabserve_env(settings.with_overrides(worker_threads=1).as_env())
+        workers.append(WorkerProcess(single, work, "s1"))
         out["large_1"] = through_queue(api.url, workers, large, "csv")
         out["set_1"] = job_set(api.url, csv, 4)
         print(out, flush=True)
-        workers.append(WorkerProcess(env, work, "b2"))
+        workers.append(WorkerProcess(single, work, "s2"))
+        time.sleep(1)  # both heartbeats in: the next job is split
         out["large_2"] = through_queue(api.url, workers, large, "csv")
         out["set_2"] = job_set(api.url, csv, 4)
     finally:
@@ -157,8 +164,8 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
 def report(r: dict, command: str) -> str:
     n, big = r["rows"], r["large_rows"]
     naive, lc, lp = r["naive"], r["limit_csv"], r["limit_parquet"]
-    qc, qp, l1, l2, sm = (r["queue_csv"], r["queue_parquet"], r["large_1"], r["large_2"],
-                          r["small"])
+    qc, qp, lg, l1, l2, sm = (r["queue_csv"], r["queue_parquet"], r["large"], r["large_1"],
+                              r["large_2"], r["small"])
 
     def rate(rows: int, s: float) -> str:
         return f"{rows / s:,.0f}"
@@ -166,8 +173,10 @@ def report(r: dict, command: str) -> str:
     lines = [TITLE, "", f"Command: `{command}` ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {machine()}", "",
              "Demo model (XGBoost, 100 trees), one model thread everywhere; a worker is one "
-             "`tabserve worker --concurrency 1` process. Worker time is the job's running to "
-             "succeeded; end to end is upload start to result downloaded.", "",
+             "`tabserve worker --concurrency 1` process (its reader and writer threads run "
+             "beside the model; the scaling rows use `TABSERVE_WORKER_THREADS=1`, one core "
+             "per worker). Worker time is the job's running to succeeded; end to end is "
+             "upload start to result downloaded.", "",
              "| scenario | rows | seconds | rows/s | peak RSS MB |", "|---|---|---|---|---|",
              f"| naive pandas script (CSV) | {n:,} | {naive['seconds']:.2f} | "
              f"{rate(n, naive['seconds'])} | {naive['rss_mb']:.0f} |",
@@ -175,9 +184,9 @@ def report(r: dict, command: str) -> str:
              f" | {lc['rss_mb']:.0f} |",
              f"| in-process limit, Parquet | {n:,} | {lp['seconds']:.2f} | "
              f"{rate(n, lp['seconds'])} | {lp['rss_mb']:.0f} |"]
-    for label, q in (("queue, CSV", qc), ("queue, Parquet", qp),
-                     (f"queue, CSV, 1 worker ({l1['parts']} parts)", l1),
-                     (f"queue, CSV, 2 workers ({l2['parts']} parts)", l2)):
+    for label, q in (("queue, CSV", qc), ("queue, Parquet", qp), ("queue, CSV", lg),
+                     (f"1 single-threaded worker, CSV ({l1['parts']} part)", l1),
+                     (f"2 single-threaded workers, CSV ({l2['parts']} parts)", l2)):
         lines.append(f"| {label}: worker | {q['rows']:,} | {q['worker_s']:.2f} | "
                      f"{rate(q['rows'], q['worker_s'])} | {q['rss_mb']:.0f} |")
         lines.append(f"| {label}: end to end | {q['rows']:,} | {q['end_to_end_s']:.2f} | "
@@ -192,24 +201,25 @@ def report(r: dict, command: str) -> str:
          lc["seconds"] / qc["worker_s"], 0.75),
         ("worker throughput ≥ 75% of the in-process limit, Parquet",
          lp["seconds"] / qp["worker_s"], 0.75),
-        (f"peak RSS at {big:,} rows ≤ 1.2x that at {n:,}", 1.2 / (l1["rss_mb"] / qc["rss_mb"]),
-         1.0),
+        (f"peak RSS at {big:,} rows over that at {n:,} (≤ 1.2)", lg["rss_mb"] / qc["rss_mb"],
+         -1.2),
         (f"one {big:,}-row job on 2 workers ≥ 1.7x faster than on 1",
          l1["worker_s"] / l2["worker_s"], 1.7),
         (f"4 jobs of {n:,} rows: 2 workers' throughput over 1 worker's (issue 5: recorded)",
          r["set_1"]["seconds"] / r["set_2"]["seconds"], 1.0),
         ("submit → running median ≤ 50 ms on an idle worker", 50 / sm["to_running_ms"], 1.0),
     ]
-    for label, js in (("1 worker", r["set_1"]), ("2 workers", r["set_2"])):
+    for label, js in (("1 single-threaded worker", r["set_1"]),
+                      ("2 single-threaded workers", r["set_2"])):
         lines.append(f"| 4 jobs at once, {label}: first start to last finish | {js['rows']:,} | "
                      f"{js['seconds']:.2f} | {rate(js['rows'], js['seconds'])} | |")
     lines += ["", f"Small jobs: submit → running median {sm['to_running_ms']:.1f} ms "
               f"(p90 {sm['to_running_p90_ms']:.1f} ms); a 10-row job end to end (submit, "
               f"poll, download) {sm['ten_row_job_ms']:.0f} ms.", "",
               "| requirement | measured ratio | target | |", "|---|---|---|---|"]
-    for text, value, target in checks:
-        lines.append(f"| {text} | {value:.2f} | {target:g} | "
-                     f"{'PASS' if value >= target else 'FAIL'} |")
+    for text, value, target in checks:  # a negative target is an upper bound
+        ok = value <= -target if target < 0 else value >= target
+        lines.append(f"| {text} | {value:.2f} | {abs(target):g} | {'PASS' if ok else 'FAIL'} |")
     return "\n".join(lines) + "\n"
 
 
