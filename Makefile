@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SYSTEM_PACKAGES := redis-server prometheus
 
-.PHONY: setup system-deps run api worker test lint typecheck bench clean
+.PHONY: setup system-deps run test lint bench bench-quick bench-batch bench-overhead bench-deps clean
 
 setup: $(STAMP) system-deps
 
@@ -23,6 +23,29 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks write their sections of docs/benchmarks.md; run them on an otherwise idle machine.
+# bench: online (15 s per load run) + batch + monitoring overhead; bench-quick: a short pass.
+BENCH_ARGS ?=
+
+bench: setup bench-deps
+	$(BIN)/python -m bench.online $(BENCH_ARGS)
+	$(BIN)/python -m bench.batch
+	$(BIN)/python -m bench.overhead
+
+bench-quick: setup bench-deps
+	$(BIN)/python -m bench.online --quick $(BENCH_ARGS)
+	$(BIN)/python -m bench.batch --quick --no-write
+	$(BIN)/python -m bench.overhead --duration 3 --rounds 1
+
+bench-batch: setup
+	$(BIN)/python -m bench.batch
+
+bench-overhead: setup bench-deps
+	$(BIN)/python -m bench.overhead
+
+bench-deps:
+	@./scripts/system-deps.sh wrk
 
 lint: setup
 	$(BIN)/ruff check .
