@@ -130,7 +130,9 @@ def check_chunk(table: pa.Table, start_row: int, features: list[FeatureSpec]) ->
 def model_input(checked: CheckedChunk, features: list[FeatureSpec], as_frame: bool) -> Any:
     """The model's input for validated rows: a float matrix, or a DataFrame like /predict's."""
     if not as_frame:
-        X = np.empty((checked.num_rows, len(features)), dtype=np.float64)
+        # Column-major, as pandas lays out a DataFrame: BLAS-based models (linear ones)
+        # then sum in the same order as on a DataFrame, to the last bit.
+        X = np.empty((checked.num_rows, len(features)), dtype=np.float64, order="F")
         for j, spec in enumerate(features):
             X[:, j] = checked.numeric[spec.name]
         return X

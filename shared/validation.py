@@ -108,7 +108,8 @@ class RowValidator:
         """Validate rows (dicts) and return the model's input; raise ValidationError."""
         n, width = len(rows), len(self.specs)
         columns: list[list[Any]] = [[None] * n for _ in range(width)] if self.as_frame else []
-        matrix = None if self.as_frame else np.empty((n, width), dtype=np.float64)
+        # Column-major like a DataFrame's values (see shared.batch.model_input).
+        matrix = None if self.as_frame else np.empty((n, width), dtype=np.float64, order="F")
         details: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             where = None if single else i
