@@ -133,7 +133,7 @@ HOLDOUT_MEAN_ABSOLUTE_ERROR = Gauge(
 WORKER_HEARTBEAT = Gauge(
     "tabserve_worker_heartbeat_timestamp_seconds",
     "When this worker last reached Redis (Unix time); its health check reads it.",
-    multiprocess_mode="max")  # one writer per worker replica: its main process
+    ("node",), multiprocess_mode="max")  # one writer per worker replica: its main process
 
 QUEUE_GAUGES = (
     ("tabserve_queue_depth", "queued", "Jobs waiting for a worker."),

@@ -84,7 +84,7 @@ def _heartbeat(name: str, processes: int) -> None:
     while True:
         try:
             rt.jobs.worker_heartbeat(name, processes)
-            metrics.WORKER_HEARTBEAT.set(time.time())  # the container health check reads it
+            metrics.WORKER_HEARTBEAT.labels(name).set(time.time())  # read by the health check
             metrics.update_process_metrics("worker")
         except Exception as exc:  # Redis away: keep trying
             logger.debug("heartbeat failed: %s", exc)
