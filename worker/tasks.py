@@ -1,14 +1,17 @@
-"""Celery tasks, named by the constants in shared.queue."""
+"""Celery tasks, named by the constants in shared.queue: thin adapters over shared/."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from shared.leases import MessageLease
 from shared.logs import log_context
 from shared.queue import SCORE_JOB, SCORE_PART
 from shared.retention import purge_expired
+from shared.runtime import Runtime
 from shared.scoring import run_job
 from shared.splitting import run_part
 from worker.app import celery_app, runtime, settings
@@ -16,35 +19,35 @@ from worker.app import celery_app, runtime, settings
 logger = logging.getLogger(__name__)
 
 
-@celery_app.task(name=SCORE_JOB, bind=True)
-def score_job(self: Any, job_id: str) -> str:
-    """Score one batch job; its outcome is in the job record, not the task result."""
+@contextmanager
+def _leased(task: Any, **context: Any) -> Iterator[Runtime]:
+    """Keep the task's broker message leased and tag the logs while the work runs."""
     rt = runtime()
-    tag = (self.request.properties or {}).get("delivery_tag")
-    token = log_context.set({"job_id": job_id})
+    tag = (task.request.properties or {}).get("delivery_tag")
+    token = log_context.set(context)
     try:
         interval = max(0.2, settings.visibility_timeout_seconds / 5)
         with MessageLease(rt.redis, tag, interval):
-            outcome = run_job(rt, rt.jobs, rt.storage, job_id, self.request.hostname)
+            yield rt
+    finally:
+        log_context.reset(token)
+
+
+@celery_app.task(name=SCORE_JOB, bind=True)
+def score_job(self: Any, job_id: str) -> str:
+    """Score one batch job (or cut it into parts); its outcome is in the job record."""
+    with _leased(self, job_id=job_id) as rt:
+        outcome = run_job(rt, rt.jobs, rt.storage, job_id, self.request.hostname)
         try:
             purge_expired(rt.jobs, rt.storage)
         except Exception:  # retention is best effort; the job is done
             logger.exception("retention sweep failed")
-        return outcome.status
-    finally:
-        log_context.reset(token)
+    return outcome.status
 
 
 @celery_app.task(name=SCORE_PART, bind=True)
 def score_part(self: Any, job_id: str, index: int) -> str:
-    """Score one part of a job split across workers."""
-    rt = runtime()
-    tag = (self.request.properties or {}).get("delivery_tag")
-    token = log_context.set({"job_id": job_id, "part": index})
-    try:
-        interval = max(0.2, settings.visibility_timeout_seconds / 5)
-        with MessageLease(rt.redis, tag, interval):
-            outcome = run_part(rt, rt.jobs, rt.storage, job_id, index, self.request.hostname)
-        return outcome.status
-    finally:
-        log_context.reset(token)
+    """Score one part of a job spread over the workers."""
+    with _leased(self, job_id=job_id, part=index) as rt:
+        outcome = run_part(rt, rt.jobs, rt.storage, job_id, index, self.request.hostname)
+    return outcome.status
