@@ -9,7 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from shared.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
+from shared.metrics import record_request
 
 logger = logging.getLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -31,11 +31,9 @@ def install_request_logging(app: Flask, metrics: bool = True) -> None:
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
-        if metrics:
+        if metrics and latency_ms is not None:
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-            if latency_ms is not None:
-                HTTP_REQUEST_DURATION.labels(route, request.method).observe(latency_ms / 1000)
+            record_request(route, request.method, response.status_code, latency_ms / 1000)
         logger.info(
             "%s %s %d",
             request.method,

@@ -7,6 +7,8 @@ operations; PSI is recomputed from the counts at most once per interval.
 
 from __future__ import annotations
 
+import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from shared.manifest import Manifest
+
+logger = logging.getLogger(__name__)
 
 EPSILON = 1e-4
 MIN_ROWS = 50
@@ -183,7 +187,14 @@ class DriftWindow:
 
 
 class DriftTracker:
-    """Windows per model version; publishes PSI through `publish` at most once per interval."""
+    """Windows per model version, fed off the request path.
+
+    `observe` only appends the rows to a queue; a daemon thread of this process bins them
+    in batches every DRAIN_SECONDS, adds them to the model version's window and publishes
+    PSI at most once per interval, so a request pays for a deque append, not for binning.
+    """
+
+    DRAIN_SECONDS = 0.25
 
     def __init__(self, window: int, interval: float,
                  publish: Callable[[Manifest, dict[str, float], float | None], None]) -> None:
@@ -192,21 +203,54 @@ class DriftTracker:
         self.publish = publish
         self._windows: dict[str, DriftWindow] = {}
         self._last: dict[str, float] = {}
+        self._pending: collections.deque[tuple[Manifest, Any, Any]] = collections.deque(
+            maxlen=10_000)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     def observe(self, manifest: Manifest, X: Any, labels: Any) -> None:
-        """Add rows (model input and predicted labels) to the model version's window."""
+        """Queue rows (model input and predicted labels) for the model version's window."""
         if not manifest.reference or self.window <= 0:
             return
-        w = self._windows.get(manifest.ref)
-        if w is None:
-            w = self._windows.setdefault(manifest.ref, DriftWindow(manifest, self.window))
-        w.add(w.bin_rows(X, labels))
+        self._pending.append((manifest, X, labels))
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:  # started in the process that serves
+                    self._thread = threading.Thread(target=self._run, name="drift",
+                                                    daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.DRAIN_SECONDS)
+            try:
+                self.drain()
+            except Exception:  # drift is best effort; never take the process down
+                logger.exception("drift: could not update the windows")
+
+    def drain(self) -> None:
+        """Bin and add what is queued, then publish the windows that are due."""
+        batches: dict[str, list[tuple[Manifest, Any, Any]]] = {}
+        while self._pending:
+            item = self._pending.popleft()
+            batches.setdefault(item[0].ref, []).append(item)
         now = time.monotonic()
-        if now - self._last.get(manifest.ref, -1e18) >= self.interval:
-            self._last[manifest.ref] = now
-            scores = w.scores()
-            if scores is not None:
-                self.publish(manifest, *scores)
+        for ref, items in batches.items():
+            manifest = items[0][0]
+            w = self._windows.get(ref)
+            if w is None:
+                w = self._windows.setdefault(ref, DriftWindow(manifest, self.window))
+            if isinstance(items[0][1], pd.DataFrame):
+                X: Any = pd.concat([x for _, x, _ in items], ignore_index=True)
+            else:
+                X = np.concatenate([np.asarray(x, dtype=np.float64) for _, x, _ in items])
+            labels = np.concatenate([np.asarray(y) for _, _, y in items])
+            w.add(w.bin_rows(X, labels))
+            if now - self._last.get(ref, -1e18) >= self.interval:
+                self._last[ref] = now
+                scores = w.scores()
+                if scores is not None:
+                    self.publish(manifest, *scores)
 
 
 class DriftAccumulator:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 from prometheus_client import (
@@ -267,11 +268,29 @@ def record_model_loaded(manifest: Manifest, seconds: float) -> None:
         HOLDOUT_MEAN_ABSOLUTE_ERROR.labels(model, version).set(manifest.metrics["mae"])
 
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """metric.labels(*labels), cached: the request path skips the library's label checks."""
+    key = (id(metric), labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
+def record_request(route: str, method: str, status: int, seconds: float) -> None:
+    """One HTTP request answered."""
+    child(HTTP_REQUESTS, route, method, str(status)).inc()
+    child(HTTP_REQUEST_DURATION, route, method).observe(seconds)
+
+
 def record_prediction(manifest: Manifest, path: str, rows: int, seconds: float) -> None:
     """One predict call: its compute time and the rows it scored."""
     model, version = manifest.name, str(manifest.version)
-    MODEL_COMPUTE.labels(model, version, path).observe(seconds)
-    ROWS_PREDICTED.labels(model, version, path).inc(rows)
+    child(MODEL_COMPUTE, model, version, path).observe(seconds)
+    child(ROWS_PREDICTED, model, version, path).inc(rows)
 
 
 def record_drift(manifest: Manifest, features: Mapping[str, float], prediction: float | None,

@@ -1,0 +1,105 @@
+"""Monitoring overhead on /predict: the same API with metrics, drift and the prediction log
+on (the default) and off (TABSERVE_MONITORING=0), alternated, under the same load.
+
+    .venv/bin/python -m bench.overhead [--duration 10] [--rounds 3]
+
+Single-row breast-cancer requests, 2 gunicorn sync workers, wrk (or the Python generator).
+Writes (or replaces) its section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from sklearn.datasets import load_breast_cancer
+
+from bench.common import machine
+from bench.loadgen import run_load, wrk_version
+from bench.online_report import write_section
+from shared.artifacts import ModelStore
+from shared.config import Settings
+from shared.training import train_demo
+from tests.servers import ApiServer, RedisServer, tabserve_env
+
+TITLE = "Monitoring overhead on /predict"
+
+
+def _bodies(path: Path) -> Path:
+    data = load_breast_cancer()
+    with open(path, "w") as fh:
+        for row in data.data[:500]:
+            fh.write(json.dumps({"features": dict(zip(data.feature_names, row.tolist(),
+                                                      strict=True))}) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    tool = "wrk" if wrk_version() else "python"
+    work = Path(tempfile.mkdtemp(prefix="tabserve-overhead-"))
+    train_demo(ModelStore(work / "artifacts"))
+    bodies = _bodies(work / "bodies.jsonl")
+    redis = RedisServer(work / "redis")
+    results: dict[tuple[bool, int], list] = {}
+    try:
+        for _ in range(args.rounds):
+            for monitoring in (True, False):
+                settings = Settings(artifacts_dir=work / "artifacts", redis_url=redis.url,
+                                    data_dir=str(work / "data"), monitoring=monitoring,
+                                    drift_interval_seconds=10, log_level="WARNING")
+                api = ApiServer(tabserve_env(settings.as_env()), work, workers=2)
+                try:
+                    run_load(tool, api.url + "/predict", bodies, 16, 2, False)  # warm-up
+                    for c in args.concurrency:
+                        r = run_load(tool, api.url + "/predict", bodies, c, args.duration,
+                                     False)
+                        results.setdefault((monitoring, c), []).append(r)
+                        print(monitoring, c, round(r.rps), r.p50_ms, r.p99_ms, r.errors,
+                              flush=True)
+                finally:
+                    api.stop()
+    finally:
+        redis.stop()
+    lines = [f"## {TITLE}", "",
+             f"Command: `python -m bench.overhead --duration {args.duration:g} --rounds "
+             f"{args.rounds}` ({time.strftime('%Y-%m-%d')}, load by {tool})", "",
+             f"Machine: {machine()}", "",
+             "Medians over alternated rounds; monitoring = Prometheus metrics, drift windows "
+             "and the prediction log for feedback.", "",
+             "| concurrency | monitoring | req/s | p50 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|"]
+    for c in args.concurrency:
+        for monitoring in (True, False):
+            runs = results[(monitoring, c)]
+            lines.append(
+                f"| {c} | {'on' if monitoring else 'off'} | "
+                f"{statistics.median(r.rps for r in runs):,.0f} | "
+                f"{statistics.median(r.p50_ms for r in runs):.3f} | "
+                f"{statistics.median(r.p99_ms for r in runs):.3f} | "
+                f"{sum(r.errors for r in runs)} |")
+    lines.append("")
+    for c in args.concurrency:
+        on = statistics.median(r.p50_ms for r in results[(True, c)])
+        off = statistics.median(r.p50_ms for r in results[(False, c)])
+        rps_on = statistics.median(r.rps for r in results[(True, c)])
+        rps_off = statistics.median(r.rps for r in results[(False, c)])
+        lines.append(f"- concurrency {c}: p50 latency +{(on - off) / off:.1%} "
+                     f"({on - off:+.3f} ms), throughput {rps_on / rps_off - 1:+.1%} with "
+                     f"monitoring on; requirement < 10% of the request's latency: "
+                     f"{'PASS' if (on - off) / off < 0.10 else 'FAIL'}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_section(f"## {TITLE}", text)
+
+
+if __name__ == "__main__":
+    main()
