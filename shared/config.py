@@ -25,7 +25,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     log_level: str = "INFO"
-    chunk_rows: int = 50_000
+    chunk_rows: int = 25_000
     part_rows: int = 500_000
     worker_threads: int = 0
     job_ttl_seconds: int = 7 * 24 * 3600
