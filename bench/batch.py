@@ -139,9 +139,10 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
         api = ApiServer(env, work, workers=2)
         workers.append(WorkerProcess(env, work, "b1"))
         out["small"] = small_jobs(api.url, small_count)
+        # The two CSV sizes back to back on a fresh worker: memory compared like for like.
         out["queue_csv"] = through_queue(api.url, workers, csv, "csv")
-        out["queue_parquet"] = through_queue(api.url, workers, parquet, "parquet")
         out["large"] = through_queue(api.url, workers, large, "csv")
+        out["queue_parquet"] = through_queue(api.url, workers, parquet, "parquet")
         print(out, flush=True)
         # Scaling: single-threaded workers (one core each), 1 and then 2 of them.
         workers.pop().stop()
