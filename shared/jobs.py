@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import redis
 
+from shared import jobscripts
 from shared.errors import JobNotFoundError, QueueUnavailableError
 
 PREFIX = "tabserve:"
@@ -32,82 +33,6 @@ JSON_FIELDS = ("options", "error", "model", "input", "output", "drift")
 INT_FIELDS = ("rows_done", "rows_total", "rows_failed", "bytes_done", "bytes_total", "attempt",
               "parts_total", "parts_done")
 FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "heartbeat_at")
-
-# KEYS: job, queued set, running set. ARGV: id, attempt, now, worker.
-_START = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status ~= 'queued' and status ~= 'running' then return status end
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'started_at', ARGV[3],
-           'heartbeat_at', ARGV[3], 'worker', ARGV[4], 'rows_done', 0, 'bytes_done', 0,
-           'rows_failed', 0)
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-return 'running'
-"""
-
-# KEYS: job, queued set, running set. ARGV: id, attempt ('' = any), status, ttl, field/value...
-_FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status ~= 'queued' and status ~= 'running' then return status end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 'stale' end
-redis.call('HSET', KEYS[1], 'status', ARGV[3])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return ARGV[3]
-"""
-
-# KEYS: job. ARGV: attempt, field/value... Writes only while this attempt is current.
-_PROGRESS = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return status or 'missing' end
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 'stale' end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 'running'
-"""
-
-
-# Parts of a job split across workers. KEYS: job, parts hash. ARGV[1]: part index.
-_PART_START = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return {status or 'missing', 0} end
-local i = ARGV[1]
-local attempt = redis.call('HINCRBY', KEYS[2], i .. ':attempt', 1)
-for _, f in ipairs({'rows_done', 'bytes_done', 'rows_failed'}) do
-  local old = tonumber(redis.call('HGET', KEYS[2], i .. ':' .. f) or '0')
-  if old ~= 0 then redis.call('HINCRBY', KEYS[1], f, -old) end
-  redis.call('HSET', KEYS[2], i .. ':' .. f, 0)
-end
-return {'running', attempt}
-"""
-
-# ARGV: index, attempt, rows, bytes, failed, now
-_PART_PROGRESS = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return status or 'missing' end
-local i = ARGV[1]
-if redis.call('HGET', KEYS[2], i .. ':attempt') ~= ARGV[2] then return 'stale' end
-local fields = {'rows_done', 'bytes_done', 'rows_failed'}
-for k = 1, 3 do
-  redis.call('HINCRBY', KEYS[1], fields[k], ARGV[k + 2])
-  redis.call('HINCRBY', KEYS[2], i .. ':' .. fields[k], ARGV[k + 2])
-end
-redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[6])
-return 'running'
-"""
-
-# ARGV: index, attempt, result JSON. Returns the number of parts done, or why not.
-_PART_DONE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return status or 'missing' end
-local i = ARGV[1]
-if redis.call('HGET', KEYS[2], i .. ':attempt') ~= ARGV[2] then return 'stale' end
-if redis.call('HSETNX', KEYS[2], i .. ':done', ARGV[3]) == 0 then return 'duplicate' end
-return tostring(redis.call('HINCRBY', KEYS[1], 'parts_done', 1))
-"""
 
 
 def now() -> float:
@@ -176,12 +101,12 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self.r: Any = client  # redis-py's own types are too loose to check against
         self.ttl = ttl_seconds
-        self._start = client.register_script(_START)
-        self._finish = client.register_script(_FINISH)
-        self._progress = client.register_script(_PROGRESS)
-        self._part_start = client.register_script(_PART_START)
-        self._part_progress = client.register_script(_PART_PROGRESS)
-        self._part_done = client.register_script(_PART_DONE)
+        self._start = client.register_script(jobscripts.START)
+        self._finish = client.register_script(jobscripts.FINISH)
+        self._progress = client.register_script(jobscripts.PROGRESS)
+        self._part_start = client.register_script(jobscripts.PART_START)
+        self._part_progress = client.register_script(jobscripts.PART_PROGRESS)
+        self._part_done = client.register_script(jobscripts.PART_DONE)
 
     def create(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Store a new queued job."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from shared.csvblocks import count_csv_rows
 from shared.errors import TabserveError
 from shared.jobs import JobStore
 from shared.metrics import record_job_finished
@@ -26,7 +27,7 @@ from shared.queue import send_score_part
 from shared.runtime import Runtime
 from shared.scoring import JobOutcome, JobStopped, _JobRun, score_range
 from shared.storage import Storage
-from shared.tables import Part, count_csv_rows, plan_parts
+from shared.tables import Part, plan_parts
 
 logger = logging.getLogger(__name__)
 

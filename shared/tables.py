@@ -12,18 +12,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Literal
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from shared.csvblocks import (
+    MAX_LINE_BYTES,
+    SNIFF_BYTES,
+    csv_block_bytes,
+    header_columns,
+    parse_csv_block,
+    read_blocks,
+    read_header,
+)
 from shared.errors import BadRequestError, ValidationError
 from shared.schema import FeatureSpec, Schema
 
 InputFormat = Literal["csv", "parquet"]
-SNIFF_BYTES = 64 * 1024
-MAX_LINE_BYTES = 8 * 1024 * 1024
-NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 
 
 @dataclass
@@ -120,28 +124,6 @@ def _inspect_csv(fh: IO[bytes], size: int) -> InputInfo:
     return InputInfo("csv", columns, None, size)
 
 
-def read_header(fh: IO[bytes]) -> bytes:
-    """The first line of a CSV file, line end included."""
-    fh.seek(0)
-    line = fh.readline(MAX_LINE_BYTES)
-    if not line.strip():
-        raise BadRequestError("the CSV file has no header line")
-    if not line.endswith(b"\n") and len(line) >= MAX_LINE_BYTES:
-        raise BadRequestError("the CSV header line is too long")
-    return line if line.endswith(b"\n") else line + b"\n"
-
-
-def header_columns(header: bytes) -> list[str]:
-    """Column names of a CSV header line, parsed as pyarrow parses them."""
-    try:
-        table = pacsv.read_csv(io.BytesIO(header), read_options=pacsv.ReadOptions(
-            autogenerate_column_names=True))
-    except pa.ArrowException as exc:
-        raise BadRequestError(f"the CSV header cannot be parsed: {exc}") from None
-    names = [str(v[0].as_py()) if len(v) else "" for v in table.columns]
-    return names
-
-
 def _check_columns(columns: list[str], schema: Schema, id_column: str | None) -> None:
     seen: set[str] = set()
     dupes = sorted({c for c in columns if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
@@ -197,39 +179,6 @@ def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int) -> list[Part]:
     return [Part(i, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
 
 
-def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
-    """Rows in CSV bytes [start, end) as pyarrow counts them: lines, less empty ones."""
-    fh.seek(start)
-    rows = 0
-    carry = b"x\n"  # the bytes before `start` end a (non-empty) line
-    buf = bytearray(min(4 << 20, max(end - start, 1)))
-    remaining = end - start
-    while remaining > 0:
-        n = _read_into(fh, memoryview(buf)[: min(len(buf), remaining)])
-        if n == 0:
-            break
-        boundary = carry + bytes(buf[: min(n, 2)])
-        if (buf.find(b"\n\n", 0, n) >= 0 or buf.find(b"\n\r\n", 0, n) >= 0
-                or b"\n\n" in boundary or b"\n\r\n" in boundary):
-            rows += _count_non_empty(carry + bytes(memoryview(buf)[:n]))
-        else:  # the common case: no empty line, so every line end ends a row
-            rows += buf.count(b"\n", 0, n)
-        carry = (carry + bytes(buf[max(0, n - 2):n]))[-2:]
-        remaining -= n
-    if carry[-1:] not in (b"\n", b"") and carry.strip():
-        rows += 1  # a last line without a line end
-    return rows
-
-
-def _count_non_empty(block: bytes) -> int:
-    # Line ends after the two carried bytes, less those that end an empty line.
-    arr = np.frombuffer(block, dtype=np.uint8)
-    nl = arr == 10
-    ends = nl[2:]
-    empty = ends & (nl[1:-1] | ((arr[1:-1] == 13) & nl[:-2]))
-    return int(ends.sum()) - int(empty.sum())
-
-
 def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],
                 columns: list[str], chunk_rows: int, part: Part | None = None) -> Iterator[Chunk]:
     """Yield the rows of an open, seekable file (or of one part of it) in order, chunk_rows
@@ -259,16 +208,6 @@ def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns
         yield Chunk(start - table.num_rows, table, int(size * start / total))
 
 
-def csv_block_bytes(fh: IO[bytes], chunk_rows: int) -> int:
-    """Bytes per CSV block so that a block holds about chunk_rows rows."""
-    fh.seek(0)
-    fh.readline(MAX_LINE_BYTES)
-    sample = fh.read(SNIFF_BYTES)
-    lines = max(sample.count(b"\n"), 1)
-    per_row = max(len(sample) / lines, 1.0)
-    return max(int(per_row * chunk_rows), 64 * 1024)
-
-
 def _csv_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
                 chunk_rows: int, part: Part | None) -> Iterator[Chunk]:
     header = read_header(fh)
@@ -284,89 +223,3 @@ def _csv_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: li
         yield Chunk(start - table.num_rows, table, offset)
 
 
-def read_blocks(fh: IO[bytes], block_bytes: int,
-                limit: int | None = None) -> Iterator[tuple[memoryview, int]]:
-    """Blocks of about block_bytes (up to `limit` bytes in all), each ending at a line end;
-    with the offset reached.
-
-    Each block is read straight into a fresh buffer (readinto), with the partial line left
-    over from the previous block copied in front: one copy of the file's bytes in all.
-    """
-    carry = b""
-    offset = fh.tell()
-    left = limit
-    while True:
-        want = block_bytes if left is None else min(block_bytes, left)
-        buf = bytearray(len(carry) + want)
-        buf[: len(carry)] = carry
-        view = memoryview(buf)
-        got = _read_into(fh, view[len(carry):]) if want else 0
-        if left is not None:
-            left -= got
-        end = len(carry) + got
-        offset += got
-        if got == 0:
-            if carry.strip():
-                yield view[:end], offset
-            return
-        cut = buf.rfind(b"\n", 0, end) + 1
-        if cut == 0:
-            if end > MAX_LINE_BYTES:
-                raise ValidationError(f"a CSV line near byte {offset} is longer than "
-                                      f"{MAX_LINE_BYTES} bytes")
-            carry = bytes(view[:end])
-            continue
-        carry = bytes(view[cut:end])
-        if cut > 1024 or bytes(view[:cut]).strip():
-            block = view[:cut]
-            del buf, view  # only the yielded block keeps the buffer alive
-            yield block, offset - len(carry)
-            del block
-
-
-def _read_into(fh: IO[bytes], view: memoryview) -> int:
-    """Fill view from fh as far as the file allows."""
-    total = 0
-    readinto = getattr(fh, "readinto", None)
-    while total < len(view):
-        if readinto is not None:
-            n = readinto(view[total:])
-        else:
-            data = fh.read(len(view) - total)
-            n = len(data)
-            view[total:total + n] = data
-        if not n:
-            break
-        total += n
-    return total
-
-
-def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
-                        columns: list[str]) -> pacsv.ConvertOptions:
-    """Parse features into their Arrow types and every other kept column as text."""
-    types = {n: column_types.get(n, pa.string()) for n in columns}
-    return pacsv.ConvertOptions(column_types=types, include_columns=columns,
-                                null_values=NULL_VALUES, strings_can_be_null=True,
-                                quoted_strings_can_be_null=False)
-
-
-def parse_csv_block(block: bytes | memoryview, names: list[str],
-                    column_types: dict[str, pa.DataType], columns: list[str],
-                    start_row: int) -> pa.Table:
-    """Parse one block; on a value that does not convert, re-parse as text to locate it."""
-    # 1 MiB parse blocks: enough units for every core (measured faster than 4 or 16 MiB).
-    read = pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 20)
-    try:
-        return pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
-                              convert_options=csv_convert_options(names, column_types, columns))
-    except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc).lower():
-            raise ValidationError(f"CSV parse error after row {start_row}: "
-                                  f"{_short(exc)}") from None
-    # Some value is not of its column's type: read as text, let validation name the rows.
-    return pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
-                          convert_options=csv_convert_options(names, {}, columns))
-
-
-def _short(exc: Exception) -> str:
-    return str(exc).split("\n")[0][:300]
