@@ -1,0 +1,215 @@
+"""The online benchmark's markdown section and the ratios the project must meet."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.common import machine
+from bench.scenarios import ATTEMPTS, BUSY_PERCENT
+
+if TYPE_CHECKING:
+    from bench.loadgen import LoadResult
+    from bench.scenarios import Config, Results
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+SERVERS = (("tabserve", "tabserve `/predict`"), ("hello", "hello-world Flask"),
+           ("mlflow", "mlflow, `dataframe_split`"), ("mlflow-inputs", "mlflow, `inputs`"),
+           ("mlflow-keepalive", "mlflow, `dataframe_split`, keep-alive client"))
+MLFLOW = tuple(key for key, _ in SERVERS if key.startswith("mlflow"))
+CEILING_SHARE = 0.45  # of hello-world's req/s at concurrency 16
+P99_FACTOR = 8.0  # mlflow's p99 over tabserve's, at concurrency 16
+OVERHEAD_MS = 1.0  # tabserve p50 at concurrency 1 over the in-process model time
+
+
+@dataclass
+class Check:
+    what: str
+    measured: str
+    target: str
+    passed: bool | None  # None: not measured
+
+
+def checks(results: Results) -> list[Check]:
+    """The online targets, each computed from this run's numbers."""
+    out = []
+    for label, factor in results.models:
+        tab = _at(results, label, "tabserve", 16)
+        mlflow = [r for key in MLFLOW if (r := _at(results, label, key, 16))]
+        if tab and mlflow:
+            # against MLflow's best variant: its highest req/s and its lowest p99
+            ratio = tab.rps / max(r.rps for r in mlflow)
+            out.append(Check(f"{label}: tabserve req/s ÷ best mlflow req/s, c=16",
+                             f"{ratio:.1f}×", f"≥ {factor:g}×", ratio >= factor))
+            p99 = min(r.p99_ms for r in mlflow) / tab.p99_ms
+            out.append(Check(f"{label}: best mlflow p99 ÷ tabserve p99, c=16", f"{p99:.1f}×",
+                             f"≥ {P99_FACTOR:g}×", p99 >= P99_FACTOR))
+        else:
+            out.append(Check(f"{label}: tabserve vs mlflow, c=16", "not measured",
+                             f"≥ {factor:g}× req/s, ≥ {P99_FACTOR:g}× p99", None))
+        hello = _at(results, "", "hello", 16)
+        if tab and hello:
+            share = tab.rps / hello.rps
+            required = factor == results.models[0][1]
+            out.append(Check(f"{label}: tabserve req/s ÷ hello-world req/s, c=16"
+                             + ("" if required else " (for reference; the target is the demo's)"),
+                             f"{share:.0%}", f"≥ {CEILING_SHARE:.0%}",
+                             share >= CEILING_SHARE if required else None))
+        tab1 = _at(results, label, "tabserve", 1)
+        raw = results.raw.get(label)
+        if tab1 and raw:
+            over = tab1.p50_ms - raw["numpy_p50_ms"]
+            out.append(Check(f"{label}: tabserve p50 at c=1 − in-process predict_proba",
+                             f"{tab1.p50_ms:.2f} − {raw['numpy_p50_ms']:.2f} = {over:.2f} ms",
+                             f"≤ {OVERHEAD_MS:g} ms", over <= OVERHEAD_MS))
+    errors = sum(r.errors for (_, server), runs in results.runs.items() if server == "tabserve"
+                 for r in runs)
+    out.append(Check("tabserve errors, all runs", str(errors), "0", errors == 0))
+    return out
+
+
+def _at(results: Results, label: str, server: str, concurrency: int) -> LoadResult | None:
+    for r in results.runs.get((label, server), []):
+        if r.concurrency == concurrency:
+            return r
+    return None
+
+
+def report(results: Results, config: Config, command: str, quick: bool) -> tuple[str, str]:
+    """The section title and its markdown."""
+    title = f"## Online /predict vs hello-world and mlflow ({'quick' if quick else 'full'} run)"
+    lines = [title, "", f"Run {time.strftime('%Y-%m-%d %H:%M')}. Command: `{command}`", "",
+             f"Machine: {machine()}; {os.cpu_count()} CPUs shared by the servers and the load "
+             "generator.", "",
+             _other_cpu(results), "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in results.versions.items()) + ".", "",
+             _method(config), ""]
+    lines += ["### In-process model time (one row, one thread)", "",
+              "| model | `predict_proba`, 1-row NumPy: p50 (p99) ms "
+              "| 1-row DataFrame: p50 (p99) ms | other CPU % |", "|---|---|---|---|"]
+    for label, raw in results.raw.items():
+        lines.append(f"| {label} | {raw['numpy_p50_ms']:.3f} ({raw['numpy_p99_ms']:.3f}) | "
+                     f"{raw['dataframe_p50_ms']:.3f} ({raw['dataframe_p99_ms']:.3f}) | "
+                     f"{raw['other_cpu']:.0f} |")
+    for label, _ in results.models:
+        lines += ["", f"### {label}: single-row requests", "",
+                  "| concurrency | server | req/s | p50 ms | p99 ms | errors | other CPU % |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in config.concurrency:
+            for server, name in SERVERS:
+                r = _at(results, "" if server == "hello" else label, server, c)
+                if r is None:
+                    lines.append(f"| {c} | {name} | not measured | | | | |")
+                    continue
+                kinds = ", ".join(f"{k} {v}" for k, v in r.error_kinds.items())
+                lines.append(f"| {c} | {name} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
+                             f"{r.p99_ms:.2f} | {r.errors}{f' ({kinds})' if kinds else ''} | "
+                             f"{r.other_cpu or 0:.0f} |")
+    lines += ["", "### Targets", "", "| target | measured | required | result |",
+              "|---|---|---|---|"]
+    for check in checks(results):
+        verdict = {True: "pass", False: "**FAIL**", None: "—"}[check.passed]
+        lines.append(f"| {check.what} | {check.measured} | {check.target} | {verdict} |")
+    lines += _variant_ratios(results) + _ceilings(results)
+    if results.notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in results.notes)]
+    return title, "\n".join(lines) + "\n"
+
+
+def _other_cpu(results: Results) -> str:
+    kept = [r.other_cpu or 0.0 for runs in results.runs.values() for r in runs]
+    mean = sum(kept) / len(kept) if kept else 0.0
+    text = (f"Other processes (not this benchmark's) used "
+            f"{results.other_cpu_before:.0f}% of the machine's CPU just before the "
+            f"run and {mean:.0f}% on average during the measured runs (at most "
+            f"{max(kept, default=0):.0f}% in one; column \"other CPU %\"). A run during which "
+            f"they used more than {BUSY_PERCENT:g}% is repeated, up to {ATTEMPTS} times, and "
+            "the quietest attempt kept.")
+    if max(kept, default=0) > BUSY_PERCENT:
+        text += (" **The machine was not quiet for every run: rows with a high \"other CPU\" "
+                 "are lower and noisier than a quiet machine gives.**")
+    return text
+
+
+def _variant_ratios(results: Results) -> list[str]:
+    """tabserve against each MLflow variant at concurrency 16 (the targets use the best)."""
+    names = dict(SERVERS)
+    lines = ["", "tabserve against each MLflow variant at concurrency 16:", "",
+             "| model | mlflow variant | tabserve req/s ÷ mlflow's | mlflow p99 ÷ tabserve's |",
+             "|---|---|---|---|"]
+    for label, _ in results.models:
+        tab = _at(results, label, "tabserve", 16)
+        for key in MLFLOW:
+            ml = _at(results, label, key, 16)
+            if tab and ml:
+                lines.append(f"| {label} | {names[key]} | {tab.rps / ml.rps:.1f}× | "
+                             f"{ml.p99_ms / tab.p99_ms:.1f}× |")
+    return lines if len(lines) > 5 else []
+
+
+def _ceilings(results: Results) -> list[str]:
+    """The most tabserve could serve here: neither more than the HTTP ceiling (hello-world)
+    nor more rows than the cores can score, whatever the server does."""
+    hello = _at(results, "", "hello", 16)
+    cores = os.cpu_count() or 1
+    lines = []
+    for label, factor in results.models:
+        raw = results.raw.get(label)
+        mlflow = [r for key in MLFLOW if (r := _at(results, label, key, 16))]
+        if not (hello and raw and mlflow):
+            continue
+        model_bound = cores * 1000 / raw["numpy_p50_ms"]
+        ceiling = min(hello.rps, model_bound)
+        best = max(r.rps for r in mlflow)
+        lines.append(f"- {label}: about min(hello-world {hello.rps:,.0f}, {cores} cores ÷ "
+                     f"{raw['numpy_p50_ms']:.2f} ms = {model_bound:,.0f}) = {ceiling:,.0f} "
+                     f"req/s, so about {ceiling / best:.1f}× MLflow's best "
+                     f"({best:,.0f} req/s), against the {factor:g}× target.")
+        if best > 1.1 * model_bound:
+            lines[-1] += (" **MLflow's best is above what the cores can score at the "
+                          "in-process model time: that run is suspect; run again.**")
+    if lines:
+        lines = ["", "Ceilings at concurrency 16 on this machine, whatever the server: the "
+                 "load generator's share of the cores is not even counted, and the model time "
+                 "varies by some 10% from one process to another:", "", *lines]
+    return lines
+
+
+def _method(config: Config) -> str:
+    tool = ("`wrk` (bench/post.lua), 2 threads (1 at concurrency 1), on the same 2 cores as "
+            "the server" if config.tool == "wrk" else
+            "bench/loadgen.py (Python asyncio, one process) on the same 2 cores as the server")
+    return f"""How: each server runs alone with {config.workers} workers and one model thread \
+per worker, is warmed up for {config.warmup:g} s, then loaded for {config.duration:g} s at each \
+concurrency (closed loop: each connection sends its next request when the answer is in) by \
+{tool}. Every request is one row of scikit-learn's breast-cancer data, the 569 rows in turn: \
+`{{"features": {{...}}}}` to tabserve and hello-world; to MLflow's `/invocations` either \
+`{{"dataframe_split": {{"columns": [...], "data": [[...]]}}}}` (named columns, like tabserve's \
+request) or `{{"inputs": [[...]]}}` (a bare 2-D array, MLflow's leanest path to NumPy). \
+Requests carry `Connection: close`, so every server pays for a connection per request, as \
+gunicorn's sync workers (tabserve, hello-world) impose anyway. The keep-alive rows show what a \
+keep-alive client gets from MLflow: uvicorn started with `--workers` listens on a socket \
+created with protocol 0, so asyncio leaves Nagle's algorithm on for accepted connections and \
+each answer waits for the client's delayed ACK (about 40 ms). The ratios below use MLflow's \
+best variant. tabserve and hello-world run under gunicorn with api/gunicorn_conf.py; tabserve \
+with its defaults (a JSON log line per request, Prometheus metrics, predictions buffered to a \
+local Redis); MLflow's server is uvicorn (FastAPI) with `--workers {config.workers}` and \
+`OMP_NUM_THREADS=1`. Before the load, answers are checked against the in-process model. \
+In-process time: median over {config.raw_calls} calls, rows in turn, with no server running."""
+
+
+def write_section(title: str, text: str) -> None:
+    """Replace the section with this title in docs/benchmarks.md, or append it."""
+    existing = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    lines = existing.rstrip("\n").split("\n")
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines[start:end] = text.rstrip("\n").split("\n") + ([""] if end < len(lines) else [])
+    else:
+        lines += ["", *text.rstrip("\n").split("\n")]
+    DOCS.write_text("\n".join(lines) + "\n")
