@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,7 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
         for proc in (*workers, api, redis):
             if proc is not None:
                 proc.stop()
+        shutil.rmtree(work, ignore_errors=True)  # uploads and outputs: gigabytes
     return out
 
 

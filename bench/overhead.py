@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -69,6 +70,7 @@ def main() -> None:
                     api.stop()
     finally:
         redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
     lines = [f"## {TITLE}", "",
              f"Command: `python -m bench.overhead --duration {args.duration:g} --rounds "
              f"{args.rounds}` ({time.strftime('%Y-%m-%d')}, load by {tool})", "",

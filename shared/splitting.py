@@ -91,7 +91,13 @@ def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: 
         return JobOutcome(done)
     if int(done) < int(rec["parts_total"]):
         return JobOutcome("part_done", run.rows_done)
-    return _assemble(rt, jobs, storage, rec, run)
+    try:
+        return _assemble(rt, jobs, storage, rec, run)
+    except Exception as exc:  # e.g. a full disk: the job fails rather than hangs
+        logger.exception("job %s: could not join its parts", job_id)
+        return _fail(jobs, storage, rec, {"code": "internal_error",
+                                          "message": f"joining the parts failed: "
+                                                     f"{type(exc).__name__}"})
 
 
 class _PartProgress:
