@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,7 @@ def _check_key(key: str) -> None:
         raise ValueError(f"bad storage key {key!r}")
 
 
-class Storage:
+class Storage(ABC):
     """What every store offers; the local staging area for uploads is common to all."""
 
     scheme = ""
@@ -72,39 +73,48 @@ class Storage:
         return None
 
     # Each store implements these.
+    @abstractmethod
     def open(self, key: str) -> IO[bytes]:
         """Open key for reading (seekable)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def writer(self, key: str, mode: str = "wb") -> Any:
         """Context manager: a file for key that appears under its name only on success."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def adopt(self, path: Path, key: str) -> None:
         """Move a staged local file into the store under key."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def exists(self, key: str) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def size(self, key: str) -> int:
         """Size in bytes; FileNotFoundError if there is no such file."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete(self, key: str) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key under a prefix (a job's files)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def list_prefixes(self, prefix: str) -> list[str]:
         """Immediate sub-prefixes (one per job) under prefix."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def last_modified(self, prefix: str) -> float:
         """When anything under prefix last changed (epoch seconds; 0 if nothing is there)."""
-        raise NotImplementedError
+        ...
 
 
 class LocalStorage(Storage):
