@@ -1,5 +1,5 @@
-"""A Request whose multipart file parts stream straight into the data directory's staging
-area, instead of a temporary copy that would then be copied again."""
+"""A Request whose multipart file parts stream straight into the storage's local staging
+file, instead of a temporary copy that would then be copied again."""
 
 from __future__ import annotations
 

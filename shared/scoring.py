@@ -122,11 +122,11 @@ def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
     """Score every chunk, then publish the output and mark the job succeeded."""
     job_id = rec["id"]
 
-    def report(run: _JobRun, chunk: Chunk) -> str:
+    def report(run: JobRun, chunk: Chunk) -> str:
         return jobs.progress(job_id, attempt, rows_done=run.rows_done,
                              rows_failed=run.rows_failed, bytes_done=chunk.bytes_done)
 
-    run = _JobRun(rt, rec, report)
+    run = JobRun(rt, rec, report)
     rt.redis.delete(JOB_KEY + job_id)  # a re-delivered job starts its predictions afresh
     rows = score_range(storage, rec, run, None, run.output_key, run.errors_key)
     if run.rows_done == 0:
@@ -147,7 +147,7 @@ def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
     return run.rows_done
 
 
-def score_range(storage: Storage, rec: dict[str, Any], run: _JobRun, part: Part | None,
+def score_range(storage: Storage, rec: dict[str, Any], run: JobRun, part: Part | None,
                 output_key: str, errors_key: str) -> int:
     """Score the input (or one part of it) into output_key (and errors_key); returns the
     output's row count. Reading runs ahead and writing behind the scoring."""
@@ -176,11 +176,11 @@ def score_range(storage: Storage, rec: dict[str, Any], run: _JobRun, part: Part 
     return writer.rows
 
 
-class _JobRun:
+class JobRun:
     """One attempt at one job (or part): validates, scores and reports chunk by chunk."""
 
     def __init__(self, rt: Runtime, rec: dict[str, Any],
-                 report: Callable[[_JobRun, Chunk], str]) -> None:
+                 report: Callable[[JobRun, Chunk], str]) -> None:
         self.rt, self.report = rt, report
         self.job_id, options = rec["id"], rec["options"]
         self.loaded = rt.models.get(rec["model"]["name"], int(rec["model"]["version"]))

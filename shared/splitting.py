@@ -25,7 +25,7 @@ from shared.metrics import record_job_finished
 from shared.predictions import JOB_KEY
 from shared.queue import send_score_part
 from shared.runtime import Runtime
-from shared.scoring import JobOutcome, JobStopped, _JobRun, score_range
+from shared.scoring import JobOutcome, JobRun, JobStopped, score_range
 from shared.storage import Storage
 from shared.tables import Part, plan_parts
 
@@ -64,7 +64,7 @@ def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: 
         return JobOutcome(status)
     rec = jobs.get(job_id)
     spec = jobs.part_spec(job_id, index)
-    run = _JobRun(rt, rec, _PartProgress(jobs, rec, index, attempt, spec["start"]))
+    run = JobRun(rt, rec, _PartProgress(jobs, rec, index, attempt, spec["start"]))
     keys = _part_keys(job_id, index, run.out_fmt)
     try:
         first_row = _first_row(jobs, storage, rec, index, spec)
@@ -109,7 +109,7 @@ class _PartProgress:
         self.offset = offset
         self.rows = self.failed = 0
 
-    def __call__(self, run: _JobRun, chunk: Any) -> str:
+    def __call__(self, run: JobRun, chunk: Any) -> str:
         rows, failed = run.rows_done - self.rows, run.rows_failed - self.failed
         self.rows, self.failed = run.rows_done, run.rows_failed
         if self.rec["input"]["format"] == "csv":
@@ -175,7 +175,7 @@ def _fail(jobs: JobStore, storage: Storage, rec: dict[str, Any],
 
 
 def _assemble(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
-              run: _JobRun) -> JobOutcome:
+              run: JobRun) -> JobOutcome:
     """Join the parts' files in order into the result; the job succeeds once it is in place."""
     job_id, total = rec["id"], int(rec["parts_total"])
     results = jobs.part_results(job_id, total)

@@ -103,11 +103,9 @@ def format_of(content_type: str | None, filename: str | None) -> InputFormat:
         return "parquet"
     if mime in CSV_TYPES:
         return "csv"
-    suffix = Path(filename or "").suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".csv", ".txt"):
-        return "csv"
+    fmt = _format_of_name(filename or "")
+    if fmt is not None:
+        return fmt
     raise UnsupportedMediaTypeError(
         f"cannot tell the file's format from content type {mime or 'none'!r} and name "
         f"{filename!r}: send text/csv or application/vnd.apache.parquet"
@@ -183,12 +181,20 @@ def check_input_url(url: str, allowed: str, storage: Storage) -> None:
                               details=[{"field": "input_url", "message": f"not {scheme}://"}])
 
 
-def _format_of_url(url: str) -> InputFormat:
-    suffix = Path(url).suffix.lower()
+def _format_of_name(name: str) -> InputFormat | None:
+    """csv or parquet from a file name's suffix; None when it says neither."""
+    suffix = Path(name).suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
     if suffix in (".csv", ".txt"):
         return "csv"
+    return None
+
+
+def _format_of_url(url: str) -> InputFormat:
+    fmt = _format_of_name(url)
+    if fmt is not None:
+        return fmt
     raise ValidationError(
         f"cannot tell the format of {url} from its suffix: add \"format\": \"csv\" or "
         "\"parquet\"", details=[{"field": "format", "message": "needed for this input_url"}])

@@ -46,3 +46,13 @@ def read_result(url: str, job_id: str) -> tuple[pd.DataFrame, requests.Response]
         return pq.read_table(io.BytesIO(r.content)).to_pandas(), r
     assert kind == "application/x-ndjson", kind
     return pd.DataFrame([orjson.loads(line) for line in r.content.splitlines()]), r
+
+
+def file_bytes(frame: pd.DataFrame, fmt: str, row_group_size: int | None = None) -> bytes:
+    """A DataFrame as the bytes of a CSV or Parquet file."""
+    buf = io.BytesIO()
+    if fmt == "csv":
+        frame.to_csv(buf, index=False)
+    else:
+        frame.to_parquet(buf, index=False, row_group_size=row_group_size)
+    return buf.getvalue()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
 import requests
 
-from tests.jobclient import read_result, submit, wait_job
+from tests.jobclient import file_bytes, read_result, submit, wait_job
 from tests.servers import ApiServer, WorkerProcess, tabserve_env
 
 
@@ -37,20 +35,11 @@ def rows(demo_data) -> pd.DataFrame:
     return frame
 
 
-def _bytes(frame: pd.DataFrame, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "csv":
-        frame.to_csv(buf, index=False)
-    else:
-        frame.to_parquet(buf, index=False, row_group_size=10_000)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("in_fmt,out_fmt", [("csv", "csv"), ("parquet", "parquet"),
                                             ("csv", "jsonl")])
 def test_split_job_has_every_row_once_in_order(split_stack, rows, in_fmt, out_fmt):
     api, workers, _ = split_stack
-    job = submit(api.url, _bytes(rows, in_fmt), in_fmt, id_column="key",
+    job = submit(api.url, file_bytes(rows, in_fmt, row_group_size=10_000), in_fmt, id_column="key",
                  output_format=out_fmt).json()
     done = wait_job(api.url, job["id"], timeout=180)
     assert done["status"] == "succeeded", done

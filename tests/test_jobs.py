@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
 import requests
 
-from tests.jobclient import read_result, submit, wait_job
+from tests.jobclient import file_bytes, read_result, submit, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +16,6 @@ def frame(demo_data) -> pd.DataFrame:
     df = pd.DataFrame(X, columns=names)
     df.insert(0, "customer", [f"c{i:04d}" for i in range(len(df))])
     return df
-
-
-def to_bytes(df: pd.DataFrame, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    if fmt == "csv":
-        df.to_csv(buf, index=False)
-    else:
-        df.to_parquet(buf, index=False)
-    return buf.getvalue()
 
 
 def online(api_server, rows: list[dict]) -> dict:
@@ -39,7 +28,7 @@ def online(api_server, rows: list[dict]) -> dict:
 @pytest.mark.parametrize("out_fmt", ["csv", "parquet", "jsonl"])
 def test_job_output_equals_online_predictions(api_server, worker, frame, demo_rows, in_fmt,
                                               out_fmt):
-    r = submit(api_server.url, to_bytes(frame, in_fmt), in_fmt, output_format=out_fmt,
+    r = submit(api_server.url, file_bytes(frame, in_fmt), in_fmt, output_format=out_fmt,
                id_column="customer")
     assert r.status_code == 202, r.text
     job = r.json()
@@ -63,7 +52,7 @@ def test_job_output_equals_online_predictions(api_server, worker, frame, demo_ro
 
 
 def test_include_input_and_row_numbers(api_server, worker, frame):
-    r = submit(api_server.url, to_bytes(frame.iloc[:50], "csv"), "csv", multipart=False,
+    r = submit(api_server.url, file_bytes(frame.iloc[:50], "csv"), "csv", multipart=False,
                include_input="true", output_format="parquet")
     assert r.status_code == 202, r.text
     assert wait_job(api_server.url, r.json()["id"])["status"] == "succeeded"
@@ -78,7 +67,7 @@ def test_large_file_progress_rises_and_every_row_is_scored_once(api_server, work
                                                                 tmp_path):
     big = pd.concat([frame.drop(columns="customer")] * 352, ignore_index=True)[:200_000]
     big.insert(0, "customer", np.arange(len(big)))
-    r = submit(api_server.url, to_bytes(big, "csv"), "csv", id_column="customer")
+    r = submit(api_server.url, file_bytes(big, "csv"), "csv", id_column="customer")
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     fractions = []
@@ -101,8 +90,8 @@ def test_large_file_progress_rises_and_every_row_is_scored_once(api_server, work
 
 def test_cancel_queued_and_running_jobs(api_server, worker, frame, base_settings):
     big = pd.concat([frame] * 250, ignore_index=True)  # ~142k rows: several chunks
-    running = submit(api_server.url, to_bytes(big, "csv"), "csv").json()
-    queued = submit(api_server.url, to_bytes(frame, "csv"), "csv").json()
+    running = submit(api_server.url, file_bytes(big, "csv"), "csv").json()
+    queued = submit(api_server.url, file_bytes(frame, "csv"), "csv").json()
     wait_job(api_server.url, running["id"], until=("running",))
 
     r = requests.delete(f"{api_server.url}/jobs/{queued['id']}", timeout=10)
@@ -112,7 +101,7 @@ def test_cancel_queued_and_running_jobs(api_server, worker, frame, base_settings
     assert r.json()["status"] == "cancelled"
 
     # the worker moves on: a later job runs, the cancelled ones never ran further
-    after = submit(api_server.url, to_bytes(frame.iloc[:10], "csv"), "csv").json()
+    after = submit(api_server.url, file_bytes(frame.iloc[:10], "csv"), "csv").json()
     assert wait_job(api_server.url, after["id"])["status"] == "succeeded"
     q = requests.get(f"{api_server.url}/jobs/{queued['id']}", timeout=10).json()
     assert q["status"] == "cancelled" and q["started_at"] is None and q["attempts"] == 0
@@ -128,7 +117,7 @@ def test_cancel_queued_and_running_jobs(api_server, worker, frame, base_settings
 
 
 def test_list_get_and_delete(api_server, worker, frame):
-    job = submit(api_server.url, to_bytes(frame.iloc[:5], "csv"), "csv").json()
+    job = submit(api_server.url, file_bytes(frame.iloc[:5], "csv"), "csv").json()
     wait_job(api_server.url, job["id"])
     listed = requests.get(api_server.url + "/jobs?limit=3", timeout=10).json()["jobs"]
     assert listed[0]["id"] == job["id"] and len(listed) <= 3
