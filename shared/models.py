@@ -15,6 +15,7 @@ import pandas as pd
 
 from shared.artifacts import ModelStore, sha256_bytes
 from shared.errors import ModelIntegrityError, ModelLoadError
+from shared.fastpredict import FastPath, compile_fast_path
 from shared.manifest import Manifest
 from shared.metrics import record_model_loaded
 from shared.validation import RowValidator
@@ -49,17 +50,42 @@ class LoadedModel:
         self.has_proba = self.manifest.task == "classification" and hasattr(
             self.model, "predict_proba"
         )
+        self.fast: FastPath | None = None
+        if not as_frame and self.manifest.schema_.all_numeric:
+            fast = compile_fast_path(self.model, probe_rows(self.manifest))
+            if fast is not None and fast.proba == self.has_proba:
+                self.fast = fast
 
     def predict(self, X: np.ndarray | pd.DataFrame) -> Prediction:
         """Labels and probabilities, identical to the model's own predict/predict_proba."""
+        out = self.fast(X) if self.fast is not None and isinstance(X, np.ndarray) else None
         if not self.has_proba:
-            return Prediction(np.asarray(self.model.predict(X)), None)
-        proba = np.asarray(self.model.predict_proba(X))
+            return Prediction(out if out is not None else np.asarray(self.model.predict(X)),
+                              None)
+        proba = out if out is not None else np.asarray(self.model.predict_proba(X))
         if self.manifest.label_from_proba and self.classes is not None:
             labels = self.classes[proba.argmax(axis=1)]
         else:
             labels = np.asarray(self.model.predict(X))
         return Prediction(labels, proba)
+
+
+def probe_rows(manifest: Manifest, count: int = 64) -> np.ndarray:
+    """Rows spread over each feature's training range (fixed seed): what a fast path must
+    score exactly as the model does before it is used."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for f in manifest.features:
+        lo = f.min if f.min is not None else -1.0
+        hi = f.max if f.max is not None else 1.0
+        values = rng.uniform(lo, hi, count)
+        values[:3] = (lo, hi, (lo + hi) / 2)
+        if f.type == "boolean":
+            values = rng.integers(0, 2, count).astype(np.float64)
+        elif f.type == "integer":
+            values = np.round(values)
+        columns.append(values)
+    return np.ascontiguousarray(np.column_stack(columns), dtype=np.float64)
 
 
 def read_verified(store: ModelStore, manifest: Manifest) -> bytes:

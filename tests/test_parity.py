@@ -41,6 +41,7 @@ def test_matrix_models(tmp_path, demo_data, algorithm):
     manifest = train_demo(store, algorithm)
     loaded = load_model(store, manifest.name, manifest.version)
     assert loaded.validator.as_frame is False  # the fast path: a NumPy matrix
+    assert (loaded.fast is not None) == (algorithm != "logistic")  # shared.fastpredict
     frame = pd.DataFrame(X, columns=names)
     expected = loaded.model.predict_proba(frame)
     np.testing.assert_array_equal(_via_online(loaded, frame), expected)

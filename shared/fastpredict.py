@@ -1,0 +1,173 @@
+"""Fast paths to a model's own predict_proba / predict, for the model kinds they know.
+
+Each runs the same native code the library's method runs, on the same values, and skips
+only its per-call Python: XGBoost's scikit-learn wrapper (config round trips, input type
+sniffing, a class built per call) and a forest's joblib pool per call (the trees are summed
+in the order the library sums them with one job). One row through a 100-tree forest takes
+~0.3 ms this way against ~5 ms; through the demo XGBoost model ~50 us against ~180 us.
+
+A path is used only after it has matched the model's own method bit for bit on probe rows
+when the model is loaded, and only for finite NumPy input (anything else goes to the
+model's own method, which handles or rejects it as it always has).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+class FastPath:
+    """predict_proba (classifiers) or predict (regressors), checked against the model."""
+
+    def __init__(self, kind: str, proba: bool, fn: Predictor) -> None:
+        self.kind = kind
+        self.proba = proba  # True: stands for predict_proba; False: for predict
+        self._fn = fn
+
+    def __call__(self, X: np.ndarray) -> np.ndarray | None:
+        """The model's output for X, or None when X is not for this path."""
+        if X.dtype.kind != "f" or X.ndim != 2 or not np.isfinite(X).all():
+            return None
+        return self._fn(X)
+
+
+def compile_fast_path(model: Any, probe: np.ndarray) -> FastPath | None:
+    """A fast path for this model, if there is one and it agrees with the model on probe."""
+    for build in (_xgboost, _forest):
+        try:
+            built = build(model, probe.shape[1])
+        except Exception:  # an unexpected library internals: no fast path, never an error
+            logger.debug("no fast path from %s", build.__name__, exc_info=True)
+            continue
+        if built is None:
+            continue
+        kind, proba, fn = built
+        path = FastPath(kind, proba, fn)
+        if _agrees(model, path, probe):
+            return path
+        logger.warning("fast path %s disagrees with the model's own output; not used", kind)
+        return None
+    return None
+
+
+def _agrees(model: Any, path: FastPath, probe: np.ndarray) -> bool:
+    """Bit for bit the model's own output: on the probe, on one row, in column-major order."""
+    try:
+        for X in (probe, probe[:1], np.asfortranarray(probe)):
+            expected = np.asarray(model.predict_proba(X) if path.proba else model.predict(X))
+            got = path(X)
+            if got is None or got.dtype != expected.dtype or got.shape != expected.shape:
+                return False
+            if np.ascontiguousarray(got).tobytes() != np.ascontiguousarray(expected).tobytes():
+                return False
+    except Exception:  # the model cannot score the probe: no claim of agreement
+        logger.debug("fast path check failed", exc_info=True)
+        return False
+    return True
+
+
+def _xgboost(model: Any, n_features: int) -> tuple[str, bool, Predictor] | None:
+    try:
+        import xgboost
+        from xgboost.core import _LIB, _check_call, c_bst_ulong, make_jcargs
+    except ImportError:
+        return None
+    if type(model) is xgboost.XGBClassifier:
+        if model.objective not in ("binary:logistic", "multi:softprob"):
+            return None
+        proba = True
+    elif type(model) is xgboost.XGBRegressor:
+        if not isinstance(model.objective, str):
+            return None
+        proba = False
+    else:
+        return None
+    if model.booster not in (None, "gbtree"):
+        return None
+    booster = model.get_booster()
+    if booster.num_features() != n_features:
+        return None
+    begin, end = model._get_iteration_range(None)
+    args = make_jcargs(type=0, training=False, iteration_begin=int(begin),
+                       iteration_end=int(end), missing=model.missing, strict_shape=False,
+                       cache_id=0)
+    handle, no_proxy = booster.handle, ctypes.c_void_p()
+    typestr = {np.dtype(np.float32): "<f4", np.dtype(np.float64): "<f8"}
+
+    def raw(X: np.ndarray) -> np.ndarray:
+        # What Booster.inplace_predict does for a dense NumPy array, without its Python.
+        strides = "null" if X.flags.c_contiguous else f"[{X.strides[0]},{X.strides[1]}]"
+        interface = (f'{{"data":[{X.ctypes.data},true],"shape":[{X.shape[0]},{X.shape[1]}],'
+                     f'"strides":{strides},"typestr":"{typestr[X.dtype]}","version":3}}')
+        shape = ctypes.POINTER(c_bst_ulong)()
+        dims = c_bst_ulong()
+        preds = ctypes.POINTER(ctypes.c_float)()
+        _check_call(_LIB.XGBoosterPredictFromDense(
+            handle, interface.encode(), args, no_proxy, ctypes.byref(shape),
+            ctypes.byref(dims), ctypes.byref(preds)))
+        out_shape = tuple(int(shape[i]) for i in range(dims.value))
+        size = int(np.prod(out_shape))
+        out = np.ctypeslib.as_array(preds, (size,)).copy()  # the library's buffer is reused
+        return out.reshape(out_shape)
+
+    if not proba:
+        return "xgboost", False, raw
+    n_classes = int(model.n_classes_)
+
+    def predict_proba(X: np.ndarray) -> np.ndarray:
+        p = raw(X)
+        if p.ndim == 2 and p.shape[1] == n_classes:
+            return p
+        return np.vstack((1.0 - p, p)).transpose()  # as xgboost's _cls_predict_proba
+
+    return "xgboost", True, predict_proba
+
+
+def _forest(model: Any, n_features: int) -> tuple[str, bool, Predictor] | None:
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+
+    if type(model) not in (RandomForestClassifier, ExtraTreesClassifier,
+                           RandomForestRegressor, ExtraTreesRegressor):
+        return None
+    if model.n_outputs_ != 1 or model.n_features_in_ != n_features:
+        return None
+    if model.n_jobs not in (None, 1):  # several jobs sum the trees in another order
+        return None
+    trees = [est.tree_ for est in model.estimators_]
+    count = len(trees)
+    if isinstance(model, (RandomForestClassifier, ExtraTreesClassifier)):
+        n_classes = int(model.n_classes_)
+
+        def predict_proba(X: np.ndarray) -> np.ndarray:
+            X32 = np.asarray(X, dtype=np.float32)  # as the forest's input check converts
+            out = np.zeros((X32.shape[0], n_classes), dtype=np.float64)
+            for tree in trees:  # one job's order: tree by tree, summed in place
+                out += tree.predict(X32)[:, :n_classes]
+            out /= count
+            return out
+
+        return "forest", True, predict_proba
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        X32 = np.asarray(X, dtype=np.float32)
+        out = np.zeros(X32.shape[0], dtype=np.float64)
+        for tree in trees:
+            out += tree.predict(X32)[:, 0]
+        out /= count
+        return out
+
+    return "forest", False, predict
