@@ -319,4 +319,4 @@ def public_job(rec: dict[str, Any]) -> dict[str, Any]:
 
 def _without_key(part: dict[str, Any] | None) -> dict[str, Any] | None:
     # Storage keys are internal; clients use the links.
-    return None if part is None else {k: v for k, v in part.items() if k != "key"}
+    return None if part is None else {k: v for k, v in part.items() if k not in ("key", "parts")}

@@ -37,9 +37,10 @@ def defuse_formulas(table: pa.Table) -> pa.Table:
 class OutputWriter:
     """Appends tables to one output file; the schema is fixed by the first table."""
 
-    def __init__(self, fh: IO[bytes], fmt: OutputFormat) -> None:
+    def __init__(self, fh: IO[bytes], fmt: OutputFormat, header: bool = True) -> None:
         self.fh = fh
         self.fmt = fmt
+        self.header = header  # False: CSV rows that continue another file
         self.rows = 0
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
         self._schema: pa.Schema | None = None
@@ -53,7 +54,8 @@ class OutputWriter:
             elif self.fmt == "csv":
                 self._writer = pacsv.CSVWriter(
                     self.fh, table.schema,
-                    write_options=pacsv.WriteOptions(quoting_style="needed"))
+                    write_options=pacsv.WriteOptions(quoting_style="needed",
+                                                     include_header=self.header))
         elif table.schema != self._schema:
             table = table.cast(self._schema)
         self.rows += table.num_rows

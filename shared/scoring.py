@@ -155,7 +155,7 @@ def score_range(storage: Storage, rec: dict[str, Any], run: JobRun, part: Part |
         input_fh = files.enter_context(storage.open(rec["input"]["key"]))
         out_fh = files.enter_context(storage.writer(output_key))
         err_fh = files.enter_context(storage.writer(errors_key, "w")) if run.skip else None
-        writer = OutputWriter(out_fh, run.out_fmt)
+        writer = OutputWriter(out_fh, run.out_fmt, header=run.header)
         run.errors = ErrorsWriter(err_fh) if err_fh else None
         chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
                              run.rt.settings.chunk_rows, part)
@@ -197,6 +197,7 @@ class JobRun:
         self.output_key = f"jobs/{self.job_id}/result.{self.out_fmt}"
         self.errors_key = f"jobs/{self.job_id}/errors.csv"
         self.errors: ErrorsWriter | None = None
+        self.header = True  # a part after the first continues the first's CSV: no header
         # A part of a split job learns its first row's number while it starts (see
         # shared.splitting); chunks are numbered from 0 until then, and shifted here.
         self.row_offset: Callable[[], int] | None = None

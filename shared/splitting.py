@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 COUNT_WAIT_SECONDS = 3.0
 COPY_BYTES = 8 << 20
+# Outputs whose parts, laid end to end, are the result (CSV parts after the first have no
+# header): the result is the list of parts, streamed in order, never copied into one file.
+CONCATENATED = ("csv", "jsonl")
 
 
 def split_job(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]) -> bool:
@@ -65,6 +68,7 @@ def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: 
     rec = jobs.get(job_id)
     spec = jobs.part_spec(job_id, index)
     run = JobRun(rt, rec, _PartProgress(jobs, rec, index, attempt, spec["start"]))
+    run.header = index == 0 or run.out_fmt not in CONCATENATED
     keys = _part_keys(job_id, index, run.out_fmt)
     try:
         first_row = _first_row(jobs, storage, rec, index, spec)
@@ -181,25 +185,33 @@ def _assemble(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]
     results = jobs.part_results(job_id, total)
     fmt = run.out_fmt
     outputs = [_part_keys(job_id, i, fmt)["output"] for i in range(total)]
-    _join(storage, outputs, run.output_key, fmt)
+    output: dict[str, Any] = {"format": fmt, "rows": sum(r["rows"] for r in results)}
+    if fmt in CONCATENATED:  # the parts are the result: no second copy of every byte
+        output.update(key=None, parts=outputs, size_bytes=sum(map(storage.size, outputs)))
+    else:
+        _join(storage, outputs, run.output_key, fmt)
+        output.update(key=run.output_key, size_bytes=storage.size(run.output_key))
     if run.skip:
         errors = [_part_keys(job_id, i, fmt)["errors"] for i in range(total)]
         _join(storage, errors, run.errors_key, "csv")
     for counts in results:
         run.drift.merge(counts["drift"])
     rows = sum(r["rows_done"] for r in results)
-    output = {"format": fmt, "key": run.output_key, "rows": sum(r["rows"] for r in results),
-              "size_bytes": storage.size(run.output_key)}
     final = jobs.finish(job_id, "succeeded", None, rows_total=rows, rows_done=rows,
                         rows_failed=sum(r["rows_failed"] for r in results),
                         bytes_done=rec["input"]["size_bytes"], output=output,
                         errors_key=run.errors_key if run.skip else None,
                         drift=run.drift.result())
-    storage.delete_prefix(f"jobs/{job_id}/parts")
     if final != "succeeded":
+        storage.delete_prefix(f"jobs/{job_id}/parts")
         storage.delete(run.output_key)
         storage.delete(run.errors_key)
         return JobOutcome(final)
+    if output["key"] is not None:
+        storage.delete_prefix(f"jobs/{job_id}/parts")
+    else:  # only the parts' errors files go
+        for i in range(total):
+            storage.delete(_part_keys(job_id, i, fmt)["errors"])
     seconds = time.time() - float(rec.get("started_at") or time.time())
     record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "succeeded",
                         seconds, rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -38,7 +40,7 @@ def rows(demo_data) -> pd.DataFrame:
 @pytest.mark.parametrize("in_fmt,out_fmt", [("csv", "csv"), ("parquet", "parquet"),
                                             ("csv", "jsonl")])
 def test_split_job_has_every_row_once_in_order(split_stack, rows, in_fmt, out_fmt):
-    api, workers, _ = split_stack
+    api, workers, settings = split_stack
     job = submit(api.url, file_bytes(rows, in_fmt, row_group_size=10_000), in_fmt, id_column="key",
                  output_format=out_fmt).json()
     done = wait_job(api.url, job["id"], timeout=180)
@@ -58,6 +60,14 @@ def test_split_job_has_every_row_once_in_order(split_stack, rows, in_fmt, out_fm
     got = result.iloc[[0, 33_333, 99_999]]
     assert got["prediction"].tolist() == online["predictions"]
     assert got["probability_1"].tolist() == [p["1"] for p in online["probabilities"]]
+    # one file with one header, its announced length; deleting the job removes every part
+    res = requests.get(f"{api.url}/jobs/{job['id']}/result", timeout=60)
+    assert int(res.headers["Content-Length"]) == len(res.content) == done["output"]["size_bytes"]
+    if out_fmt == "csv":
+        assert res.content.count(b"prediction_id") == 1
+    assert "parts" not in done["output"] and "key" not in done["output"]
+    assert requests.delete(f"{api.url}/jobs/{job['id']}", timeout=10).status_code == 204
+    assert not (Path(settings.data_dir) / "jobs" / job["id"]).exists()
 
 
 def test_split_job_row_errors_name_the_file_row(split_stack, rows):

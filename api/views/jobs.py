@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -121,9 +122,13 @@ def _finished_file(job_id: str, which: str) -> tuple[dict, str]:
 @bp.get("/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
     rec, key = _finished_file(job_id, "result")
-    fmt = rec["output"]["format"]
+    output = rec["output"]
+    fmt = output["format"]
     stem = Path(rec["input"]["name"]).stem or "input"
-    return _send_stored(key, CONTENT_TYPES[fmt], f"{stem}-predictions.{fmt}", conditional=True)
+    name = f"{stem}-predictions.{fmt}"
+    if output.get("parts"):  # a split job's result: its parts, end to end, in input order
+        return _send_parts(output["parts"], output["size_bytes"], CONTENT_TYPES[fmt], name)
+    return _send_stored(key, CONTENT_TYPES[fmt], name, conditional=True)
 
 
 @bp.get("/jobs/<job_id>/errors")
@@ -142,6 +147,20 @@ def _send_stored(key: str, mimetype: str, name: str, conditional: bool = False) 
                          conditional=conditional, etag=False)
     size = storage.size(key)
     response = Response(storage.iter_bytes(key), mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    response.headers.set("Content-Disposition", "attachment", **_filename_params(name))
+    return response
+
+
+def _send_parts(keys: list[str], size: int, mimetype: str, name: str) -> Response:
+    """Stored files streamed one after another as one attachment."""
+    storage = runtime().storage
+
+    def stream() -> Iterator[bytes]:
+        for key in keys:
+            yield from storage.iter_bytes(key)
+
+    response = Response(stream(), mimetype=mimetype, direct_passthrough=True)
     response.content_length = size
     response.headers.set("Content-Disposition", "attachment", **_filename_params(name))
     return response
