@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 
@@ -21,31 +21,25 @@ def install_request_logging(app: Flask, metrics: bool = True) -> None:
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
-        given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        given = request.environ.get("HTTP_X_REQUEST_ID", "")
+        g.request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
         g.model_ref = None
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        started = g.get("started")
+        # The proxies resolved once: this runs for every request.
+        req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
+        started = getattr(ctx, "started", None)
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
-        request_id = g.get("request_id") or uuid.uuid4().hex
+        request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
         response.headers["X-Request-ID"] = request_id
+        status, method, path = response.status_code, req.method, req.path
         if metrics and latency_ms is not None:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            record_request(route, request.method, response.status_code, latency_ms / 1000)
-        logger.info(
-            "%s %s %d",
-            request.method,
-            request.path,
-            response.status_code,
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
+            route = req.url_rule.rule if req.url_rule is not None else "unmatched"
+            record_request(route, method, status, latency_ms / 1000)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s %s %d", method, path, status, extra={
+                "request_id": request_id, "method": method, "path": path, "status": status,
                 "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,
-                "model_version": g.get("model_ref"),
-            },
-        )
+                "model_version": getattr(ctx, "model_ref", None)})
         return response

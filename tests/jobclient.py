@@ -23,8 +23,9 @@ def submit(url: str, data: bytes, fmt: str = "csv", multipart: bool = True, **op
 
 
 def wait_job(url: str, job_id: str, timeout: float = 120, until=("succeeded", "failed",
-                                                                  "cancelled")):
-    """Poll GET /jobs/<id> until its status is one of `until`."""
+                                                                  "cancelled"),
+             interval: float = 0.05):
+    """Poll GET /jobs/<id> every `interval` seconds until its status is one of `until`."""
     deadline = time.monotonic() + timeout
     while True:
         job = requests.get(f"{url}/jobs/{job_id}", timeout=10).json()
@@ -32,7 +33,7 @@ def wait_job(url: str, job_id: str, timeout: float = 120, until=("succeeded", "f
             return job
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def read_result(url: str, job_id: str) -> tuple[pd.DataFrame, requests.Response]:

@@ -97,6 +97,7 @@ BAD_INPUTS = [
     ("null not allowed", "null", 422, "validation_error", "must not be null"),
     ("NaN literal", "nan", 422, "validation_error", "finite number"),
     ("Infinity literal", "inf", 422, "validation_error", "finite number"),
+    ("huge integer", "huge", 422, "validation_error", "beyond any floating-point number"),
     ("row error names row", "row", 422, "validation_error", "row 1, feature 'mean area'"),
     ("too many rows", "many", 413, "payload_too_large", "at most 1000"),
     ("body too large", dict(raw=b" " * (11 * 1024 * 1024)), 413, "request_entity_too_large",
@@ -121,6 +122,8 @@ def _case(spec, demo_rows):
             b'"mean radius":17.99', b'"mean radius":NaN')),
         "inf": dict(raw=orjson.dumps({"features": row}).replace(
             b'"mean radius":17.99', b'"mean radius":-Infinity')),
+        "huge": dict(raw=orjson.dumps({"features": row}).replace(
+            b'"mean radius":17.99', b'"mean radius":1' + b"0" * 400)),
         "row": dict(body={"instances": [row, _row(demo_rows, mean_area="big")]}),
         "many": dict(body={"instances": [row] * 1001}),
         "unknown_model": dict(body={"features": row}, params={"model": "nope"}),

@@ -46,6 +46,8 @@ def test_matrix_path_is_in_schema_order():
     ("colour", "green", "unknown category 'green'"),
     ("colour", 3, "must be a string category"),
     ("flag", None, "must not be null"),
+    ("x", 10 ** 400, "must be a number, got an integer of 1329 bits"),
+    ("n", -(10 ** 400), "must be a number, got an integer of 1329 bits"),
 ])
 def test_bad_values_are_named(field, value, message):
     row = {"x": 1.0, "n": 1, "flag": True, "colour": "red", field: value}
@@ -68,3 +70,43 @@ def test_non_object_row():
         RowValidator(SCHEMA, as_frame=True).validate([{"x": 1, "n": 1, "flag": True,
                                                        "colour": "red"}, 5])
     assert exc.value.details == [{"row": 1, "message": "must be an object, got int 5"}]
+
+
+NUMERIC = Schema(features=[FeatureSpec(name="a", type="number"),
+                           FeatureSpec(name="b", type="integer"),
+                           FeatureSpec(name="c", type="number")])
+
+
+def test_plain_numeric_rows_take_the_fast_path_with_the_same_result():
+    rng = np.random.default_rng(0)
+    rows = [{"c": float(c), "a": int(a) if i % 3 else float(a), "b": int(b) if i % 2 else float(b)}
+            for i, (a, b, c) in enumerate(zip(rng.normal(size=200) * 1e6,
+                                              rng.integers(-2**40, 2**40, 200),
+                                              rng.normal(size=200), strict=True))]
+    rows.append({"a": 2**53 + 1, "b": 7, "c": -0.0})  # an int rounded as float(v) rounds it
+    fast = RowValidator(NUMERIC, as_frame=False)
+    assert fast._plain_matrix(rows) is not None
+    slow = RowValidator(NUMERIC, as_frame=False)
+    slow._plain = False
+    expected = slow.validate(rows)
+    got = fast.validate(rows)
+    assert got.tobytes() == expected.tobytes() and got.flags.f_contiguous
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"a": 1.0, "b": 2.5, "c": 0.0}, "must be an integer"),
+    ({"a": float("inf"), "b": 1, "c": 0.0}, "must be a finite number"),
+    ({"a": True, "b": 1, "c": 0.0}, "must be a number, got boolean true"),
+    ({"a": 1.0, "b": 1, "c": 0.0, "d": 1}, "unknown feature"),
+    ({"a": 1.0, "b": 1}, "missing feature"),
+    ({"a": 1.0, "b": 10 ** 30, "c": 0.0}, None),  # fine: an integer-valued double
+])
+def test_the_fast_path_hands_bad_rows_to_the_checks(row, message):
+    validator = RowValidator(NUMERIC, as_frame=False)
+    if message is None:
+        assert validator.validate([row]).tolist() == [[1.0, 1e30, 0.0]]
+        return
+    with pytest.raises(ValidationError) as exc:
+        validator.validate([{"a": 0.0, "b": 0, "c": 0.0}, row])
+    assert exc.value.details[0]["row"] == 1
+    assert exc.value.details[0]["message"].startswith(message)
