@@ -39,7 +39,7 @@ from bench.scenarios import (
     bench_tabserve,
 )
 from shared.artifacts import ModelStore
-from shared.models import limit_threads, read_verified
+from shared.models import limit_threads, load_model, read_verified
 from shared.training import train_demo
 from tests.servers import ROOT
 
@@ -105,7 +105,7 @@ def _measure_raw_quietly(case: ModelCase, names: list[str], X: np.ndarray,
     kept: dict[str, float] | None = None
     for attempt in range(ATTEMPTS):
         with OtherCPU() as other:
-            raw = measure_raw(case.model, names, X, config.raw_calls)
+            raw = measure_raw(case.model, names, X, config.raw_calls, case.served)
         raw["other_cpu"] = other.percent
         print(case.label, "in-process", raw, flush=True)
         if kept is None or raw["other_cpu"] < kept["other_cpu"]:
@@ -129,6 +129,7 @@ def _train(work: Path) -> list[ModelCase]:
         case.pickle_path.write_bytes(payload)
         case.model = pickle.loads(payload)
         limit_threads(case.model, 1)
+        case.served = load_model(store, manifest.name, manifest.version, threads=1)
     return cases
 
 
