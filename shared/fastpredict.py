@@ -114,10 +114,10 @@ def _xgboost(model: Any, n_features: int) -> tuple[str, bool, Predictor] | None:
         _check_call(_LIB.XGBoosterPredictFromDense(
             handle, interface.encode(), args, no_proxy, ctypes.byref(shape),
             ctypes.byref(dims), ctypes.byref(preds)))
-        out_shape = tuple(int(shape[i]) for i in range(dims.value))
-        size = int(np.prod(out_shape))
-        out = np.ctypeslib.as_array(preds, (size,)).copy()  # the library's buffer is reused
-        return out.reshape(out_shape)
+        out_shape = [shape[i] for i in range(dims.value)]
+        out = np.empty(out_shape, dtype=np.float32)
+        ctypes.memmove(out.ctypes.data, preds, out.nbytes)  # the library reuses its buffer
+        return out
 
     if not proba:
         return "xgboost", False, raw
@@ -127,7 +127,11 @@ def _xgboost(model: Any, n_features: int) -> tuple[str, bool, Predictor] | None:
         p = raw(X)
         if p.ndim == 2 and p.shape[1] == n_classes:
             return p
-        return np.vstack((1.0 - p, p)).transpose()  # as xgboost's _cls_predict_proba
+        # xgboost's _cls_predict_proba: vstack((1.0 - p, p)).transpose(), the same values
+        out = np.empty((2, p.shape[0]), dtype=p.dtype)
+        np.subtract(1.0, p, out=out[0])
+        out[1] = p
+        return out.T
 
     return "xgboost", True, predict_proba
 

@@ -42,6 +42,13 @@ class JSONFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO") -> None:
     """Send every logger's records, as JSON lines, to stderr."""
+    # The JSON lines carry none of the caller's file and line, thread or process names:
+    # skip collecting them for every record (the logging docs' "Optimization" switches;
+    # the caller lookup walks the stack on each call).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
