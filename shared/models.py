@@ -47,6 +47,8 @@ class LoadedModel:
         self.validator = RowValidator(self.manifest.schema_, as_frame=as_frame)
         raw = getattr(self.model, "classes_", None)
         self.classes = np.asarray(raw) if raw is not None else None
+        # The classes as the JSON keys of a response's probabilities.
+        self.class_keys = [str(c) for c in self.classes] if self.classes is not None else None
         self.has_proba = self.manifest.task == "classification" and hasattr(
             self.model, "predict_proba"
         )

@@ -80,7 +80,7 @@ def predict_rows(rt: Runtime, loaded: LoadedModel, rows: list[Any],
         rt.predictions.add(prediction_id, manifest.name, manifest.version, manifest.task,
                            labels)
     body: dict[str, Any] = {}
-    keys = [str(c) for c in loaded.classes] if loaded.classes is not None else None
+    keys = loaded.class_keys
     probabilities = None
     if result.probabilities is not None and keys is not None:
         probabilities = [dict(zip(keys, row, strict=True)) for row in result.probabilities.tolist()]

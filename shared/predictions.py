@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ MAX_BUFFER = 100_000
 
 def new_prediction_id() -> str:
     """A request's prediction id (rows of an `instances` request add `.<index>`)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4().hex, at a quarter of the cost
 
 
 class PredictionLog:

@@ -15,6 +15,7 @@ def predict() -> Response:
     rt = runtime()
     body = parse_json(json_body_bytes())
     rows, single = extract_rows(body, rt.settings.max_online_rows)
-    loaded = rt.models.resolve(request.args.get("model"), rt.settings.default_model)
+    ref = request.args.get("model") if request.query_string else None
+    loaded = rt.models.resolve(ref, rt.settings.default_model)
     g.model_ref = loaded.manifest.ref
     return json_response(predict_rows(rt, loaded, rows, single))
