@@ -23,6 +23,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class FastPath:
@@ -35,7 +36,7 @@ class FastPath:
 
     def __call__(self, X: np.ndarray) -> np.ndarray | None:
         """The model's output for X, or None when X is not for this path."""
-        if X.dtype.kind != "f" or X.ndim != 2 or not np.isfinite(X).all():
+        if X.dtype not in _FLOATS or X.ndim != 2 or not np.isfinite(X).all():
             return None
         return self._fn(X)
 

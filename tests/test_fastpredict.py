@@ -73,7 +73,8 @@ def test_fast_path_is_the_models_own_output(case):
     model, X = CASES[case]()
     path = compile_fast_path(model, X[:40])
     assert path is not None
-    for rows in (X, X[7:8], np.asfortranarray(X), X.astype(np.float32)):
+    for rows in (X, X[7:8], np.asfortranarray(X), X.astype(np.float32), X[::3, :],
+                 np.asfortranarray(X)[::2, :]):  # any layout, strided views too
         assert _same_bits(path(rows), _own(model, rows)), case
     for i in range(0, len(X), 13):  # one row at a time, as /predict sends them
         assert _same_bits(path(X[i:i + 1]), _own(model, X[i:i + 1]))
@@ -85,6 +86,8 @@ def test_missing_values_go_to_the_models_own_method():
     row = X[:1].copy()
     row[0, 3] = np.nan
     assert path(row) is None  # LoadedModel.predict then calls model.predict_proba
+    assert path(X[:1].astype(np.float16)) is None
+    assert path(X[:1].astype(np.int64)) is None
 
 
 def test_other_models_have_no_fast_path():
