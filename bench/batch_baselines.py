@@ -2,10 +2,14 @@
 
     python -m bench.batch_baselines naive MODEL.pkl IN.csv OUT.csv
     python -m bench.batch_baselines limit MODEL.pkl IN.(csv|parquet) OUT.(csv|parquet)
+    python -m bench.batch_baselines limit1 MODEL.pkl IN.csv OUT.csv
 
 `naive`: what a data scientist writes first (pandas read_csv, predict_proba, to_csv).
 `limit`: the in-process limit, no queue: pyarrow's multithreaded reader, the model on a
 NumPy matrix, pyarrow's writer, the same output columns as a tabserve job.
+`limit1`: the same with one thread for everything (pyarrow and the model): run alone and two
+at once, it shows how well this machine runs two such processes side by side, the ceiling
+for two single-threaded workers.
 Prints one JSON line: seconds.
 """
 
@@ -51,6 +55,11 @@ def main() -> None:
     kind, model_path, src, dst = sys.argv[1:5]
     with open(model_path, "rb") as fh:
         model = pickle.load(fh)
+    if kind == "limit1":
+        pa.set_cpu_count(1)
+        pa.set_io_thread_count(1)
+        model.set_params(n_jobs=1)
+        kind = "limit"
     started = time.perf_counter()
     {"naive": naive, "limit": limit}[kind](model, src, dst)
     print(json.dumps({"seconds": time.perf_counter() - started}))
