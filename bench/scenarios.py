@@ -135,12 +135,12 @@ class HelloServer(Process):
         wait_until(lambda: requests.get(self.url + "/predict", timeout=1).ok, 30, "hello app")
 
 
-def bench_hello(work: Path, bodies: Path, config: Config, results: Results) -> None:
+def bench_hello(work: Path, bodies: Path, config: Config, results: Results,
+                key: str = "hello") -> None:
     """The hello-world app under the same gunicorn settings, with the same bodies."""
     hello = HelloServer(work, config.workers)
     try:
-        results.runs[("", "hello")] = sweep(hello.url + "/predict", bodies, config, results,
-                                            "hello")
+        results.runs[("", key)] = sweep(hello.url + "/predict", bodies, config, results, key)
     finally:
         hello.stop()
 
@@ -173,6 +173,15 @@ def bench_mlflow(work: Path, cases: list[ModelCase], X: np.ndarray,
                                           ("mlflow-keepalive", "mlflow", False)):
                 results.runs[(case.label, key)] = sweep(url, bodies[body_kind], config,
                                                         results, f"{key} {case.label}", close)
+            server.stop()
+            # As a user starts it: no thread pinning, so the model's native threads (XGBoost
+            # uses every core) run in each of the workers. For reference; not in the ratios.
+            shipped = {k: v for k, v in tabserve_env({}).items() if k not in ONE_THREAD}
+            server = mlflow_serve.MlflowServer(python, work / f"mlflow-{case.ref}", work,
+                                               config.workers, shipped)
+            results.runs[(case.label, "mlflow-shipped")] = sweep(
+                server.url + "/invocations", bodies["mlflow"], config, results,
+                f"mlflow-shipped {case.label}", True)
         except (mlflow_serve.MlflowUnavailableError, AssertionError,
                 requests.RequestException) as exc:
             results.notes.append(f"mlflow, {case.label}: not measured: {exc}")
