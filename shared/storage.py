@@ -263,13 +263,16 @@ class ObjectStorage(Storage):
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix)
         try:
+            found = self.fs.find(path, withdirs=True, detail=True)
             self.fs.rm(path, recursive=True)
         except FileNotFoundError:
-            pass
-        # Stores with real directories (SeaweedFS, MinIO) keep an empty one as "prefix/";
-        # on AWS S3 this deletes nothing.
-        bucket, key, _ = self.fs.split_path(path)
-        self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
+            found = {}
+        # Stores with real directories (SeaweedFS, MinIO) keep empty ones as "dir/", the
+        # deepest first; on AWS S3 this deletes nothing.
+        dirs = [p for p, info in found.items() if info.get("type") == "directory"]
+        for directory in sorted({*dirs, path}, key=len, reverse=True):
+            bucket, key, _ = self.fs.split_path(directory)
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
 
     def list_prefixes(self, prefix: str) -> list[str]:
         try:

@@ -117,7 +117,7 @@ def cluster(seaweed, base_settings, redis_server, artifacts_dir, tmp_path_factor
         redis_url=redis_server.url.rsplit("/", 1)[0] + "/6", queue_name="s3jobs",
         data_dir=f"s3://{BUCKET}/data", s3_endpoint_url=seaweed.endpoint,
         input_url_prefixes=f"{INCOMING},s3://{BUCKET}/shared/", chunk_rows=100,
-        worker_metrics_port=0)
+        part_rows=1000, worker_metrics_port=0)
     redis.Redis.from_url(settings.redis_url).flushdb()
     root, logs = tmp_path_factory.mktemp("machines"), tmp_path_factory.mktemp("s3logs")
     started: list[Process] = []
@@ -206,6 +206,28 @@ def test_jobs_run_through_the_bucket_on_workers_sharing_no_disk(cluster, frame):
         assert leaked == [], (name, leaked)
     assert requests.delete(f"{api}/jobs/{by_url.json()['id']}", timeout=10).status_code == 204
     assert fs.exists(url) and _bucket_files(fs, by_url.json()["id"]) == set()
+
+
+def test_a_split_job_is_scored_in_parts_through_the_bucket(cluster, frame):
+    """Parts written by workers that share no disk, streamed by the API as one result."""
+    api, fs = cluster.api.url, cluster.fs
+    big = pd.concat([frame] * 20, ignore_index=True)  # ~2.3 MB: parts of 1 MiB at least
+    big["customer"] = [f"c{i:05d}" for i in range(len(big))]
+    job = submit(api, big.to_csv(index=False).encode(), "csv", id_column="customer").json()
+    done = wait_job(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["parts"]["total"] >= 2
+    assert {"00000.csv", "00001.csv"} <= _bucket_files(fs, job["id"])
+    result, response = read_result(api, job["id"])
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    assert response.content.count(b"prediction_id") == 1
+    assert result["customer"].tolist() == big["customer"].tolist()
+    online = _online(api, frame)  # the same 569 rows, twenty times over
+    assert result["prediction"].tolist() == online["predictions"] * 20
+    assert result["probability_1"].tolist() == [p["1"] for p in online["probabilities"]] * 20
+    assert result["prediction_id"].tolist()[-1] == f"{job['id']}.{len(big) - 1}"
+    assert requests.delete(f"{api}/jobs/{job['id']}", timeout=10).status_code == 204
+    assert _bucket_files(fs, job["id"]) == set()
 
 
 @pytest.mark.parametrize("url,status,code", [
