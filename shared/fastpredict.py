@@ -46,7 +46,7 @@ def compile_fast_path(model: Any, probe: np.ndarray) -> FastPath | None:
     for build in (_xgboost, _forest):
         try:
             built = build(model, probe.shape[1])
-        except Exception:  # an unexpected library internals: no fast path, never an error
+        except Exception:  # library internals not as expected: no fast path, never an error
             logger.debug("no fast path from %s", build.__name__, exc_info=True)
             continue
         if built is None:

@@ -57,6 +57,7 @@ class LoadedModel:
             fast = compile_fast_path(self.model, probe_rows(self.manifest))
             if fast is not None and fast.proba == self.has_proba:
                 self.fast = fast
+                logger.info("model %s: fast path %s", self.manifest.ref, fast.kind)
 
     def predict(self, X: np.ndarray | pd.DataFrame) -> Prediction:
         """Labels and probabilities, identical to the model's own predict/predict_proba."""
