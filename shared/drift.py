@@ -186,6 +186,9 @@ class DriftWindow:
         return features, pred
 
 
+_BINNED = object()  # in DriftTracker's queue: rows binned already (no labels to bin)
+
+
 class DriftTracker:
     """Windows per model version, fed off the request path.
 
@@ -213,6 +216,16 @@ class DriftTracker:
         if not manifest.reference or self.window <= 0:
             return
         self._pending.append((manifest, X, labels))
+        self._ensure_thread()
+
+    def observe_binned(self, manifest: Manifest, binned: np.ndarray) -> None:
+        """Queue rows binned already (by a DriftAccumulator of the same model version)."""
+        if not manifest.reference or self.window <= 0:
+            return
+        self._pending.append((manifest, binned, _BINNED))
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
         if self._thread is None:
             with self._lock:
                 if self._thread is None:  # started in the process that serves
@@ -240,12 +253,16 @@ class DriftTracker:
             w = self._windows.get(ref)
             if w is None:
                 w = self._windows.setdefault(ref, DriftWindow(manifest, self.window))
-            if isinstance(items[0][1], pd.DataFrame):
-                X: Any = pd.concat([x for _, x, _ in items], ignore_index=True)
-            else:
-                X = np.concatenate([np.asarray(x, dtype=np.float64) for _, x, _ in items])
-            labels = np.concatenate([np.asarray(y) for _, _, y in items])
-            w.add(w.bin_rows(X, labels))
+            for _, binned, _ in (i for i in items if i[2] is _BINNED):  # binned by a job
+                w.add(binned)
+            items = [i for i in items if i[2] is not _BINNED]
+            if items:
+                if isinstance(items[0][1], pd.DataFrame):
+                    X: Any = pd.concat([x for _, x, _ in items], ignore_index=True)
+                else:
+                    X = np.concatenate([np.asarray(x, dtype=np.float64) for _, x, _ in items])
+                labels = np.concatenate([np.asarray(y) for _, _, y in items])
+                w.add(w.bin_rows(X, labels))
             if now - self._last.get(ref, -1e18) >= self.interval:
                 self._last[ref] = now
                 scores = w.scores()
@@ -260,11 +277,12 @@ class DriftAccumulator:
         self.window = DriftWindow(manifest, 1)
         self.counts = np.zeros_like(self.window.counts)
 
-    def add(self, X: Any, labels: Any) -> None:
-        """Count a chunk's rows."""
+    def add(self, X: Any, labels: Any) -> np.ndarray:
+        """Count a chunk's rows; returns them binned (for DriftTracker.observe_binned)."""
         binned = self.window.bin_rows(X, labels)
         for j in range(binned.shape[1]):
             self.counts[j] += np.bincount(binned[:, j], minlength=self.counts.shape[1])
+        return binned
 
     def merge(self, counts: list[list[int]]) -> None:
         """Add another accumulator's counts (a part of the same job)."""
