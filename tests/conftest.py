@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
@@ -19,6 +20,15 @@ def demo_data() -> tuple[list[str], np.ndarray]:
     """Feature names and rows of scikit-learn's bundled breast-cancer data."""
     data = load_breast_cancer()
     return [str(n) for n in data.feature_names], data.data
+
+
+@pytest.fixture(scope="session")
+def customer_frame(demo_data) -> pd.DataFrame:
+    """The demo rows as a DataFrame with a leading `customer` id column (do not modify)."""
+    names, X = demo_data
+    df = pd.DataFrame(X, columns=names)
+    df.insert(0, "customer", [f"c{i:04d}" for i in range(len(df))])
+    return df
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,8 @@ from tests.jobclient import file_bytes, read_result, submit, wait_job
 
 
 @pytest.fixture(scope="module")
-def frame(demo_data) -> pd.DataFrame:
-    names, X = demo_data
-    df = pd.DataFrame(X, columns=names)
-    df.insert(0, "customer", [f"c{i:04d}" for i in range(len(df))])
-    return df
+def frame(customer_frame) -> pd.DataFrame:
+    return customer_frame
 
 
 def online(api_server, rows: list[dict]) -> dict:

@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -87,11 +88,17 @@ def test_drift_psi_low_for_training_data_high_for_shifted_features(stack, demo_d
     rng = np.random.default_rng(7)
     shifted = ["mean radius", "worst area", "mean symmetry"]
 
+    def post(batch: list[dict]) -> int:
+        return requests.post(api.url + "/predict", json={"instances": batch},
+                             timeout=30).status_code
+
     def send(rows: np.ndarray) -> None:
-        for start in range(0, len(rows), 50):
-            batch = [dict(zip(names, r.tolist(), strict=True)) for r in rows[start:start + 50]]
-            assert requests.post(api.url + "/predict", json={"instances": batch},
-                                 timeout=30).status_code == 200
+        # Four at a time, so that both gunicorn workers take a share: each process keeps its
+        # own window (400 rows here), and the gauge shows the most recent one's PSI.
+        batches = [[dict(zip(names, r.tolist(), strict=True)) for r in rows[i:i + 50]]
+                   for i in range(0, len(rows), 50)]
+        with ThreadPoolExecutor(4) as pool:
+            assert set(pool.map(post, batches)) == {200}
 
     send(X[rng.integers(0, len(X), 1600)])
     # the windows are fed off the request path, a fraction of a second later

@@ -135,11 +135,8 @@ def cluster(seaweed, base_settings, redis_server, artifacts_dir, tmp_path_factor
 
 
 @pytest.fixture(scope="module")
-def frame(demo_data) -> pd.DataFrame:
-    names, X = demo_data
-    df = pd.DataFrame(X, columns=names)
-    df.insert(0, "customer", [f"c{i:04d}" for i in range(len(df))])
-    return df
+def frame(customer_frame) -> pd.DataFrame:
+    return customer_frame
 
 
 def _online(url: str, frame: pd.DataFrame) -> dict:
