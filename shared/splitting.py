@@ -2,8 +2,9 @@
 
 The job's own message (the coordinator) cuts the input into parts (CSV byte ranges at line
 ends, Parquet row groups) and queues one message per part. Each part is scored into its own
-file, with its progress added to the job's; the part that completes the set joins the parts'
-files in input order into the one result, and marks the job succeeded. A CSV part numbers
+file, with its progress added to the job's; the part that completes the set marks the job
+succeeded with the parts, in input order, as its result (CSV and JSONL parts are streamed one
+after another on download; Parquet parts are rewritten into one file). A CSV part numbers
 its rows after counting the lines of the parts before it (each part counts its own range;
 a missing count is counted by whoever needs it).
 """
