@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     runtime = Runtime(settings)
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
-    install_request_logging(app, metrics=settings.monitoring)
+    install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)
 
     from api.views import feedback, health, jobs, metrics, models, predict
 

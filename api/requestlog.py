@@ -15,8 +15,9 @@ logger = logging.getLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def install_request_logging(app: Flask, metrics: bool = True) -> None:
-    """Time every request, tag it with a request id, log it once, count it (metrics)."""
+def install_request_logging(app: Flask, metrics: bool = True, access_log: bool = True) -> None:
+    """Time every request, tag it with a request id, log it once (access_log), count it
+    (metrics)."""
 
     @app.before_request
     def _start() -> None:
@@ -37,7 +38,7 @@ def install_request_logging(app: Flask, metrics: bool = True) -> None:
         if metrics and latency_ms is not None:
             route = req.url_rule.rule if req.url_rule is not None else "unmatched"
             record_request(route, method, status, latency_ms / 1000)
-        if logger.isEnabledFor(logging.INFO):
+        if access_log and logger.isEnabledFor(logging.INFO):
             logger.info("%s %s %d", method, path, status, extra={
                 "request_id": request_id, "method": method, "path": path, "status": status,
                 "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,

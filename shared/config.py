@@ -34,6 +34,7 @@ class Settings:
     model_threads: int = 1
     preload_model: bool = True
     monitoring: bool = True
+    access_log: bool = True
     worker_metrics_port: int = 9808
     worker_metrics_bind: str = "127.0.0.1"
     drift_window: int = 10_000

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from shared.artifacts import ModelStore
+from tests.servers import ApiServer, tabserve_env
 
 
 def post(api_server, body, *, params=None, headers=None, raw: bytes | None = None):
@@ -202,6 +203,21 @@ def test_many_rows_return_in_input_order(api_server, demo_rows):
     got = r.json()["predictions"]
     assert [got[0], got[500], got[999]] == single
     assert np.isclose([sum(p.values()) for p in r.json()["probabilities"]], 1.0).all()
+
+
+def test_access_log_can_be_turned_off(base_settings, demo_rows, tmp_path):
+    env = tabserve_env(base_settings.with_overrides(access_log=False).as_env())
+    api = ApiServer(env, tmp_path, workers=1)
+    try:
+        r = post(api, {"features": demo_rows[0]}, headers={"X-Request-ID": "quiet-1"})
+        assert r.status_code == 200 and r.headers["X-Request-ID"] == "quiet-1"
+        metrics = requests.get(api.url + "/metrics", timeout=10).text
+        assert 'tabserve_http_requests_total{method="POST",route="/predict",status="200"} 1.0' \
+            in metrics
+    finally:
+        api.stop()
+    log = api.log_path.read_text()
+    assert "quiet-1" not in log and '"path":"/predict"' not in log
 
 
 def test_one_json_log_line_per_request(api_server, demo_rows):
