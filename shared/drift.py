@@ -253,15 +253,18 @@ class DriftTracker:
             w = self._windows.get(ref)
             if w is None:
                 w = self._windows.setdefault(ref, DriftWindow(manifest, self.window))
-            for _, binned, _ in (i for i in items if i[2] is _BINNED):  # binned by a job
-                w.add(binned)
-            items = [i for i in items if i[2] is not _BINNED]
-            if items:
-                if isinstance(items[0][1], pd.DataFrame):
-                    X: Any = pd.concat([x for _, x, _ in items], ignore_index=True)
+            raw = []
+            for item in items:
+                if item[2] is _BINNED:  # binned by a job already
+                    w.add(item[1])
                 else:
-                    X = np.concatenate([np.asarray(x, dtype=np.float64) for _, x, _ in items])
-                labels = np.concatenate([np.asarray(y) for _, _, y in items])
+                    raw.append(item)
+            if raw:
+                if isinstance(raw[0][1], pd.DataFrame):
+                    X: Any = pd.concat([x for _, x, _ in raw], ignore_index=True)
+                else:
+                    X = np.concatenate([np.asarray(x, dtype=np.float64) for _, x, _ in raw])
+                labels = np.concatenate([np.asarray(y) for _, _, y in raw])
                 w.add(w.bin_rows(X, labels))
             if now - self._last.get(ref, -1e18) >= self.interval:
                 self._last[ref] = now

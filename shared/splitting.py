@@ -135,9 +135,9 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
                spec: dict[str, int]) -> Future[int]:
     """The number of the part's first row, found in a thread while the part starts scoring.
 
-    Parquet parts know it from the file's metadata. A CSV part counts its own lines (for
-    the parts after it) and adds up the counts of the parts before it, counting any that
-    no part has posted within a few seconds itself.
+    Parquet parts know it from the file's metadata. A CSV part adds up the counts of the
+    parts before it, counting any that no part has posted within a few seconds itself, and
+    counts its own lines for the parts after it (first, when it has to wait for others).
     """
     future: Future[int] = Future()
     if rec["input"]["format"] == "parquet":
@@ -146,19 +146,18 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
 
     def count() -> None:
         job_id = rec["id"]
-        try:
-            with storage.open(rec["input"]["key"]) as fh:
-                counts = jobs.part_counts(job_id, index)
-                if None not in counts:  # the parts before are counted: no wait at all
-                    future.set_result(sum(c or 0 for c in counts))
-                    jobs.set_part_count(job_id, index, count_csv_rows(fh, spec["start"],
-                                                                      spec["end"]))
-                    return
-                # Own range first, so that parts started together do not count in a chain.
+        with storage.open(rec["input"]["key"]) as fh:
+
+            def post_own() -> None:
                 jobs.set_part_count(job_id, index, count_csv_rows(fh, spec["start"],
                                                                   spec["end"]))
-                deadline = time.monotonic() + COUNT_WAIT_SECONDS
+
+            counts = jobs.part_counts(job_id, index)
+            if None in counts:
+                # Own range first, so that parts started together do not count in a chain.
+                post_own()
                 counts = jobs.part_counts(job_id, index)
+                deadline = time.monotonic() + COUNT_WAIT_SECONDS
                 while None in counts and time.monotonic() < deadline:
                     time.sleep(0.02)
                     counts = jobs.part_counts(job_id, index)
@@ -167,14 +166,21 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
                         other = jobs.part_spec(job_id, j)
                         counts[j] = count_csv_rows(fh, other["start"], other["end"])
                         jobs.set_part_count(job_id, j, counts[j] or 0)
-            future.set_result(sum(c or 0 for c in counts))
+                future.set_result(sum(c or 0 for c in counts))
+            else:  # the parts before are counted: no wait; own count for the parts after
+                future.set_result(sum(c or 0 for c in counts))
+                post_own()
+
+    def run() -> None:
+        try:
+            count()
         except BaseException as exc:  # handed to the scoring thread
             if not future.done():
                 future.set_exception(exc)
             else:  # the part's own count only helps the parts after it
                 logger.warning("job %s part %d: row count not posted: %s", rec["id"], index, exc)
 
-    threading.Thread(target=count, name="count-rows", daemon=True).start()
+    threading.Thread(target=run, name="count-rows", daemon=True).start()
     return future
 
 

@@ -145,22 +145,18 @@ def _send_stored(key: str, mimetype: str, name: str, conditional: bool = False) 
     if path is not None:
         return send_file(path, mimetype=mimetype, as_attachment=True, download_name=name,
                          conditional=conditional, etag=False)
-    size = storage.size(key)
-    response = Response(storage.iter_bytes(key), mimetype=mimetype, direct_passthrough=True)
-    response.content_length = size
-    response.headers.set("Content-Disposition", "attachment", **_filename_params(name))
-    return response
+    return _streamed(storage.iter_bytes(key), storage.size(key), mimetype, name)
 
 
 def _send_parts(keys: list[str], size: int, mimetype: str, name: str) -> Response:
     """Stored files streamed one after another as one attachment."""
     storage = runtime().storage
+    return _streamed((piece for key in keys for piece in storage.iter_bytes(key)), size,
+                     mimetype, name)
 
-    def stream() -> Iterator[bytes]:
-        for key in keys:
-            yield from storage.iter_bytes(key)
 
-    response = Response(stream(), mimetype=mimetype, direct_passthrough=True)
+def _streamed(pieces: Iterator[bytes], size: int, mimetype: str, name: str) -> Response:
+    response = Response(pieces, mimetype=mimetype, direct_passthrough=True)
     response.content_length = size
     response.headers.set("Content-Disposition", "attachment", **_filename_params(name))
     return response
