@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
 
 from flask import Flask, Response, g, request
 
+from shared.logs import LineLogger
 from shared.metrics import record_request
 
-logger = logging.getLogger("tabserve.access")
+access = LineLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -38,8 +38,8 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         if metrics and latency_ms is not None:
             route = req.url_rule.rule if req.url_rule is not None else "unmatched"
             record_request(route, method, status, latency_ms / 1000)
-        if access_log and logger.isEnabledFor(logging.INFO):
-            logger.info("%s %s %d", method, path, status, extra={
+        if access_log:
+            access.info(f"{method} {path} {status}", {
                 "request_id": request_id, "method": method, "path": path, "status": status,
                 "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,
                 "model_version": getattr(ctx, "model_ref", None)})
