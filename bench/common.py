@@ -76,6 +76,19 @@ class RSSSampler:
         self._thread.join()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process and its live descendants so far."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def machine() -> str:
     """One line on the machine and versions."""
     import pandas
