@@ -63,9 +63,9 @@ _handler: logging.StreamHandler | None = None  # type: ignore[type-arg]
 class LineLogger:
     """INFO lines of one logger, written as the JSON handler would write their records.
 
-    For a line per request, a LogRecord and the handler chain cost more than the request's
-    own logging needs (a tenth of /predict's throughput); this writes the same JSON line
-    straight to the handler's stream. Whenever logging is set up otherwise (other or extra
+    For a line per request, building a LogRecord and passing it down the handler chain
+    cost 4-7% of /predict's throughput (~10 us a line); this writes the same JSON line
+    straight to the handler's stream (~3.5 us). Whenever logging is set up otherwise (other or extra
     handlers, filters), the line goes through the logger as usual.
     """
 
