@@ -107,3 +107,28 @@ def test_a_path_that_disagrees_is_not_used(monkeypatch):
 
     monkeypatch.setattr(fastpredict, "_forest", off_by_one_ulp)
     assert compile_fast_path(model, X[:40]) is None
+
+
+def test_xgboost_path_from_several_threads_at_once():
+    """Each thread predicts through its own proxy DMatrix: answers never cross threads (one
+    proxy shared by the threads crashes this test's process)."""
+    import threading
+
+    model, X = CASES["xgboost multiclass"]()
+    path = compile_fast_path(model, X[:20])
+    assert path is not None and path.kind == "xgboost"
+    expected = model.predict_proba(X)
+    failures: list[int] = []
+
+    def score(offset: int) -> None:
+        for k in range(200):
+            i = (offset + k) % len(X)
+            if path(X[i:i + 1]).tobytes() != expected[i:i + 1].tobytes():
+                failures.append(i)
+
+    threads = [threading.Thread(target=score, args=(t * 37,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
