@@ -41,6 +41,7 @@ class Settings:
     drift_interval_seconds: int = 10
     feedback_window: int = 1000
     prediction_ttl_seconds: int = 7 * 24 * 3600
+    prediction_log_max_memory_percent: int = 80
     log_payloads: str = "off"
     s3_endpoint_url: str | None = None
     input_url_prefixes: str = ""

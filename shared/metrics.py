@@ -116,6 +116,10 @@ PREDICTION_DRIFT_PSI = Gauge(
     MODEL, multiprocess_mode="mostrecent")
 FEEDBACK = Counter(
     "tabserve_feedback_total", "Ground-truth labels received for past predictions.", MODEL)
+PREDICTIONS_DROPPED = Counter(
+    "tabserve_prediction_log_dropped_total",
+    "Online predictions not kept for feedback (Redis near its maxmemory, or away).",
+    ("reason",))
 # mostrecent for the same reason as PSI: each value is computed from the shared feedback store
 # (not a per-process tally), so the newest is the truth whichever process wrote it.
 ACCURACY = Gauge(
@@ -310,6 +314,11 @@ def record_job_finished(model: str, version: str, status: str, seconds: float | 
     if status == "succeeded" and seconds:
         JOB_DURATION.labels(model, version).observe(seconds)
         JOB_ROWS_PER_SECOND.labels(model, version).observe(rows / seconds)
+
+
+def record_predictions_dropped(reason: str, count: int) -> None:
+    """Online predictions the prediction log did not keep, and why."""
+    PREDICTIONS_DROPPED.labels(reason).inc(count)
 
 
 def record_feedback(models: list[dict]) -> None:

@@ -19,6 +19,7 @@ ONLINE_KEY = "tabserve:pred:"
 JOB_KEY = "tabserve:jobpred:"
 FLUSH_SECONDS = 0.5
 MAX_BUFFER = 100_000
+MEMORY_CHECK_SECONDS = 5.0  # how often the flush thread reads Redis's memory use
 SET_BATCH = 1_000  # keys per script call: Redis stays responsive (~1 ms a call)
 SET_MANY = """
 for i = 1, #KEYS do
@@ -38,15 +39,24 @@ class PredictionLog:
 
     Redis stays off the /predict path: a request only appends to a deque. If Redis is away,
     the buffered predictions are dropped (with a warning) and serving goes on.
+
+    Each kept prediction costs Redis ~230 bytes for the TTL (7 days by default: ~140 GB at a
+    steady 1,000 requests/s). So the log yields to the job queue and job state, which share
+    that Redis: while Redis uses more than `max_memory_percent` of its `maxmemory`, new
+    predictions are dropped and counted (tabserve_prediction_log_dropped_total), never
+    written. A Redis without maxmemory is not checked.
     """
 
-    def __init__(self, client: Any, ttl_seconds: int) -> None:
+    def __init__(self, client: Any, ttl_seconds: int, max_memory_percent: int = 80) -> None:
         self.client = client
         self.ttl = ttl_seconds
+        self.max_memory_percent = max_memory_percent
         self._buffer: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=MAX_BUFFER)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_warning = 0.0
+        self._memory_checked = -MEMORY_CHECK_SECONDS
+        self._memory_full = False
         # One script call sets a batch of keys: a SET each through a pipeline costs ~18 us
         # of Python per prediction to pack, the script's arguments ~1 us.
         self._set_many = client.register_script(SET_MANY)
@@ -78,16 +88,38 @@ class PredictionLog:
         if not items:
             return 0
         try:
+            if self._redis_full():
+                self._drop(len(items), "redis_memory",
+                           f"Redis is over {self.max_memory_percent}% of its maxmemory "
+                           "(TABSERVE_PREDICTION_LOG_MAX_MEMORY_PERCENT)")
+                return 0
             for start in range(0, len(items), SET_BATCH):
                 batch = items[start:start + SET_BATCH]
                 self._set_many(keys=[ONLINE_KEY + pid for pid, _ in batch],
                                args=[self.ttl, *(value for _, value in batch)])
         except Exception as exc:  # Redis away: drop, warn at most once a minute
-            if time.monotonic() - self._last_warning > 60:
-                self._last_warning = time.monotonic()
-                logger.warning("prediction log: %d predictions dropped: %s", len(items), exc)
+            self._drop(len(items), "redis_unavailable", str(exc))
             return 0
         return len(items)
+
+    def _redis_full(self) -> bool:
+        """Whether Redis is past the log's share of its maxmemory (read every few seconds)."""
+        now = time.monotonic()
+        if now - self._memory_checked >= MEMORY_CHECK_SECONDS:
+            info = self.client.info("memory")
+            limit = int(info.get("maxmemory") or 0)
+            self._memory_full = limit > 0 and \
+                int(info["used_memory"]) * 100 >= limit * self.max_memory_percent
+            self._memory_checked = now
+        return self._memory_full
+
+    def _drop(self, count: int, reason: str, why: str) -> None:
+        from shared.metrics import record_predictions_dropped
+
+        record_predictions_dropped(reason, count)
+        if time.monotonic() - self._last_warning > 60:
+            self._last_warning = time.monotonic()
+            logger.warning("prediction log: %d predictions dropped: %s", count, why)
 
 
 def pack_job_chunk(n_rows: int, kept_rows: np.ndarray, start_row: int, labels: np.ndarray,

@@ -57,7 +57,8 @@ class Runtime:
         """Online predictions kept for feedback (shared.predictions.PredictionLog)."""
         from shared.predictions import PredictionLog
 
-        return PredictionLog(self.redis, self.settings.prediction_ttl_seconds)
+        return PredictionLog(self.redis, self.settings.prediction_ttl_seconds,
+                             self.settings.prediction_log_max_memory_percent)
 
     @cached_property
     def payload_sample_rate(self) -> float:

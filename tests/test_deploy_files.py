@@ -267,6 +267,8 @@ def test_compose_services_share_redis_and_volumes(compose: dict) -> None:
     services = compose["services"]
     assert "--appendonly" in services["redis"]["command"]
     assert "noeviction" in services["redis"]["command"]
+    command = services["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "1gb"  # the prediction log yields
     assert services["redis"]["healthcheck"]["test"]
     mounts = {}
     for name in ("api", "worker"):
