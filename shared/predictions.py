@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from shared.metrics import record_predictions_dropped
+
 logger = logging.getLogger(__name__)
 
 ONLINE_KEY = "tabserve:pred:"
@@ -114,8 +116,6 @@ class PredictionLog:
         return self._memory_full
 
     def _drop(self, count: int, reason: str, why: str) -> None:
-        from shared.metrics import record_predictions_dropped
-
         record_predictions_dropped(reason, count)
         if time.monotonic() - self._last_warning > 60:
             self._last_warning = time.monotonic()
