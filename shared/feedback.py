@@ -8,7 +8,7 @@ import orjson
 
 from shared.errors import JobNotFoundError, ValidationError
 from shared.jobs import PREFIX, redis_errors
-from shared.predictions import ONLINE_KEY, lookup_job_prediction
+from shared.predictions import lookup_job_prediction, lookup_online_prediction
 
 MAX_ITEMS = 10_000
 WINDOW_KEY = PREFIX + "feedback:"
@@ -59,7 +59,7 @@ class FeedbackStore:
             manifest = cache[key]
             value = lookup_job_prediction(self.r, base, int(index), manifest.classes)
             return name, version, manifest.task, value
-        raw = self.r.get(ONLINE_KEY + base)
+        raw = lookup_online_prediction(self.r, base)
         if raw is None:
             raise KeyError(prediction_id)
         entry = orjson.loads(raw)

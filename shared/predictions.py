@@ -17,23 +17,38 @@ from shared.metrics import record_predictions_dropped
 
 logger = logging.getLogger(__name__)
 
+# Online predictions: a hash per 10-minute bucket of prediction id -> value, the bucket named
+# by the id's first 8 hex digits. (Ids from before the buckets have a key each: ONLINE_KEY.)
+BUCKET_KEY = "tabserve:predb:"
+BUCKET_SECONDS = 600
 ONLINE_KEY = "tabserve:pred:"
 JOB_KEY = "tabserve:jobpred:"
 FLUSH_SECONDS = 0.5
 MAX_BUFFER = 100_000
 MEMORY_CHECK_SECONDS = 5.0  # how often the flush thread reads Redis's memory use
-SET_BATCH = 1_000  # keys per script call: Redis stays responsive (~1 ms a call)
-SET_MANY = """
-for i = 1, #KEYS do
-    redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1])
-end
-return #KEYS
+SET_BATCH = 1_000  # predictions per script call: Redis stays responsive (~1 ms a call)
+# KEYS[1]: a bucket's hash; ARGV[1]: when it expires (unix seconds); then id, value pairs.
+HSET_MANY = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return (#ARGV - 1) / 2
 """
 
 
 def new_prediction_id() -> str:
-    """A request's prediction id (rows of an `instances` request add `.<index>`)."""
-    return os.urandom(16).hex()  # 128 random bits, as uuid4().hex, at a quarter of the cost
+    """A request's prediction id (rows of an `instances` request add `.<index>`): its
+    10-minute bucket in 8 hex digits, then 96 random bits."""
+    return f"{int(time.time()) // BUCKET_SECONDS:08x}{os.urandom(12).hex()}"
+
+
+def lookup_online_prediction(client: Any, prediction_id: str) -> bytes | None:
+    """The stored value of an online prediction id (without `.<index>`), or None."""
+    raw = None
+    if len(prediction_id) == 32:
+        raw = client.hget(BUCKET_KEY + prediction_id[:8], prediction_id)
+    if raw is None:  # an id from before the buckets: a key of its own
+        raw = client.get(ONLINE_KEY + prediction_id)
+    return raw
 
 
 class PredictionLog:
@@ -42,7 +57,7 @@ class PredictionLog:
     Redis stays off the /predict path: a request only appends to a deque. If Redis is away,
     the buffered predictions are dropped (with a warning) and serving goes on.
 
-    Each kept prediction costs Redis ~230 bytes for the TTL (7 days by default: ~140 GB at a
+    Each kept prediction costs Redis ~160 bytes for the TTL (7 days by default: ~100 GB at a
     steady 1,000 requests/s). So the log yields to the job queue and job state, which share
     that Redis: while Redis uses more than `max_memory_percent` of its `maxmemory`, new
     predictions are dropped and counted (tabserve_prediction_log_dropped_total), never
@@ -59,9 +74,9 @@ class PredictionLog:
         self._last_warning = 0.0
         self._memory_checked = -MEMORY_CHECK_SECONDS
         self._memory_full = False
-        # One script call sets a batch of keys: a SET each through a pipeline costs ~18 us
-        # of Python per prediction to pack, the script's arguments ~1 us.
-        self._set_many = client.register_script(SET_MANY)
+        # One script call per batch and bucket: a command each through a pipeline costs
+        # ~18 us of Python per prediction to pack, the script's arguments ~1 us.
+        self._hset_many = client.register_script(HSET_MANY)
 
     def add(self, prediction_id: str, model: str, version: int, task: str,
             labels: list[Any]) -> None:
@@ -95,10 +110,15 @@ class PredictionLog:
                            f"Redis is over {self.max_memory_percent}% of its maxmemory "
                            "(TABSERVE_PREDICTION_LOG_MAX_MEMORY_PERCENT)")
                 return 0
-            for start in range(0, len(items), SET_BATCH):
-                batch = items[start:start + SET_BATCH]
-                self._set_many(keys=[ONLINE_KEY + pid for pid, _ in batch],
-                               args=[self.ttl, *(value for _, value in batch)])
+            buckets: dict[str, list[str | bytes]] = {}
+            for pid, value in items:
+                buckets.setdefault(pid[:8], []).extend((pid, value))
+            for bucket, flat in buckets.items():
+                # Kept until the bucket's last id is `ttl` old.
+                expire_at = (int(bucket, 16) + 1) * BUCKET_SECONDS + self.ttl
+                for start in range(0, len(flat), 2 * SET_BATCH):
+                    self._hset_many(keys=[BUCKET_KEY + bucket],
+                                    args=[expire_at, *flat[start:start + 2 * SET_BATCH]])
         except Exception as exc:  # Redis away: drop, warn at most once a minute
             self._drop(len(items), "redis_unavailable", str(exc))
             return 0

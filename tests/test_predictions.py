@@ -10,7 +10,14 @@ import redis
 
 from shared import predictions
 from shared.metrics import build_registry
-from shared.predictions import ONLINE_KEY, PredictionLog
+from shared.predictions import (
+    BUCKET_KEY,
+    BUCKET_SECONDS,
+    ONLINE_KEY,
+    PredictionLog,
+    lookup_online_prediction,
+    new_prediction_id,
+)
 from tests.servers import RedisServer
 
 
@@ -31,21 +38,33 @@ def dropped(reason: str) -> float:
     return value or 0.0
 
 
+VALUE = b'{"m":"demo","v":1,"t":"classification","p":[1]}'
+
+
 def add(log: PredictionLog, count: int) -> list[str]:
-    ids = [os.urandom(16).hex() for _ in range(count)]
+    ids = [new_prediction_id() for _ in range(count)]
     for pid in ids:
         log.add(pid, "demo", 1, "classification", [1])
     return ids
 
 
-def test_writes_each_prediction_with_its_ttl(own_redis):
+def test_writes_each_prediction_for_at_least_its_ttl(own_redis):
     _, client = own_redis
     log = PredictionLog(client, 3600)
-    ids = add(log, 5)
-    assert log.flush() == 5
-    for pid in ids:
-        assert client.get(ONLINE_KEY + pid) == b'{"m":"demo","v":1,"t":"classification","p":[1]}'
-        assert 3590 < client.ttl(ONLINE_KEY + pid) <= 3600
+    ids = add(log, 2500)  # more than one script call's batch
+    assert log.flush() == 2500
+    assert all(lookup_online_prediction(client, pid) == VALUE for pid in ids)
+    for bucket in {pid[:8] for pid in ids}:  # a hash per 10-minute bucket of ids
+        assert client.hlen(BUCKET_KEY + bucket) == sum(pid[:8] == bucket for pid in ids)
+        assert 3590 < client.ttl(BUCKET_KEY + bucket) <= 3600 + BUCKET_SECONDS
+    assert lookup_online_prediction(client, new_prediction_id()) is None
+
+
+def test_ids_from_before_the_buckets_are_still_found(own_redis):
+    _, client = own_redis
+    old = os.urandom(16).hex()
+    client.set(ONLINE_KEY + old, VALUE, ex=60)
+    assert lookup_online_prediction(client, old) == VALUE
 
 
 def test_yields_when_redis_nears_its_maxmemory(own_redis, monkeypatch):
@@ -58,12 +77,12 @@ def test_yields_when_redis_nears_its_maxmemory(own_redis, monkeypatch):
     ids = add(log, 3)
     assert log.flush() == 0
     assert dropped("redis_memory") - before == 3
-    assert not any(client.exists(ONLINE_KEY + pid) for pid in ids)
+    assert not any(lookup_online_prediction(client, pid) for pid in ids)
     # Room again (the limit raised): the next batch is written.
     client.config_set("maxmemory", str(used * 10))
     ids = add(log, 2)
     assert log.flush() == 2
-    assert all(client.exists(ONLINE_KEY + pid) for pid in ids)
+    assert all(lookup_online_prediction(client, pid) == VALUE for pid in ids)
 
 
 def test_redis_without_maxmemory_is_not_held_back(own_redis):
