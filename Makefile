@@ -25,13 +25,15 @@ test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks write their sections of docs/benchmarks.md; run them on an otherwise idle machine.
-# bench: online (15 s per load run) + batch + monitoring overhead; bench-quick: a short pass.
+# bench: online (15 s per load run) + batch + monitoring overhead + one model call in and out
+# of a server's rhythm; bench-quick: a short pass.
 BENCH_ARGS ?=
 
 bench: setup bench-deps
 	$(BIN)/python -m bench.online $(BENCH_ARGS)
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.modelcall
 
 bench-quick: setup bench-deps
 	$(BIN)/python -m bench.online --quick $(BENCH_ARGS)

@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 
 from shared import fastpredict
 from shared.fastpredict import compile_fast_path
+from shared.xgbtrees import tree_arrays
 
 
 def _wine():
@@ -101,8 +102,8 @@ def test_a_path_that_disagrees_is_not_used(monkeypatch):
     model, X = CASES["forest classifier"]()
     real = fastpredict._forest
 
-    def off_by_one_ulp(model, n_features):
-        kind, proba, fn = real(model, n_features)
+    def off_by_one_ulp(model, probe):
+        kind, proba, fn = real(model, probe)
         return kind, proba, lambda rows: np.nextafter(fn(rows), 2.0)
 
     monkeypatch.setattr(fastpredict, "_forest", off_by_one_ulp)
@@ -116,14 +117,16 @@ def test_xgboost_path_from_several_threads_at_once():
 
     model, X = CASES["xgboost multiclass"]()
     path = compile_fast_path(model, X[:20])
-    assert path is not None and path.kind == "xgboost"
+    assert path is not None and path.kind.startswith("xgboost")
+    rows = 2 * fastpredict.ARRAY_CELLS  # enough rows to go to libxgboost, not the arrays
+    X = np.tile(X, (rows // len(X) + 1, 1))
     expected = model.predict_proba(X)
     failures: list[int] = []
 
     def score(offset: int) -> None:
-        for k in range(200):
-            i = (offset + k) % len(X)
-            if path(X[i:i + 1]).tobytes() != expected[i:i + 1].tobytes():
+        for k in range(50):
+            i = (offset + k * 101) % (len(X) - rows)
+            if path(X[i:i + rows]).tobytes() != expected[i:i + rows].tobytes():
                 failures.append(i)
 
     threads = [threading.Thread(target=score, args=(t * 37,)) for t in range(4)]
@@ -132,3 +135,79 @@ def test_xgboost_path_from_several_threads_at_once():
     for t in threads:
         t.join()
     assert failures == []
+
+
+XGBOOST_CASES = sorted(c for c in CASES if c.startswith("xgboost"))
+
+
+def _deep_xgboost():
+    X, y = _wine()
+    return xgboost.XGBClassifier(n_estimators=20, max_depth=9, n_jobs=1,
+                                 base_score=0.3).fit(X, y == 0), X
+
+
+@pytest.mark.parametrize("case", [*XGBOOST_CASES, "deep"])
+def test_xgboost_trees_as_arrays_are_libxgboost_bit_for_bit(case):
+    """One row, a few, rows whose values sit exactly on split thresholds (a tie goes right),
+    and values just either side of them."""
+    model, X = _deep_xgboost() if case == "deep" else CASES[case]()
+    booster = model.get_booster()
+    begin, end = model._get_iteration_range(None)
+    arrays = tree_arrays(booster, model.objective, begin, end, model.missing)
+    assert arrays is not None, case
+    path = compile_fast_path(model, X[:40])
+    assert path is not None and "as arrays" in path.kind, path and path.kind
+    on_threshold = X[:50].copy()
+    rng = np.random.default_rng(0)
+    splits = arrays.threshold < np.inf
+    for row in on_threshold:  # each row: a few features set to a threshold they are tested on
+        for node in rng.choice(np.flatnonzero(splits), 5):
+            row[arrays.feature[node]] = float(arrays.threshold[node])
+    near = np.nextafter(on_threshold, rng.choice([-np.inf, np.inf], on_threshold.shape))
+    for rows in (X, on_threshold, near, X * rng.uniform(0.5, 1.5, X.shape)):
+        expected = booster.inplace_predict(rows, iteration_range=(begin, end))
+        for i in range(len(rows)):
+            assert arrays(rows[i:i + 1]).tobytes() == expected[i:i + 1].tobytes(), (case, i)
+            assert _same_bits(path(rows[i:i + 1]), _own(model, rows[i:i + 1])), (case, i)
+        assert arrays(rows[:8]).tobytes() == expected[:8].tobytes(), case
+        assert _same_bits(path(rows), _own(model, rows)), case
+
+
+def test_xgboost_models_the_arrays_do_not_reproduce_go_to_libxgboost():
+    X, y = _wine()
+    for model in (  # "missing" other than NaN, objectives without their arithmetic
+            xgboost.XGBClassifier(n_estimators=5, n_jobs=1, missing=0.0).fit(X, y == 0),
+            xgboost.XGBRegressor(n_estimators=5, n_jobs=1, objective="reg:logistic")
+            .fit(X, y == 0),
+            xgboost.XGBRegressor(n_estimators=5, n_jobs=1, objective="reg:absoluteerror")
+            .fit(X, y)):
+        begin, end = model._get_iteration_range(None)
+        assert tree_arrays(model.get_booster(), model.objective, begin, end,
+                           model.missing) is None
+        path = compile_fast_path(model, X[:40])
+        assert path is not None and path.kind == "xgboost"
+        for i in range(0, len(X), 17):
+            assert _same_bits(path(X[i:i + 1]), _own(model, X[i:i + 1]))
+    X, y = _diabetes()
+    big = xgboost.XGBRegressor(n_estimators=100, max_depth=8, n_jobs=1).fit(X, y)
+    arrays = tree_arrays(big.get_booster(), big.objective, 0, 0, big.missing)
+    assert arrays is not None and arrays.nodes > fastpredict.ARRAY_CELLS
+    path = compile_fast_path(big, X[:40])  # slower as arrays than libxgboost even for a row
+    assert path is not None and path.kind == "xgboost"
+    assert _same_bits(path(X[:1]), _own(big, X[:1]))
+
+
+def test_trees_as_arrays_that_disagree_are_not_used(monkeypatch):
+    model, X = CASES["xgboost binary"]()
+    real = fastpredict.tree_arrays
+
+    def off_by_one_ulp(*args):
+        arrays = real(*args)
+        value = np.nextafter(arrays.value, np.float32(np.inf))
+        return type(arrays)(**{**arrays.__dict__, "value": value})
+
+    monkeypatch.setattr(fastpredict, "tree_arrays", off_by_one_ulp)
+    path = compile_fast_path(model, X[:40])
+    assert path is not None and path.kind == "xgboost"  # libxgboost alone
+    for i in range(0, len(X), 11):
+        assert _same_bits(path(X[i:i + 1]), _own(model, X[i:i + 1]))
