@@ -44,8 +44,8 @@ class FastPath:
 
     def __call__(self, X: np.ndarray) -> np.ndarray | None:
         """The model's output for X, or None when X is not for this path."""
-        if X.dtype not in _FLOATS or X.ndim != 2 or not np.isfinite(X).all():
-            return None
+        if X.dtype not in _FLOATS or X.ndim != 2 or not X.shape[0] or not np.isfinite(X).all():
+            return None  # no rows: the model's own answer (libxgboost's shape differs)
         return self._fn(X)
 
 
@@ -161,7 +161,9 @@ def _with_tree_arrays(native: Predictor, model: Any, booster: Any, begin: int, e
     if arrays is None or limit < 1:  # too many nodes for even one row to be faster as arrays
         return native, 0
     for rows in [probe[:limit], *(probe[i:i + 1] for i in range(len(probe)))]:
-        if arrays(rows).tobytes() != native(rows).tobytes():
+        got, expected = arrays(rows), native(rows)
+        if (got.dtype, got.shape, got.tobytes()) != (
+                expected.dtype, expected.shape, expected.tobytes()):
             logger.warning("XGBoost trees as arrays disagree with libxgboost; not used")
             return native, 0
 

@@ -171,6 +171,7 @@ def test_xgboost_trees_as_arrays_are_libxgboost_bit_for_bit(case):
             assert _same_bits(path(rows[i:i + 1]), _own(model, rows[i:i + 1])), (case, i)
         assert arrays(rows[:8]).tobytes() == expected[:8].tobytes(), case
         assert _same_bits(path(rows), _own(model, rows)), case
+    assert path(X[:0]) is None  # no rows: the model's own method answers
 
 
 def test_xgboost_models_the_arrays_do_not_reproduce_go_to_libxgboost():
