@@ -156,10 +156,14 @@ def _with_tree_arrays(native: Predictor, model: Any, booster: Any, begin: int, e
     """native, with inputs of up to `limit` rows scored by the trees as NumPy arrays
     (shared/xgbtrees.py) when those reproduce native's output on the probe bit for bit, one
     row at a time and `limit` rows at once; and limit (0: native alone)."""
-    arrays = tree_arrays(booster, model.objective, begin, end, model.missing)
-    limit = ARRAY_CELLS // arrays.nodes if arrays is not None else 0
-    if arrays is None or limit < 1:  # too many nodes for even one row to be faster as arrays
+    try:  # over ARRAY_CELLS nodes, even one row is faster through libxgboost
+        arrays = tree_arrays(booster, model.objective, begin, end, model.missing, ARRAY_CELLS)
+    except Exception:  # a model file laid out otherwise: libxgboost alone, never an error
+        logger.debug("no tree arrays", exc_info=True)
+        arrays = None
+    if arrays is None:
         return native, 0
+    limit = ARRAY_CELLS // arrays.nodes
     for rows in [probe[:limit], *(probe[i:i + 1] for i in range(len(probe)))]:
         got, expected = arrays(rows), native(rows)
         if (got.dtype, got.shape, got.tobytes()) != (

@@ -124,14 +124,17 @@ def _softmax(margin: np.ndarray) -> np.ndarray:
     return out
 
 
-def tree_arrays(booster: Any, objective: str, begin: int, end: int,
-                missing: float) -> TreeArrays | None:
+def tree_arrays(booster: Any, objective: str, begin: int, end: int, missing: float,
+                max_nodes: int) -> TreeArrays | None:
     """The arrays for booster's iterations [begin, end), or None if its trees or objective are
-    not ones these arrays reproduce exactly."""
+    not ones these arrays reproduce exactly, or the trees have over max_nodes nodes."""
     transform = TRANSFORMS.get(objective)
     if transform is None or not math.isnan(missing):
         return None
-    model = json.loads(booster.save_raw(raw_format="json"), parse_float=str)
+    raw = booster.save_raw(raw_format="json")
+    if len(raw) > max_nodes * 1024:  # XGBoost's JSON takes ~100-200 bytes a node
+        return None
+    model = json.loads(raw, parse_float=str)
     learner = model["learner"]
     gbtree = learner["gradient_booster"]
     if gbtree.get("name") != "gbtree" or int(
@@ -166,7 +169,7 @@ def tree_arrays(booster: Any, objective: str, begin: int, end: int,
         roots[int(group)].append(offset)
         offset += len(t)
         depth = max(depth, d)
-    if len({len(r) for r in roots}) != 1:
+    if len({len(r) for r in roots}) != 1 or offset > max_nodes:
         return None
     return TreeArrays(
         feature=np.concatenate(feature).astype(np.intp),

@@ -153,7 +153,7 @@ def test_xgboost_trees_as_arrays_are_libxgboost_bit_for_bit(case):
     model, X = _deep_xgboost() if case == "deep" else CASES[case]()
     booster = model.get_booster()
     begin, end = model._get_iteration_range(None)
-    arrays = tree_arrays(booster, model.objective, begin, end, model.missing)
+    arrays = tree_arrays(booster, model.objective, begin, end, model.missing, 1 << 20)
     assert arrays is not None, case
     path = compile_fast_path(model, X[:40])
     assert path is not None and "as arrays" in path.kind, path and path.kind
@@ -184,15 +184,17 @@ def test_xgboost_models_the_arrays_do_not_reproduce_go_to_libxgboost():
             .fit(X, y)):
         begin, end = model._get_iteration_range(None)
         assert tree_arrays(model.get_booster(), model.objective, begin, end,
-                           model.missing) is None
+                           model.missing, 1 << 20) is None
         path = compile_fast_path(model, X[:40])
         assert path is not None and path.kind == "xgboost"
         for i in range(0, len(X), 17):
             assert _same_bits(path(X[i:i + 1]), _own(model, X[i:i + 1]))
     X, y = _diabetes()
     big = xgboost.XGBRegressor(n_estimators=100, max_depth=8, n_jobs=1).fit(X, y)
-    arrays = tree_arrays(big.get_booster(), big.objective, 0, 0, big.missing)
+    arrays = tree_arrays(big.get_booster(), big.objective, 0, 0, big.missing, 1 << 20)
     assert arrays is not None and arrays.nodes > fastpredict.ARRAY_CELLS
+    assert tree_arrays(big.get_booster(), big.objective, 0, 0, big.missing,
+                       fastpredict.ARRAY_CELLS) is None
     path = compile_fast_path(big, X[:40])  # slower as arrays than libxgboost even for a row
     assert path is not None and path.kind == "xgboost"
     assert _same_bits(path(X[:1]), _own(big, X[:1]))
@@ -212,3 +214,15 @@ def test_trees_as_arrays_that_disagree_are_not_used(monkeypatch):
     assert path is not None and path.kind == "xgboost"  # libxgboost alone
     for i in range(0, len(X), 11):
         assert _same_bits(path(X[i:i + 1]), _own(model, X[i:i + 1]))
+
+
+def test_trees_that_cannot_be_read_leave_libxgboost_in_place(monkeypatch):
+    model, X = CASES["xgboost binary"]()
+
+    def unexpected_layout(*args):
+        raise KeyError("split_conditions")
+
+    monkeypatch.setattr(fastpredict, "tree_arrays", unexpected_layout)
+    path = compile_fast_path(model, X[:40])
+    assert path is not None and path.kind == "xgboost"
+    assert _same_bits(path(X[:1]), _own(model, X[:1]))

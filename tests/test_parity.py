@@ -34,6 +34,7 @@ def _via_online(loaded, frame: pd.DataFrame) -> np.ndarray:
     return loaded.predict(X).probabilities
 
 
+@pytest.mark.filterwarnings("ignore:X has feature names")  # fitted on NumPy, asked on frames
 @pytest.mark.parametrize("algorithm", ["xgboost", "random-forest", "logistic"])
 def test_matrix_models(tmp_path, demo_data, algorithm):
     names, X = demo_data
@@ -45,6 +46,10 @@ def test_matrix_models(tmp_path, demo_data, algorithm):
     frame = pd.DataFrame(X, columns=names)
     expected = loaded.model.predict_proba(frame)
     np.testing.assert_array_equal(_via_online(loaded, frame), expected)
+    step = 1 if algorithm == "xgboost" else 5  # every row through XGBoost's tree arrays
+    for i in range(0, len(frame), step):  # one row: /predict's usual request
+        one = frame.iloc[i:i + 1]  # (BLAS may round a 1-row product otherwise than a batch's)
+        np.testing.assert_array_equal(_via_online(loaded, one), loaded.model.predict_proba(one))
     np.testing.assert_array_equal(_via_batch(loaded, frame, 100), expected)
     labels = loaded.predict(frame.to_numpy()).labels
     np.testing.assert_array_equal(labels, loaded.model.predict(frame))
