@@ -74,7 +74,7 @@ class TreeArrays:
         """float32 margins, one column per output group (rows, groups)."""
         x32 = np.asarray(X, dtype=_F32)
         child = np.where(x32.take(self.feature, axis=1) < self.threshold, self.left, self.right)
-        node = self.roots
+        node = self.roots[None]  # (rows, groups, 1 + trees per group) once broadcast
         if x32.shape[0] > 1:  # row r's nodes, numbered from r * nodes in the flat child array
             start = np.arange(0, child.size, self.nodes)[:, None, None]
             child += start[:, 0]
@@ -84,10 +84,7 @@ class TreeArrays:
             node = flat.take(node)
         if x32.shape[0] > 1:
             node -= start
-        leaves = self.value.take(node)
-        if leaves.ndim == 2:
-            leaves = leaves[None]
-        return np.cumsum(leaves, axis=-1, dtype=_F32)[..., -1]
+        return np.cumsum(self.value.take(node), axis=-1, dtype=_F32)[..., -1]
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         """What libxgboost's prediction returns for X: (rows,) for one group, else
