@@ -163,8 +163,11 @@ def test_xgboost_trees_as_arrays_are_libxgboost_bit_for_bit(case):
     for row in on_threshold:  # each row: a few features set to a threshold they are tested on
         for node in rng.choice(np.flatnonzero(splits), 5):
             row[arrays.feature[node]] = float(arrays.threshold[node])
-    near = np.nextafter(on_threshold, rng.choice([-np.inf, np.inf], on_threshold.shape))
-    for rows in (X, on_threshold, near, X * rng.uniform(0.5, 1.5, X.shape)):
+    side = rng.choice([-np.inf, np.inf], on_threshold.shape)
+    near64 = np.nextafter(on_threshold, side)  # float32 casts these back onto the threshold
+    near32 = np.nextafter(on_threshold.astype(np.float32), side.astype(np.float32))
+    for rows in (X, on_threshold, near64, near32.astype(np.float64),
+                 X * rng.uniform(0.5, 1.5, X.shape)):
         expected = booster.inplace_predict(rows, iteration_range=(begin, end))
         for i in range(len(rows)):
             assert arrays(rows[i:i + 1]).tobytes() == expected[i:i + 1].tobytes(), (case, i)
