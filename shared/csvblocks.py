@@ -15,7 +15,9 @@ from shared.errors import BadRequestError, ValidationError
 
 SNIFF_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024
-COUNT_BLOCK_BYTES = 4 << 20
+# Counted a block at a time: 256 KiB keeps the block and its masks in L2 (583 MB of CSV in
+# ~0.20 s here; 4 MiB blocks and an index of every line end took ~0.29 s)
+COUNT_BLOCK_BYTES = 256 << 10
 NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 
 
@@ -44,24 +46,30 @@ def header_columns(header: bytes) -> list[str]:
 def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
     """Rows in CSV bytes [start, end) as pyarrow counts them: lines, less empty ones.
 
-    NumPy finds the line ends (a pass that releases the GIL, so a part counting its range
-    in a thread barely slows its own scoring); the two bytes before each tell an empty line.
+    NumPy finds the line ends (passes that release the GIL, so a part counting its range in
+    a thread barely slows its own scoring); a line end right after another ends an empty
+    line, as does one after "\n\r" (looked for only in blocks that hold a carriage return).
     """
     fh.seek(start)
     rows = 0
     # buf[:2] holds the two bytes before each block: those before `start` end a line.
     buf = bytearray(2 + min(COUNT_BLOCK_BYTES, max(end - start, 1)))
     buf[:2] = b"x\n"
+    is_end, after_end = np.empty(len(buf), dtype=bool), np.empty(len(buf), dtype=bool)
     remaining = end - start
     while remaining > 0:
         n = _read_into(fh, memoryview(buf)[2:2 + min(len(buf) - 2, remaining)])
         if n == 0:
             break
         arr = np.frombuffer(buf, dtype=np.uint8, count=n + 2)
-        ends = np.flatnonzero(arr[2:] == 10) + 2
-        before = arr[ends - 1]
-        empty = (before == 10) | ((before == 13) & (arr[ends - 2] == 10))
-        rows += len(ends) - int(np.count_nonzero(empty))
+        ends = np.equal(arr, 10, out=is_end[:n + 2])
+        if buf.find(b"\r", 0, n + 2) < 0:  # line feeds only: reused buffers, in cache
+            empty = np.count_nonzero(np.logical_and(ends[2:], ends[1:-1], out=after_end[:n]))
+        else:
+            at = np.flatnonzero(ends[2:]) + 2
+            before = arr[at - 1]
+            empty = np.count_nonzero((before == 10) | ((before == 13) & (arr[at - 2] == 10)))
+        rows += int(np.count_nonzero(ends[2:])) - int(empty)
         buf[:2] = buf[n:n + 2]
         remaining -= n
     last = bytes(buf[:2])
