@@ -174,9 +174,11 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
         workers.append(WorkerProcess(env, work, "b1"))
         out["small"] = small_jobs(api.url, small_count)
         # The two CSV sizes back to back on a fresh worker: memory compared like for like.
-        out["queue_csv"] = through_queue(api.url, workers, csv, "csv")
+        out["queue_csv"] = best_of([through_queue(api.url, workers, csv, "csv")
+                                    for _ in range(BASELINE_RUNS)])
         out["large"] = through_queue(api.url, workers, large, "csv")
-        out["queue_parquet"] = through_queue(api.url, workers, parquet, "parquet")
+        out["queue_parquet"] = best_of([through_queue(api.url, workers, parquet, "parquet")
+                                        for _ in range(BASELINE_RUNS)])
         print(out, flush=True)
         # Scaling: single-threaded workers (one core each), 1 and then 2 of them.
         workers.pop().stop()
@@ -197,6 +199,16 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
     return out
 
 
+def best_of(runs: list[dict]) -> dict:
+    """Runs of the same job, kept as the baselines keep theirs: the best worker and end-to-end
+    times and the smallest peak RSS (each run's times listed)."""
+    best = dict(min(runs, key=lambda q: q["worker_s"]))  # its cores, with its time
+    for key in ("end_to_end_s", "queued_s", "rss_mb"):
+        best[key] = min(q[key] for q in runs)
+    best["runs"] = {key: [q[key] for q in runs] for key in ("worker_s", "end_to_end_s")}
+    return best
+
+
 def report(r: dict, command: str) -> str:
     n, big = r["rows"], r["large_rows"]
     naive, lc, lp = r["naive"], r["limit_csv"], r["limit_parquet"]
@@ -213,9 +225,9 @@ def report(r: dict, command: str) -> str:
              "beside the model; the scaling rows use `TABSERVE_WORKER_THREADS=1`, one core "
              "per worker). Worker time is the job's running to succeeded; end to end is "
              "upload start to result downloaded. Cores: the worker processes' CPU seconds "
-             f"over their time. The baselines run {BASELINE_RUNS} times each (seconds of "
-             "every run in brackets) and keep their best time and smallest peak RSS; "
-             "tabserve's jobs run once.", "",
+             f"over their time. The baselines and tabserve's 1,000,000-row jobs run "
+             f"{BASELINE_RUNS} times each (seconds of every run in brackets) and keep their "
+             "best times and smallest peak RSS; the 5,000,000-row jobs run once.", "",
              "| scenario | rows | seconds | rows/s | peak RSS MB | cores |",
              "|---|---|---|---|---|---|"]
     for label, b, rows in (("naive pandas script (CSV)", naive, n),
@@ -227,10 +239,13 @@ def report(r: dict, command: str) -> str:
     for label, q in (("queue, CSV", qc), ("queue, Parquet", qp), ("queue, CSV", lg),
                      (f"1 single-threaded worker, CSV ({l1['parts']} part)", l1),
                      (f"2 single-threaded workers, CSV ({l2['parts']} parts)", l2)):
-        lines.append(f"| {label}: worker | {q['rows']:,} | {q['worker_s']:.2f} | "
-                     f"{rate(q['rows'], q['worker_s'])} | {q['rss_mb']:.0f} | "
-                     f"{q['cores']:.2f} |")
-        lines.append(f"| {label}: end to end | {q['rows']:,} | {q['end_to_end_s']:.2f} | "
+        runs = {k: " (" + ", ".join(f"{t:.2f}" for t in v) + ")"
+                for k, v in q.get("runs", {}).items()}
+        lines.append(f"| {label}: worker | {q['rows']:,} | {q['worker_s']:.2f}"
+                     f"{runs.get('worker_s', '')} | {rate(q['rows'], q['worker_s'])} | "
+                     f"{q['rss_mb']:.0f} | {q['cores']:.2f} |")
+        lines.append(f"| {label}: end to end | {q['rows']:,} | {q['end_to_end_s']:.2f}"
+                     f"{runs.get('end_to_end_s', '')} | "
                      f"{rate(q['rows'], q['end_to_end_s'])} | | |")
     checks = [
         ("worker time ≥ 1.5x faster than the naive script (CSV)",
