@@ -2,13 +2,18 @@
 
 Each process keeps a rolling window of recent rows per model version as bin indices in a
 ring buffer, with running per-bin counts, so observing a request costs a few vectorised
-operations; PSI is recomputed from the counts at most once per interval.
+operations. At most once per interval a process posts its window's counts to Redis and
+computes PSI over the sum of the windows that every process has posted lately
+(SharedCounts), so all processes publish the same figure: one drift gauge for the service,
+not one per process taking turns.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -174,12 +179,19 @@ class DriftWindow:
             self.filled = min(self.filled + n, self.size)
             self.pos = int((self.pos + n) % self.size)
 
-    def scores(self) -> tuple[dict[str, float], float | None] | None:
-        """PSI per feature and of the predictions, or None while the window is too small."""
+    def snapshot(self) -> tuple[np.ndarray, int]:
+        """A copy of the per-bin counts, and the rows they hold."""
         with self.lock:
-            if self.filled < MIN_ROWS:
-                return None
-            counts = self.counts.copy()
+            return self.counts.copy(), self.filled
+
+    def scores(self, counts: np.ndarray | None = None, rows: int | None = None,
+               ) -> tuple[dict[str, float], float | None] | None:
+        """PSI per feature and of the predictions, from this window's counts or the given
+        ones (the windows of several processes summed); None while too few rows."""
+        if counts is None or rows is None:
+            counts, rows = self.snapshot()
+        if rows < MIN_ROWS:
+            return None
         features = {n: psi(b.expected, counts[i, : b.n_bins])
                     for i, (n, b) in enumerate(zip(self.names, self.binners, strict=True))}
         pred = psi(self.pred.expected, counts[-1, : self.pred.n_bins]) if self.pred else None
@@ -187,6 +199,40 @@ class DriftWindow:
 
 
 _BINNED = object()  # in DriftTracker's queue: rows binned already (no labels to bin)
+
+
+class SharedCounts:
+    """Window counts of every process, in Redis: each process posts its own under a key that
+    expires after `ttl` seconds, and reads the sum over the processes that posted within it
+    (a process that stopped, or has had no rows for that long, drops out)."""
+
+    KEY = "tabserve:drift:"
+
+    def __init__(self, redis: Any, ttl: float) -> None:
+        self.redis = redis
+        self.ttl = max(int(ttl), 1)
+        self.host = socket.gethostname()
+
+    def combine(self, ref: str, counts: np.ndarray, rows: int) -> tuple[np.ndarray, int]:
+        """Post this process's counts for model version `ref`; the sum over live processes."""
+        key, me = self.KEY + ref, f"{self.host}:{os.getpid()}"
+        payload = np.concatenate([[rows], counts.ravel()]).astype("<i8").tobytes()
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{key}:{me}", payload, ex=self.ttl)
+        pipe.zadd(key, {me: now})
+        pipe.zremrangebyscore(key, "-inf", now - self.ttl)
+        pipe.expire(key, self.ttl)
+        pipe.zrange(key, 0, -1)
+        members = pipe.execute()[-1]
+        total, total_rows = np.zeros_like(counts), 0
+        for value in self.redis.mget([f"{key}:{m.decode()}" for m in members]):
+            if value is None or len(value) != len(payload):  # expired, or another layout
+                continue
+            posted = np.frombuffer(value, dtype="<i8")
+            total_rows += int(posted[0])
+            total += posted[1:].reshape(counts.shape)
+        return total, total_rows
 
 
 class DriftTracker:
@@ -200,10 +246,13 @@ class DriftTracker:
     DRAIN_SECONDS = 0.25
 
     def __init__(self, window: int, interval: float,
-                 publish: Callable[[Manifest, dict[str, float], float | None], None]) -> None:
+                 publish: Callable[[Manifest, dict[str, float], float | None], None],
+                 shared: SharedCounts | None = None) -> None:
         self.window = window
         self.interval = interval
         self.publish = publish
+        self.shared = shared
+        self._shared_failed = False
         self._windows: dict[str, DriftWindow] = {}
         self._last: dict[str, float] = {}
         self._pending: collections.deque[tuple[Manifest, Any, Any]] = collections.deque(
@@ -268,9 +317,25 @@ class DriftTracker:
                 w.add(w.bin_rows(X, labels))
             if now - self._last.get(ref, -1e18) >= self.interval:
                 self._last[ref] = now
-                scores = w.scores()
+                scores = w.scores(*self._combined(ref, w))
                 if scores is not None:
                     self.publish(manifest, *scores)
+
+    def _combined(self, ref: str, w: DriftWindow) -> tuple[np.ndarray, int]:
+        """The counts of every live process's window (this one's alone without Redis)."""
+        counts, rows = w.snapshot()
+        if self.shared is None:
+            return counts, rows
+        try:
+            combined = self.shared.combine(ref, counts, rows)
+        except Exception as exc:  # Redis away: this process's window, as before
+            if not self._shared_failed:
+                logger.warning("drift: windows not shared (Redis: %s); this process's alone",
+                               exc)
+            self._shared_failed = True
+            return counts, rows
+        self._shared_failed = False
+        return combined
 
 
 class DriftAccumulator:

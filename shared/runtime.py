@@ -45,12 +45,16 @@ class Runtime:
 
     @cached_property
     def drift(self) -> Any:
-        """Rolling drift windows of this process (shared.drift.DriftTracker)."""
-        from shared.drift import DriftTracker
+        """Rolling drift windows of this process, summed with the other processes' windows
+        through Redis (shared.drift.DriftTracker)."""
+        from shared.drift import DriftTracker, SharedCounts
         from shared.metrics import record_drift
 
-        return DriftTracker(self.settings.drift_window, self.settings.drift_interval_seconds,
-                            record_drift)
+        interval = self.settings.drift_interval_seconds
+        # A process posts at most once per interval while it has rows: three missed posts
+        # and its window leaves the sum.
+        shared = SharedCounts(self.redis, ttl=3 * interval + 5)
+        return DriftTracker(self.settings.drift_window, interval, record_drift, shared)
 
     @cached_property
     def predictions(self) -> Any:

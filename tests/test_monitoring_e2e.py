@@ -94,7 +94,7 @@ def test_drift_psi_low_for_training_data_high_for_shifted_features(stack, demo_d
 
     def send(rows: np.ndarray) -> None:
         # Four at a time, so that both gunicorn workers take a share: each process keeps its
-        # own window (400 rows here), and the gauge shows the most recent one's PSI.
+        # own window (400 rows here), and the gauge shows the PSI of the windows summed.
         batches = [[dict(zip(names, r.tolist(), strict=True)) for r in rows[i:i + 50]]
                    for i in range(0, len(rows), 50)]
         with ThreadPoolExecutor(4) as pool:
