@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import redis
 
 from shared.artifacts import ModelStore
@@ -16,12 +17,18 @@ from shared.training import train_demo
 from tests.servers import free_port
 
 
-def test_binned_rows_from_a_job_count_as_raw_rows_do(tmp_path, demo_data):
+@pytest.fixture
+def demo_model(tmp_path, demo_data):
+    """The demo model loaded, its rows, and its labels for them."""
     _, X = demo_data
     store = ModelStore(tmp_path)
     manifest = train_demo(store)
     loaded = load_model(store, manifest.name, manifest.version)
-    labels = loaded.predict(np.asfortranarray(X)).labels
+    return loaded, X, loaded.predict(np.asfortranarray(X)).labels
+
+
+def test_binned_rows_from_a_job_count_as_raw_rows_do(demo_model):
+    loaded, X, labels = demo_model
     shifted = X * 1.4
 
     published: dict[str, tuple] = {}
@@ -47,14 +54,10 @@ def _tracker(shared, published: dict, name: str) -> DriftTracker:
     return tracker
 
 
-def test_processes_publish_the_psi_of_their_windows_summed(tmp_path, demo_data, redis_client):
+def test_processes_publish_the_psi_of_their_windows_summed(demo_model, redis_client):
     """Two processes (two hosts' worth of identity, one real Redis): one sees training-like
     rows, the other shifted ones; both publish the PSI of the two windows together."""
-    _, X = demo_data
-    store = ModelStore(tmp_path)
-    manifest = train_demo(store)
-    loaded = load_model(store, manifest.name, manifest.version)
-    labels = loaded.predict(np.asfortranarray(X)).labels
+    loaded, X, labels = demo_model
     shifted = X * 1.4
     published: dict[str, tuple] = {}
     shares = [SharedCounts(redis_client, ttl=30) for _ in range(3)]
@@ -93,12 +96,8 @@ def test_a_process_that_stops_posting_leaves_the_sum(redis_client):
     assert rows == 20 and np.array_equal(total, counts)
 
 
-def test_without_redis_a_process_publishes_its_own_window(tmp_path, demo_data):
-    _, X = demo_data
-    store = ModelStore(tmp_path)
-    manifest = train_demo(store)
-    loaded = load_model(store, manifest.name, manifest.version)
-    labels = loaded.predict(np.asfortranarray(X)).labels
+def test_without_redis_a_process_publishes_its_own_window(demo_model):
+    loaded, X, labels = demo_model
     away = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     published: dict[str, tuple] = {}
     tracker, alone = _tracker(SharedCounts(away, ttl=30), published, "away"), _tracker(
