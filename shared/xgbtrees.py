@@ -72,7 +72,8 @@ class TreeArrays:
 
     def margins(self, X: np.ndarray) -> np.ndarray:
         """float32 margins, one column per output group (rows, groups)."""
-        x32 = np.asarray(X, dtype=_F32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, as XGBoost's own cast gives
+            x32 = np.asarray(X, dtype=_F32)
         child = np.where(x32.take(self.feature, axis=1) < self.threshold, self.left, self.right)
         node = self.roots[None]  # (rows, groups, 1 + trees per group) once broadcast
         if x32.shape[0] > 1:  # row r's nodes, numbered from r * nodes in the flat child array

@@ -149,7 +149,7 @@ def _deep_xgboost():
 @pytest.mark.parametrize("case", [*XGBOOST_CASES, "deep"])
 def test_xgboost_trees_as_arrays_are_libxgboost_bit_for_bit(case):
     """One row, a few, rows whose values sit exactly on split thresholds (a tie goes right),
-    and values just either side of them."""
+    values just either side of them, and values float32 cannot hold."""
     model, X = _deep_xgboost() if case == "deep" else CASES[case]()
     booster = model.get_booster()
     begin, end = model._get_iteration_range(None)
@@ -166,8 +166,10 @@ def test_xgboost_trees_as_arrays_are_libxgboost_bit_for_bit(case):
     side = rng.choice([-np.inf, np.inf], on_threshold.shape)
     near64 = np.nextafter(on_threshold, side)  # float32 casts these back onto the threshold
     near32 = np.nextafter(on_threshold.astype(np.float32), side.astype(np.float32))
+    extremes = X[:20].copy()  # beyond float32 (inf once cast), and below its smallest
+    extremes[np.arange(20), np.arange(20) % X.shape[1]] = np.resize([1e300, -1e300, 1e-300], 20)
     for rows in (X, on_threshold, near64, near32.astype(np.float64),
-                 X * rng.uniform(0.5, 1.5, X.shape)):
+                 X * rng.uniform(0.5, 1.5, X.shape), extremes):
         expected = booster.inplace_predict(rows, iteration_range=(begin, end))
         for i in range(len(rows)):
             assert arrays(rows[i:i + 1]).tobytes() == expected[i:i + 1].tobytes(), (case, i)
