@@ -35,7 +35,7 @@ TITLE = "## Batch: queue, baselines, memory, scaling, overhead"
 # A client polling a long job twice a second, as a person or a script would: on two cores a
 # tighter loop takes CPU from the workers being measured (times come from the job record).
 POLL_SECONDS = 0.5
-# Each baseline runs this many times and its best is kept; tabserve's jobs run once.
+# Each baseline and tabserve's 1M-row jobs run this many times; the best is kept.
 BASELINE_RUNS = 3
 
 
@@ -209,6 +209,10 @@ def best_of(runs: list[dict]) -> dict:
     return best
 
 
+def _listed(seconds: list[float]) -> str:
+    return " (" + ", ".join(f"{t:.2f}" for t in seconds) + ")"
+
+
 def report(r: dict, command: str) -> str:
     n, big = r["rows"], r["large_rows"]
     naive, lc, lp = r["naive"], r["limit_csv"], r["limit_parquet"]
@@ -233,14 +237,12 @@ def report(r: dict, command: str) -> str:
     for label, b, rows in (("naive pandas script (CSV)", naive, n),
                            ("in-process limit, CSV", lc, n),
                            ("in-process limit, Parquet", lp, n)):
-        runs = ", ".join(f"{t:.2f}" for t in b["runs"])
-        lines.append(f"| {label} | {rows:,} | {b['seconds']:.2f} ({runs}) | "
+        lines.append(f"| {label} | {rows:,} | {b['seconds']:.2f}{_listed(b['runs'])} | "
                      f"{rate(rows, b['seconds'])} | {b['rss_mb']:.0f} | |")
     for label, q in (("queue, CSV", qc), ("queue, Parquet", qp), ("queue, CSV", lg),
                      (f"1 single-threaded worker, CSV ({l1['parts']} part)", l1),
                      (f"2 single-threaded workers, CSV ({l2['parts']} parts)", l2)):
-        runs = {k: " (" + ", ".join(f"{t:.2f}" for t in v) + ")"
-                for k, v in q.get("runs", {}).items()}
+        runs = {k: _listed(v) for k, v in q.get("runs", {}).items()}
         lines.append(f"| {label}: worker | {q['rows']:,} | {q['worker_s']:.2f}"
                      f"{runs.get('worker_s', '')} | {rate(q['rows'], q['worker_s'])} | "
                      f"{q['rss_mb']:.0f} | {q['cores']:.2f} |")

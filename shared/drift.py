@@ -184,12 +184,10 @@ class DriftWindow:
         with self.lock:
             return self.counts.copy(), self.filled
 
-    def scores(self, counts: np.ndarray | None = None, rows: int | None = None,
+    def scores(self, counts: np.ndarray, rows: int,
                ) -> tuple[dict[str, float], float | None] | None:
-        """PSI per feature and of the predictions, from this window's counts or the given
-        ones (the windows of several processes summed); None while too few rows."""
-        if counts is None or rows is None:
-            counts, rows = self.snapshot()
+        """PSI per feature and of the predictions from counts laid out as this window's
+        (its own snapshot, or several processes' summed); None while too few rows."""
         if rows < MIN_ROWS:
             return None
         features = {n: psi(b.expected, counts[i, : b.n_bins])

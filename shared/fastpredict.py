@@ -73,15 +73,18 @@ def _agrees(model: Any, path: FastPath, probe: np.ndarray) -> bool:
     try:
         for X in (probe, probe[:1], np.asfortranarray(probe)):
             expected = np.asarray(model.predict_proba(X) if path.proba else model.predict(X))
-            got = path(X)
-            if got is None or got.dtype != expected.dtype or got.shape != expected.shape:
-                return False
-            if np.ascontiguousarray(got).tobytes() != np.ascontiguousarray(expected).tobytes():
+            if not _identical(path(X), expected):
                 return False
     except Exception:  # the model cannot score the probe: no claim of agreement
         logger.debug("fast path check failed", exc_info=True)
         return False
     return True
+
+
+def _identical(got: np.ndarray | None, expected: np.ndarray) -> bool:
+    """Same dtype, shape and bytes, whatever the memory order."""
+    return (got is not None and got.dtype == expected.dtype and got.shape == expected.shape
+            and np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(expected).tobytes())
 
 
 def _xgboost(model: Any, probe: np.ndarray) -> tuple[str, bool, Predictor] | None:
@@ -165,9 +168,7 @@ def _with_tree_arrays(native: Predictor, model: Any, booster: Any, begin: int, e
         return native, 0
     limit = ARRAY_CELLS // arrays.nodes
     for rows in [probe[:limit], *(probe[i:i + 1] for i in range(len(probe)))]:
-        got, expected = arrays(rows), native(rows)
-        if (got.dtype, got.shape, got.tobytes()) != (
-                expected.dtype, expected.shape, expected.tobytes()):
+        if not _identical(arrays(rows), native(rows)):
             logger.warning("XGBoost trees as arrays disagree with libxgboost; not used")
             return native, 0
 

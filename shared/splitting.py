@@ -153,7 +153,8 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
                                                                   spec["end"]))
 
             counts = jobs.part_counts(job_id, index)
-            if None in counts:
+            waits = None in counts
+            if waits:
                 # Own range first, so that parts started together do not count in a chain.
                 post_own()
                 counts = jobs.part_counts(job_id, index)
@@ -166,9 +167,8 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
                         other = jobs.part_spec(job_id, j)
                         counts[j] = count_csv_rows(fh, other["start"], other["end"])
                         jobs.set_part_count(job_id, j, counts[j] or 0)
-                future.set_result(sum(c or 0 for c in counts))
-            else:  # the parts before are counted: no wait; own count for the parts after
-                future.set_result(sum(c or 0 for c in counts))
+            future.set_result(sum(c or 0 for c in counts))
+            if not waits:  # the parts before were counted: own count for the parts after
                 post_own()
 
     def run() -> None:
