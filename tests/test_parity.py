@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.artifacts import ModelStore
-from shared.batch import check_chunk, score_chunk
-from shared.models import load_model
-from shared.tables import arrow_type, iter_chunks
-from shared.training import train_demo, train_from_file
+from shared.jobs.chunks import check_chunk, score_chunk
+from shared.jobs.inputs import arrow_type, iter_chunks
+from shared.models.loading import load_model
+from shared.models.store import ModelStore
+from shared.models.training import train_demo, train_from_file
 
 
 def _via_batch(loaded, frame: pd.DataFrame, chunk_rows: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_matrix_models(tmp_path, demo_data, algorithm):
     manifest = train_demo(store, algorithm)
     loaded = load_model(store, manifest.name, manifest.version)
     assert loaded.validator.as_frame is False  # the fast path: a NumPy matrix
-    assert (loaded.fast is not None) == (algorithm != "logistic")  # shared.fastpredict
+    assert (loaded.fast is not None) == (algorithm != "logistic")  # shared.models.fastpredict
     frame = pd.DataFrame(X, columns=names)
     expected = loaded.model.predict_proba(frame)
     np.testing.assert_array_equal(_via_online(loaded, frame), expected)
@@ -50,7 +50,11 @@ def test_matrix_models(tmp_path, demo_data, algorithm):
     for i in range(0, len(frame), step):  # one row: /predict's usual request
         one = frame.iloc[i:i + 1]  # (BLAS may round a 1-row product otherwise than a batch's)
         np.testing.assert_array_equal(_via_online(loaded, one), loaded.model.predict_proba(one))
-    np.testing.assert_array_equal(_via_batch(loaded, frame, 100), expected)
+    batch = _via_batch(loaded, frame, 100)
+    if algorithm == "logistic":  # BLAS blocks a 100-row product otherwise than a 569-row one
+        np.testing.assert_allclose(batch, expected, rtol=1e-12, atol=1e-15)
+    else:
+        np.testing.assert_array_equal(batch, expected)
     labels = loaded.predict(frame.to_numpy()).labels
     np.testing.assert_array_equal(labels, loaded.model.predict(frame))
 
