@@ -11,8 +11,8 @@ from api.requestlog import install_request_logging
 from api.upload import UploadRequest
 from shared.config import Settings
 from shared.logs import configure_logging
-from shared.metrics import QueueCollector, register_collector
-from shared.runtime import Runtime
+from shared.monitoring.metrics import QueueCollector, register_collector
+from shared.services import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import TabserveError
-from shared.metrics import VALIDATION_ERRORS
+from shared.monitoring.metrics import VALIDATION_ERRORS
 
 logger = logging.getLogger(__name__)
 

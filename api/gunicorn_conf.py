@@ -24,14 +24,14 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
     """Master, before forking: a clean metrics directory for this run."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from shared.metrics import prepare_multiprocess_dir
+        from shared.monitoring.metrics import prepare_multiprocess_dir
 
         prepare_multiprocess_dir(directory)
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201
     """A worker died or was replaced: drop its live gauges."""
-    from shared.metrics import mark_process_dead
+    from shared.monitoring.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
 

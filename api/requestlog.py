@@ -9,7 +9,7 @@ import time
 from flask import Flask, Response, g, request
 
 from shared.logs import LineLogger
-from shared.metrics import record_request
+from shared.monitoring.metrics import record_request
 
 access = LineLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -24,10 +24,10 @@ import requests
 
 from bench.common import RSSSampler, demo_file, machine, tree_cpu_seconds
 from bench.online_report import write_section
-from shared.artifacts import ModelStore
 from shared.config import Settings
-from shared.models import read_verified
-from shared.training import train_demo
+from shared.models.loading import read_verified
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
 from tests.jobclient import CONTENT_TYPES, wait_job
 from tests.servers import ApiServer, RedisServer, WorkerProcess, tabserve_env
 

@@ -1,5 +1,5 @@
 """One row through the demo XGBoost model, in a tight loop and amid a server's other work: the
-per-call CPU of libxgboost and of its trees as NumPy arrays (shared/xgbtrees.py).
+per-call CPU of libxgboost and of its trees as NumPy arrays (shared/models/xgbtrees.py).
 
     .venv/bin/python -m bench.modelcall [--calls 3000] [--no-write]
 
@@ -25,10 +25,10 @@ from sklearn.datasets import load_breast_cancer
 
 from bench.common import machine
 from bench.online_report import write_section
-from shared import fastpredict
-from shared.artifacts import ModelStore
 from shared.config import Settings
-from shared.training import train_demo
+from shared.models import fastpredict
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
 
 TITLE = "One XGBoost row: libxgboost or its trees as arrays, in and out of a server's rhythm"
 

@@ -38,9 +38,9 @@ from bench.scenarios import (
     bench_mlflow,
     bench_tabserve,
 )
-from shared.artifacts import ModelStore
-from shared.models import limit_threads, load_model, read_verified
-from shared.training import train_demo
+from shared.models.loading import limit_threads, load_model, read_verified
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
 from tests.servers import ROOT
 
 

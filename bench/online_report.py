@@ -95,9 +95,9 @@ def report(results: Results, config: Config, command: str, quick: bool) -> tuple
     lines += ["### In-process model time (one row, one thread)", "",
               "The model's own `predict_proba` (the raw in-process time the p50 target "
               "refers to), and tabserve's predict on the same rows through "
-              "shared/fastpredict.py where the model has a fast path (the forest's own "
+              "shared/models/fastpredict.py where the model has a fast path (the forest's own "
               "native code; XGBoost's trees as NumPy arrays for a few rows, "
-              "shared/xgbtrees.py), identical to the bit (tests/test_fastpredict.py).", "",
+              "shared/models/xgbtrees.py), identical to the bit (tests/test_fastpredict.py).", "",
               "| model | `predict_proba`, 1-row NumPy: p50 (p99) ms "
               "| 1-row DataFrame: p50 (p99) ms | tabserve's predict, 1 row: p50 (p99) ms "
               "| other CPU % |", "|---|---|---|---|---|"]

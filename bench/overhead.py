@@ -23,9 +23,9 @@ from sklearn.datasets import load_breast_cancer
 from bench.common import machine
 from bench.loadgen import run_load, wrk_version
 from bench.online_report import write_section
-from shared.artifacts import ModelStore
 from shared.config import Settings
-from shared.training import train_demo
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
 from tests.servers import ApiServer, RedisServer, tabserve_env
 
 TITLE = "Monitoring overhead on /predict"

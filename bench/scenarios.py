@@ -44,7 +44,7 @@ class ModelCase:
     required_ratio: float  # tabserve req/s over mlflow's at concurrency 16
     model: Any = None
     pickle_path: Path | None = None
-    served: Any = None  # the model as tabserve loads it (shared.models.LoadedModel)
+    served: Any = None  # the model as tabserve loads it (shared.models.loading.LoadedModel)
 
 
 @dataclass

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from shared.artifacts import ModelStore
 from shared.config import Settings
-from shared.training import train_demo
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
 from tests.servers import ApiServer, RedisServer, WorkerProcess, tabserve_env
 
 

@@ -113,7 +113,7 @@ class ApiServer(Process):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            [sys.executable, "-m", "shared.cli", "api", "--bind", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "cli", "api", "--bind", f"127.0.0.1:{self.port}",
              "--workers", str(workers)],
             env, log_dir / f"api-{self.port}.log", cwd,
         )
@@ -131,7 +131,7 @@ class WorkerProcess(Process):
                  cwd: Path = ROOT):
         self.name = name
         super().__init__(
-            [sys.executable, "-m", "shared.cli", "worker", "--concurrency", str(concurrency),
+            [sys.executable, "-m", "cli", "worker", "--concurrency", str(concurrency),
              "--hostname", f"{name}@%h", "--loglevel", "INFO"],
             env, log_dir / f"worker-{name}-{os.getpid()}.log", cwd,
         )

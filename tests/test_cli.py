@@ -15,7 +15,7 @@ from tests.servers import ROOT, tabserve_env
 
 
 def tabserve(args, settings):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT,
                           env=tabserve_env(settings.as_env()), capture_output=True, text=True,
                           timeout=180)
 

@@ -29,8 +29,8 @@ import pytest
 import redis
 import requests
 
-from shared.artifacts import ModelStore
-from shared.training import train_demo
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
 from tests import test_deploy_files as deploy
 from tests.jobclient import read_result, submit, wait_job
 from tests.servers import ROOT, Process, free_port, wait_until

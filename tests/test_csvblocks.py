@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from shared import csvblocks
-from shared.csvblocks import count_csv_rows
+from shared.jobs import csvblocks
+from shared.jobs.csvblocks import count_csv_rows
 
 PIECES = [b"1,2\n", b"\n", b"\r\n", b"3,4\r\n", b"5,6\n", b"\n\n", b"7,8\r\n\r\n"]
 

@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from shared.cli import main as cli_main
+from cli.main import main as cli_main
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_final_stage_runs_unprivileged_under_tini(image: str) -> None:
      ("artifacts/demo/1/model.pkl", True), (".git/HEAD", True), ("bench/run.py", True),
      ("docs/deploy.md", True), ("shared/__pycache__/cli.cpython-311.pyc", True),
      (".env", True), ("constraints.txt", False), ("api/wsgi.py", False),
-     ("shared/cli.py", False), ("worker/app.py", False)],
+     ("cli/main.py", False), ("worker/app.py", False)],
 )
 def test_dockerignore_keeps_the_context_small(path: str, excluded: bool) -> None:
     assert dockerignore_excludes(path) is excluded
@@ -302,14 +302,15 @@ def test_service_command_is_a_real_cli_command(image: str, compose: dict) -> Non
     command = compose["services"][image].get("command")
     if command is None:
         command = json.loads(parse_dockerfile(DOCKERFILES[image])[-1].args_of("CMD")[-1])
-    assert command[:3] == ["python", "-m", "shared.cli"]
-    assert command[3] == image
+    assert command[0] == "tabserve"
+    assert command[1] == image
     # Parsing the arguments checks every option exists, without running the command.
-    cli_main.commands[image].make_context(image, command[4:])
+    cli_main.commands[image].make_context(image, command[2:])
 
 
 def test_docs_name_only_real_cli_commands() -> None:
-    commands = re.findall(r"python -m shared\.cli (\w+)", (ROOT / "docs/deploy.md").read_text())
+    text = (ROOT / "docs/deploy.md").read_text()
+    commands = re.findall(r'(?:`tabserve |"tabserve", "|--rm \w+ tabserve )(\w+)', text)
     assert commands and set(commands) <= set(cli_main.commands)
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import redis
 
-from shared.artifacts import ModelStore
-from shared.drift import DriftAccumulator, DriftTracker, SharedCounts
-from shared.models import load_model
-from shared.training import train_demo
+from shared.models.loading import load_model
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
+from shared.monitoring.drift import DriftAccumulator, DriftTracker, SharedCounts
 from tests.servers import free_port
 
 

@@ -16,9 +16,9 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 
-from shared import fastpredict
-from shared.fastpredict import compile_fast_path
-from shared.xgbtrees import tree_arrays
+from shared.models import fastpredict
+from shared.models.fastpredict import compile_fast_path
+from shared.models.xgbtrees import tree_arrays
 
 
 def _wine():

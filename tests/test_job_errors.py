@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import requests
 
-from shared.artifacts import ModelStore
-from shared.training import train_from_file
+from shared.models.store import ModelStore
+from shared.models.training import train_from_file
 from tests.jobclient import read_result, submit, wait_job
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-from shared.jobs import JobStore, public_job
-from shared.queue import make_celery
-from shared.retention import purge_expired
+from shared.jobs.queue import make_celery
+from shared.jobs.retention import purge_expired
+from shared.jobs.store import JobStore, public_job
 from shared.storage import LocalStorage
 
 

@@ -1,4 +1,4 @@
-"""shared/metrics.py: multiprocess aggregation, the default registry, the queue collector.
+"""shared/monitoring/metrics.py: multiprocess aggregation, the registry, the queue collector.
 
 prometheus_client picks multiprocess mode when it is first imported, so the mode-dependent
 tests run in a fresh interpreter with exactly the environment they need.
@@ -16,15 +16,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics
-from shared.metrics import QueueCollector
+from shared.monitoring import metrics
+from shared.monitoring.metrics import QueueCollector
 
 ROOT = Path(__file__).resolve().parent.parent
 MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 MULTIPROCESS_SCRIPT = r"""
 import json, multiprocessing, os
-from shared import metrics
+from shared.monitoring import metrics
 
 def work(rows, memory, psi):
     metrics.ROWS_PREDICTED.labels("demo", "1", "batch").inc(rows)
@@ -54,7 +54,7 @@ if __name__ == "__main__":
 
 DEFAULT_SCRIPT = r"""
 import json
-from shared import metrics
+from shared.monitoring import metrics
 
 metrics.ROWS_PREDICTED.labels("demo", "1", "online").inc(5)
 metrics.init_model_series("demo", "2")
@@ -133,7 +133,7 @@ def test_every_gauge_chooses_a_multiprocess_mode():
 
 
 def test_job_statuses_are_the_final_statuses_of_jobs():
-    from shared.jobs import FINAL
+    from shared.jobs.store import FINAL
 
     assert metrics.JOB_STATUSES == FINAL
 
@@ -143,7 +143,7 @@ def test_prepare_multiprocess_dir_removes_previous_files(tmp_path, monkeypatch, 
     directory = tmp_path / "prom"
     directory.mkdir()
     (directory / "counter_12345.db").write_bytes(b"stale")
-    with caplog.at_level(logging.WARNING, logger="shared.metrics"):
+    with caplog.at_level(logging.WARNING, logger="shared.monitoring.metrics"):
         assert metrics.prepare_multiprocess_dir(directory) == directory
     assert list(directory.iterdir()) == []
     assert "PROMETHEUS_MULTIPROC_DIR" in caplog.text
@@ -173,7 +173,7 @@ def test_queue_collector_yields_nothing_when_read_fails(caplog):
     def read() -> dict[str, int]:
         raise ConnectionError("redis away")
 
-    with caplog.at_level(logging.DEBUG, logger="shared.metrics"):
+    with caplog.at_level(logging.DEBUG, logger="shared.monitoring.metrics"):
         assert list(QueueCollector(read).collect()) == []
     assert "redis away" in caplog.text
 

@@ -9,10 +9,10 @@ import pickle
 
 import pytest
 
-from shared.artifacts import ModelStore, parse_ref
 from shared.errors import ModelIntegrityError, ModelNotFoundError, ValidationError
-from shared.models import ModelCache, load_model
-from shared.training import train_demo
+from shared.models.loading import ModelCache, load_model
+from shared.models.store import ModelStore, parse_ref
+from shared.models.training import train_demo
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared import metrics
+from shared.monitoring import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -72,7 +72,7 @@ def as_promql(expr: str) -> str:
 
 
 def defined_series() -> dict[str, set[str]]:
-    """Each series name that shared/metrics.py exposes, with the labels it may carry."""
+    """Each series name that shared/monitoring/metrics.py exposes, with the labels it may carry."""
     series: dict[str, set[str]] = {}
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase):

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import requests
 
-from shared.artifacts import ModelStore
+from shared.models.store import ModelStore
 from tests.servers import ApiServer, tabserve_env
 
 

@@ -8,9 +8,9 @@ import os
 import pytest
 import redis
 
-from shared import predictions
-from shared.metrics import build_registry
-from shared.predictions import (
+from shared.monitoring import predictions
+from shared.monitoring.metrics import build_registry
+from shared.monitoring.predictions import (
     BUCKET_KEY,
     BUCKET_SECONDS,
     ONLINE_KEY,

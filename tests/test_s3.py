@@ -18,12 +18,12 @@ import pytest
 import redis
 import requests
 
-from shared import retention
 from shared.errors import ValidationError
-from shared.jobs import JobStore
-from shared.retention import purge_expired
+from shared.jobs import retention
+from shared.jobs.retention import purge_expired
+from shared.jobs.store import JobStore
+from shared.jobs.submit import InputURLForbiddenError, check_input_url
 from shared.storage import PART_BYTES, LocalStorage, ObjectStorage
-from shared.submission import InputURLForbiddenError, check_input_url
 from tests.jobclient import read_result, submit, wait_job
 from tests.servers import ApiServer, Process, WorkerProcess, free_port, tabserve_env, wait_until
 

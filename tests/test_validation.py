@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from shared.errors import ValidationError
-from shared.schema import FeatureSpec, Schema
-from shared.validation import RowValidator
+from shared.models.schema import FeatureSpec, Schema
+from shared.models.validation import RowValidator
 
 SCHEMA = Schema(features=[
     FeatureSpec(name="x", type="number"),

@@ -18,10 +18,10 @@ from celery.signals import (
 )
 
 from shared.config import Settings
+from shared.jobs.pipeline import configure_arrow
+from shared.jobs.queue import make_celery
 from shared.logs import configure_logging
-from shared.pipeline import configure_arrow
-from shared.queue import make_celery
-from shared.runtime import Runtime
+from shared.services import Runtime
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
@@ -62,7 +62,7 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     # Main process, before the pool forks: exporter and heartbeat. (The metrics directory
     # is cleaned by `tabserve worker` before Python starts: metrics made at import already
     # hold their files open, so cleaning here would lose them.)
-    from shared import metrics
+    from shared.monitoring import metrics
 
     if settings.worker_metrics_port:
         try:
@@ -78,7 +78,7 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
 
 
 def _heartbeat(name: str, processes: int) -> None:
-    from shared import metrics
+    from shared.monitoring import metrics
 
     rt = Runtime(settings)
     while True:
@@ -98,7 +98,7 @@ def _heartbeat(name: str, processes: int) -> None:
 
 @worker_process_shutdown.connect
 def _process_gone(pid: int | None = None, **_: Any) -> None:
-    from shared.metrics import mark_process_dead
+    from shared.monitoring.metrics import mark_process_dead
 
     mark_process_dead(pid or os.getpid())
 

@@ -1,4 +1,4 @@
-"""Celery tasks, named by the constants in shared.queue: thin adapters over shared/."""
+"""Celery tasks, named by the constants in shared.jobs.queue: thin adapters over shared/."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from shared.leases import MessageLease
+from shared.jobs.coordinator import run_job
+from shared.jobs.lease import MessageLease
+from shared.jobs.parts import run_part
+from shared.jobs.queue import SCORE_JOB, SCORE_PART
+from shared.jobs.retention import purge_expired
 from shared.logs import log_context
-from shared.queue import SCORE_JOB, SCORE_PART
-from shared.retention import purge_expired
-from shared.runtime import Runtime
-from shared.scoring import run_job
-from shared.splitting import run_part
+from shared.services import Runtime
 from worker.app import celery_app, runtime, settings
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import orjson
 from flask import Response, current_app, request
 
 from shared.errors import UnsupportedMediaTypeError
-from shared.runtime import Runtime
+from shared.services import Runtime
 
 
 def runtime() -> Runtime:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from api.views import json_body_bytes, json_response, runtime
-from shared.feedback import FeedbackStore, parse_feedback
-from shared.metrics import record_feedback
-from shared.online import parse_json
+from shared.monitoring.feedback import FeedbackStore, parse_feedback
+from shared.monitoring.metrics import record_feedback
+from shared.online.predict import parse_json
 
 bp = Blueprint("feedback", __name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from api.views import json_response, runtime
-from shared.health import check_readiness
+from shared.monitoring.health import check_readiness
 
 bp = Blueprint("health", __name__)
 

@@ -12,13 +12,11 @@ from flask import Blueprint, Response, request, send_file
 
 from api.views import json_response, runtime
 from shared.errors import JobNotFinishedError, ValidationError
-from shared.jobs import FINAL, STATUSES, public_job
-from shared.jobs import redis_errors as queue_errors
-from shared.metrics import record_job_finished
-from shared.online import parse_json
-from shared.outputs import CONTENT_TYPES
-from shared.runtime import Runtime
-from shared.submission import (
+from shared.jobs.inputs import InputFormat
+from shared.jobs.outputs import CONTENT_TYPES
+from shared.jobs.store import FINAL, STATUSES, public_job
+from shared.jobs.store import redis_errors as queue_errors
+from shared.jobs.submit import (
     copy_limited,
     format_of,
     parse_options,
@@ -26,7 +24,9 @@ from shared.submission import (
     submit_input_url,
     submit_job,
 )
-from shared.tables import InputFormat
+from shared.monitoring.metrics import record_job_finished
+from shared.online.predict import parse_json
+from shared.services import Runtime
 
 bp = Blueprint("jobs", __name__)
 

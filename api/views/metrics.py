@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from shared.metrics import render_metrics, update_process_metrics
+from shared.monitoring.metrics import render_metrics, update_process_metrics
 
 bp = Blueprint("metrics", __name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from api.views import json_response, runtime
-from shared.artifacts import parse_ref
 from shared.errors import ModelNotFoundError
+from shared.models.store import parse_ref
 
 bp = Blueprint("models", __name__)
 

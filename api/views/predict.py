@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, request
 
 from api.views import json_body_bytes, json_response, runtime
-from shared.online import extract_rows, parse_json, predict_rows
+from shared.online.predict import extract_rows, parse_json, predict_rows
 
 bp = Blueprint("predict", __name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.schema import Schema
+from shared.models.schema import Schema
 
 N_BINS = 10
 

@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from shared.manifest import Manifest
+from shared.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 
 RATE_BUCKETS = (100, 300, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)
 
 MODEL = ("model", "version")
-# The final statuses of shared.jobs (FINAL), not imported: shared.jobs may import this module.
+# The final statuses of shared.jobs (FINAL), not imported: the jobs package imports this one.
 JOB_STATUSES = ("succeeded", "failed", "cancelled")
 PATHS = ("online", "batch")
 

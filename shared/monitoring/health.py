@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.errors import TabserveError
-from shared.runtime import Runtime
+from shared.services import Runtime
 
 
 def check_model(rt: Runtime) -> dict[str, Any]:

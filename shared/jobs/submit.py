@@ -19,12 +19,12 @@ from shared.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
-from shared.jobs import JobStore, new_job_id
-from shared.manifest import Manifest
-from shared.metrics import JOBS_SUBMITTED
-from shared.runtime import Runtime
+from shared.jobs.inputs import InputFormat, InputInfo, inspect_input
+from shared.jobs.store import JobStore, new_job_id
+from shared.models.manifest import Manifest
+from shared.monitoring.metrics import JOBS_SUBMITTED
+from shared.services import Runtime
 from shared.storage import Storage
-from shared.tables import InputFormat, InputInfo, inspect_input
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -203,7 +203,7 @@ def _format_of_url(url: str) -> InputFormat:
 def _record_and_queue(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any, job_id: str,
                       manifest: Manifest, options: JobOptions, info: InputInfo,
                       source: dict[str, Any]) -> dict[str, Any]:
-    from shared.queue import send_score_job
+    from shared.jobs.queue import send_score_job
 
     opts = options.model_dump()
     opts["output_format"] = options.output_format or info.format

@@ -19,16 +19,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from shared.csvblocks import count_csv_rows
-from shared.errors import TabserveError
-from shared.jobs import JobStore
-from shared.metrics import record_job_finished
-from shared.predictions import JOB_KEY
-from shared.queue import send_score_part
-from shared.runtime import Runtime
-from shared.scoring import JobOutcome, JobRun, JobStopped, score_range
+from shared.jobs.csvblocks import count_csv_rows
+from shared.jobs.inputs import Part, plan_parts
+from shared.jobs.queue import send_score_part
+from shared.jobs.run import JobOutcome, JobRun, JobStopped, error_of, fail_job, score_range
+from shared.jobs.store import JobStore
+from shared.monitoring.metrics import record_job_finished
+from shared.monitoring.predictions import JOB_KEY
+from shared.services import Runtime
 from shared.storage import Storage
-from shared.tables import Part, plan_parts
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +77,8 @@ def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: 
         rows = score_range(storage, rec, run, part, keys["output"], keys["errors"])
     except JobStopped as stop:
         return JobOutcome(str(stop))
-    except TabserveError as exc:
-        error = {"code": exc.code, "message": exc.message, **getattr(exc, "where", {})}
-        return _fail(jobs, storage, rec, error)
-    except Exception as exc:  # a bug or an I/O fault; keep it off the client
-        logger.exception("job %s part %d: unexpected error", job_id, index)
-        return _fail(jobs, storage, rec, {"code": "internal_error",
-                                          "message": f"scoring failed: {type(exc).__name__}"})
+    except Exception as exc:  # every failure ends in the job's record
+        return _fail(jobs, storage, rec, error_of(exc, job_id))
     result = {"rows": rows, "rows_done": run.rows_done, "rows_failed": run.rows_failed,
               "drift": run.drift.counts.tolist()}
     done = jobs.part_done(job_id, index, attempt, result)
@@ -186,13 +180,10 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
 
 def _fail(jobs: JobStore, storage: Storage, rec: dict[str, Any],
           error: dict[str, Any]) -> JobOutcome:
-    final = jobs.finish(rec["id"], "failed", None, error=error)
-    if final == "failed":
-        record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "failed",
-                            None, 0)
+    outcome = fail_job(jobs, rec, None, error, None)
+    if outcome.status == "failed":
         storage.delete_prefix(f"jobs/{rec['id']}/parts")
-    logger.info("job %s: failed: %s", rec["id"], error["message"])
-    return JobOutcome(final)
+    return outcome
 
 
 def _assemble(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],

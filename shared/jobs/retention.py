@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.jobs import PREFIX, JobStore
+from shared.jobs.store import PREFIX, JobStore
 from shared.storage import Storage
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from shared.errors import ValidationError
-from shared.schema import FeatureSpec, Schema
+from shared.models.schema import FeatureSpec, Schema
 
 MAX_DETAILS = 100
 _MISSING = object()
@@ -152,7 +152,7 @@ class RowValidator:
                 return plain
         n, width = len(rows), len(self.specs)
         columns: list[list[Any]] = [[None] * n for _ in range(width)] if self.as_frame else []
-        # Column-major like a DataFrame's values (see shared.batch.model_input).
+        # Column-major like a DataFrame's values (see shared.jobs.chunks.model_input).
         matrix = None if self.as_frame else np.empty((n, width), dtype=np.float64, order="F")
         details: list[dict[str, Any]] = []
         for i, row in enumerate(rows):

@@ -1,8 +1,7 @@
-"""Running a batch job: read the stored input in chunks, validate, score, write, report.
+"""Scoring a job's input, or a range of it: read in chunks, validate, score, write, report.
 
-The output goes to a temporary file and is moved into place only when the whole input was
-scored, so a job killed mid-way leaves no half-written result; a re-delivered job starts
-again from the first row with a new attempt number, and the superseded attempt stops.
+The output goes to a temporary file and is moved into place only when the whole range was
+scored, so an attempt killed mid-way leaves no half-written result.
 """
 
 from __future__ import annotations
@@ -18,18 +17,18 @@ import numpy as np
 import pyarrow as pa
 import redis
 
-from shared.batch import CheckedChunk, RowError, check_chunk, output_table, score_chunk
-from shared.drift import DriftAccumulator
 from shared.errors import TabserveError
-from shared.jobs import JobStore
-from shared.metrics import record_job_finished, record_prediction
-from shared.models import Prediction
-from shared.outputs import ErrorsWriter, OutputWriter
-from shared.pipeline import WriteBehind, prefetch
-from shared.predictions import JOB_KEY, pack_job_chunk
-from shared.runtime import Runtime
+from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
+from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
+from shared.jobs.outputs import ErrorsWriter, OutputWriter
+from shared.jobs.pipeline import WriteBehind, prefetch
+from shared.jobs.store import JobStore
+from shared.models.loading import Prediction
+from shared.monitoring.drift import DriftAccumulator
+from shared.monitoring.metrics import record_job_finished, record_prediction
+from shared.monitoring.predictions import JOB_KEY, pack_job_chunk
+from shared.services import Runtime
 from shared.storage import Storage
-from shared.tables import Chunk, Part, arrow_type, iter_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -61,90 +60,25 @@ class JobOutcome:
     seconds: float = 0.0
 
 
-def run_job(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str,
-            worker: str) -> JobOutcome:
-    """Score one job end to end; every failure ends in the job's record, never raised."""
-    try:
-        rec = jobs.get(job_id)
-    except TabserveError:
-        logger.warning("job %s: no record (expired or deleted); dropping", job_id)
-        return JobOutcome("missing")
-    if rec["status"] == "running" and rec.get("parts_dispatched"):
-        logger.info("job %s: its parts are queued already", job_id)  # a re-delivered split
-        return JobOutcome("split")
-    attempt = rec.get("attempt", 0) + 1
-    state = jobs.start(job_id, attempt, worker)
-    if state != "running":
-        logger.info("job %s: not started, status is %s", job_id, state)
-        return JobOutcome(state)
-    if attempt > 1:
-        logger.warning("job %s: attempt %d (an earlier worker stopped mid-job)", job_id, attempt)
-    model, version = rec["model"]["name"], str(rec["model"]["version"])
-    logger.info("job %s: started on %s (model %s:%s, attempt %d)", job_id, worker, model,
-                version, attempt, extra={"job_id": job_id, "model_version": f"{model}:{version}"})
-    started = time.perf_counter()
-    try:
-        from shared.splitting import split_job  # splitting builds on this module
-
-        if split_job(rt, jobs, storage, rec):
-            return JobOutcome("split")
-        rows = _score(rt, jobs, storage, rec, attempt)
-    except JobStopped as stop:
-        logger.info("job %s: stopped (%s)", job_id, stop)
-        return JobOutcome(str(stop))
-    except TabserveError as exc:
-        error = {"code": exc.code, "message": exc.message, **getattr(exc, "where", {})}
-        return _failed(jobs, job_id, attempt, error, model, version, started)
-    except Exception as exc:  # anything else is a bug or an I/O fault; keep it off the client
-        logger.exception("job %s: unexpected error", job_id)
-        error = {"code": "internal_error", "message": f"scoring failed: {type(exc).__name__}"}
-        return _failed(jobs, job_id, attempt, error, model, version, started)
-    seconds = time.perf_counter() - started
-    record_job_finished(model, version, "succeeded", seconds, rows)
-    logger.info("job %s: succeeded: %d rows in %.2f s (%.0f rows/s)", job_id, rows, seconds,
-                rows / max(seconds, 1e-9), extra={"duration_s": round(seconds, 3), "rows": rows})
-    return JobOutcome("succeeded", rows, seconds)
-
-
-def _failed(jobs: JobStore, job_id: str, attempt: int, error: dict[str, Any], model: str,
-            version: str, started: float) -> JobOutcome:
-    final = jobs.finish(job_id, "failed", attempt, error=error)
-    seconds = time.perf_counter() - started
+def fail_job(jobs: JobStore, rec: dict[str, Any], attempt: int | None,
+             error: dict[str, Any], seconds: float | None) -> JobOutcome:
+    """End the job as failed (fenced by the attempt, when given) and count it once."""
+    final = jobs.finish(rec["id"], "failed", attempt, error=error)
     if final == "failed":
-        record_job_finished(model, version, "failed", seconds, 0)
-    logger.info("job %s: failed after %.2f s: %s", job_id, seconds, error["message"],
-                extra={"duration_s": round(seconds, 3), "error_code": error["code"]})
+        record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "failed",
+                            seconds, 0)
+    logger.info("job %s: failed: %s", rec["id"], error["message"],
+                extra={"error_code": error["code"]})
     return JobOutcome(final)
 
 
-def _score(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
-           attempt: int) -> int:
-    """Score every chunk, then publish the output and mark the job succeeded."""
-    job_id = rec["id"]
-
-    def report(run: JobRun, chunk: Chunk) -> str:
-        return jobs.progress(job_id, attempt, rows_done=run.rows_done,
-                             rows_failed=run.rows_failed, bytes_done=chunk.bytes_done)
-
-    run = JobRun(rt, rec, report)
-    rt.redis.delete(JOB_KEY + job_id)  # a re-delivered job starts its predictions afresh
-    rows = score_range(storage, rec, run, None, run.output_key, run.errors_key)
-    if run.rows_done == 0:
-        raise RowsRejectedError("the file has no data rows")
-    # Both files are in place now; only then does the job become "succeeded".
-    output = {"format": run.out_fmt, "key": run.output_key, "rows": rows,
-              "size_bytes": storage.size(run.output_key)}
-    final = jobs.finish(job_id, "succeeded", attempt, rows_total=run.rows_done,
-                        rows_done=run.rows_done, rows_failed=run.rows_failed,
-                        bytes_done=rec["input"]["size_bytes"], output=output,
-                        errors_key=run.errors_key if run.skip else None,
-                        drift=run.drift.result())
-    if final == "cancelled":
-        storage.delete(run.output_key)
-        storage.delete(run.errors_key)
-    if final != "succeeded":
-        raise JobStopped(final)
-    return run.rows_done
+def error_of(exc: Exception, job_id: str) -> dict[str, Any]:
+    """The job error for an exception raised while scoring."""
+    if isinstance(exc, TabserveError):
+        return {"code": exc.code, "message": exc.message, **getattr(exc, "where", {})}
+    # Anything else is a bug or an I/O fault: logged here, kept off the client.
+    logger.error("job %s: unexpected error", job_id, exc_info=exc)
+    return {"code": "internal_error", "message": f"scoring failed: {type(exc).__name__}"}
 
 
 def score_range(storage: Storage, rec: dict[str, Any], run: JobRun, part: Part | None,
@@ -199,7 +133,7 @@ class JobRun:
         self.errors: ErrorsWriter | None = None
         self.header = True  # a part after the first continues the first's CSV: no header
         # A part of a split job learns its first row's number while it starts (see
-        # shared.splitting); chunks are numbered from 0 until then, and shifted here.
+        # shared.jobs.parts); chunks are numbered from 0 until then, and shifted here.
         self.row_offset: Callable[[], int] | None = None
         self.drift = DriftAccumulator(self.manifest)
         self.rows_done = self.rows_failed = self.chunks = 0

@@ -1,4 +1,4 @@
-"""Lua scripts for job status transitions in Redis (shared.jobs): each runs atomically, so
+"""Lua scripts for job status transitions in Redis (shared.jobs.store): each runs atomically, so
 the API's cancel and a worker's start, progress or finish cannot interleave."""
 
 # KEYS: job, queued set, running set. ARGV: id, attempt, now, worker.

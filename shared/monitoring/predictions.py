@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from shared.metrics import record_predictions_dropped
+from shared.monitoring.metrics import record_predictions_dropped
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import pandas as pd
 from sklearn import metrics
 from sklearn.model_selection import train_test_split
 
-from shared.artifacts import ModelStore
 from shared.errors import ValidationError
-from shared.manifest import Manifest
-from shared.reference import feature_reference, prediction_reference
-from shared.schema import Schema, infer_schema
-from shared.versions import library_versions
+from shared.models.manifest import Manifest
+from shared.models.reference import feature_reference, prediction_reference
+from shared.models.schema import Schema, infer_schema
+from shared.models.store import ModelStore
+from shared.models.versions import library_versions
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shared.models import LoadedModel, Prediction
-from shared.schema import FeatureSpec
-from shared.tables import arrow_type
+from shared.jobs.inputs import arrow_type
+from shared.models.loading import LoadedModel, Prediction
+from shared.models.schema import FeatureSpec
 
 _TRUE = {"1", "true", "True", "TRUE"}
 _FALSE = {"0", "false", "False", "FALSE"}

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from shared.artifacts import ModelStore
 from shared.config import Settings
+from shared.models.store import ModelStore
 
 STATE_DIR = Path(".tabserve")
 
@@ -54,7 +54,7 @@ def run_all(settings: Settings, port: int) -> int:
     """Run everything until Ctrl-C, then stop what was started."""
     store = ModelStore(settings.artifacts_dir)
     if not store.list_models(fresh=True):
-        from shared.training import train_demo
+        from shared.models.training import train_demo
 
         print("no models in", settings.artifacts_dir, "- training the demo model", flush=True)
         train_demo(store)
@@ -62,7 +62,7 @@ def run_all(settings: Settings, port: int) -> int:
     redis_proc = start_local_redis(settings.redis_url)
     if redis_proc:
         procs.append(redis_proc)
-    tabserve = [sys.executable, "-m", "shared.cli"]
+    tabserve = [sys.executable, "-m", "cli"]
     procs.append(subprocess.Popen(tabserve + ["api", "--bind", f"127.0.0.1:{port}"]))
     procs.append(subprocess.Popen(tabserve + ["worker", "--concurrency", "1"]))
     print(f"tabserve is running at http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)

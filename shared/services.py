@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from shared.artifacts import ModelStore
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.models import ModelCache
+from shared.models.loading import ModelCache
+from shared.models.store import ModelStore
 
 
 class Runtime:
@@ -31,8 +31,8 @@ class Runtime:
 
     @cached_property
     def jobs(self) -> Any:
-        """The job records (shared.jobs.JobStore)."""
-        from shared.jobs import JobStore
+        """The job records (shared.jobs.store.JobStore)."""
+        from shared.jobs.store import JobStore
 
         return JobStore(self.redis, self.settings.job_ttl_seconds)
 
@@ -46,9 +46,9 @@ class Runtime:
     @cached_property
     def drift(self) -> Any:
         """Rolling drift windows of this process, summed with the other processes' windows
-        through Redis (shared.drift.DriftTracker)."""
-        from shared.drift import DriftTracker, SharedCounts
-        from shared.metrics import record_drift
+        through Redis (shared.monitoring.drift.DriftTracker)."""
+        from shared.monitoring.drift import DriftTracker, SharedCounts
+        from shared.monitoring.metrics import record_drift
 
         interval = self.settings.drift_interval_seconds
         # A process posts at most once per interval while it has rows: three missed posts
@@ -58,8 +58,8 @@ class Runtime:
 
     @cached_property
     def predictions(self) -> Any:
-        """Online predictions kept for feedback (shared.predictions.PredictionLog)."""
-        from shared.predictions import PredictionLog
+        """Online predictions kept for feedback (shared.monitoring.predictions.PredictionLog)."""
+        from shared.monitoring.predictions import PredictionLog
 
         return PredictionLog(self.redis, self.settings.prediction_ttl_seconds,
                              self.settings.prediction_log_max_memory_percent)
@@ -81,6 +81,6 @@ class Runtime:
     @cached_property
     def celery(self) -> Any:
         """A Celery app for sending jobs by task name."""
-        from shared.queue import make_celery
+        from shared.jobs.queue import make_celery
 
         return make_celery(self.settings)

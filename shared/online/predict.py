@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 
 from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationError
-from shared.metrics import record_prediction
-from shared.models import LoadedModel
-from shared.predictions import new_prediction_id
-from shared.runtime import Runtime
+from shared.models.loading import LoadedModel
+from shared.monitoring.metrics import record_prediction
+from shared.monitoring.predictions import new_prediction_id
+from shared.services import Runtime
 
 # Audit log of inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS; off by default.
 payload_logger = logging.getLogger("tabserve.payloads")

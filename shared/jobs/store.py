@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import redis
 
-from shared import jobscripts
 from shared.errors import JobNotFoundError, QueueUnavailableError
+from shared.jobs import scripts as jobscripts
 
 PREFIX = "tabserve:"
 INDEX = PREFIX + "jobs"

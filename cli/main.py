@@ -30,7 +30,7 @@ def main(ctx: click.Context) -> None:
 
 
 def _store(settings: Settings):  # noqa: ANN202 - keeps heavy imports out of `--help`
-    from shared.artifacts import ModelStore
+    from shared.models.store import ModelStore
 
     return ModelStore(settings.artifacts_dir)
 
@@ -47,7 +47,7 @@ def _store(settings: Settings):  # noqa: ANN202 - keeps heavy imports out of `--
 def train(settings: Settings, data: Path | None, target: str | None, name: str | None,
           task: str | None, algorithm: str | None) -> None:
     """Train a model and write the next version into the artifacts directory."""
-    from shared import training
+    from shared.models import training
 
     store = _store(settings)
     if data is None:
@@ -75,7 +75,7 @@ def train(settings: Settings, data: Path | None, target: str | None, name: str |
 def import_(settings: Settings, model_file: Path, name: str, sample: Path,
             target: str | None) -> None:
     """Register a pickled model you already have."""
-    from shared import training
+    from shared.models import training
 
     manifest = training.import_model(_store(settings), model_file, name, sample, target)
     click.echo(f"imported {manifest.ref} ({manifest.algorithm}, {len(manifest.features)} features)")
@@ -132,7 +132,7 @@ def worker(concurrency: int | None, queues: str | None, hostname: str | None,
 @click.pass_obj
 def run(settings: Settings, port: int) -> None:
     """Development: start Redis (if needed), the API and one worker; Ctrl-C stops all."""
-    from shared.devserver import run_all
+    from cli.devserver import run_all
 
     sys.exit(run_all(settings, port))
 

@@ -6,7 +6,7 @@ sniffing, a class built per call) and a forest's joblib pool per call (the trees
 in the order the library sums them with one job). One row through a 100-tree forest takes
 ~0.3 ms this way against ~5 ms; through the demo XGBoost model ~45 us against ~180 us.
 A few rows through XGBoost skip libxgboost too: its trees as NumPy arrays, with its
-arithmetic (shared/xgbtrees.py), ~15 us a row here and far less CPU inside a server.
+arithmetic (shared/models/xgbtrees.py), ~15 us a row here and far less CPU inside a server.
 
 A path is used only after it has matched the model's own method bit for bit on probe rows
 when the model is loaded, and only for finite NumPy input (anything else goes to the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.xgbtrees import tree_arrays
+from shared.models.xgbtrees import tree_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _xgboost(model: Any, probe: np.ndarray) -> tuple[str, bool, Predictor] | Non
 def _with_tree_arrays(native: Predictor, model: Any, booster: Any, begin: int, end: int,
                       probe: np.ndarray) -> tuple[Predictor, int]:
     """native, with inputs of up to `limit` rows scored by the trees as NumPy arrays
-    (shared/xgbtrees.py) when those reproduce native's output on the probe bit for bit, one
+    (shared/models/xgbtrees.py) when those reproduce native's output on the probe bit for bit, one
     row at a time and `limit` rows at once; and limit (0: native alone)."""
     try:  # over ARRAY_CELLS nodes, even one row is faster through libxgboost
         arrays = tree_arrays(booster, model.objective, begin, end, model.missing, ARRAY_CELLS)

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.artifacts import ModelStore, sha256_bytes
 from shared.errors import ModelIntegrityError, ModelLoadError
-from shared.fastpredict import FastPath, compile_fast_path
-from shared.manifest import Manifest
-from shared.metrics import record_model_loaded
-from shared.validation import RowValidator
-from shared.versions import version_mismatches
+from shared.models.fastpredict import FastPath, compile_fast_path
+from shared.models.manifest import Manifest
+from shared.models.store import ModelStore, sha256_bytes
+from shared.models.validation import RowValidator
+from shared.models.versions import version_mismatches
+from shared.monitoring.metrics import record_model_loaded
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from shared.batch import RowError
+from shared.jobs.chunks import RowError
 
 OutputFormat = Literal["csv", "parquet", "jsonl"]
 CONTENT_TYPES = {

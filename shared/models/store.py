@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.errors import ModelNotFoundError, ValidationError
-from shared.manifest import Manifest, read_manifest, write_manifest
+from shared.models.manifest import Manifest, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.manifest import Manifest
+from shared.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

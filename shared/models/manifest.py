@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schema import FeatureSpec, Schema
+from shared.models.schema import FeatureSpec, Schema
 
 MANIFEST_FILE = "manifest.json"
 

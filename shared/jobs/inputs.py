@@ -15,7 +15,8 @@ from typing import IO, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.csvblocks import (
+from shared.errors import BadRequestError, ValidationError
+from shared.jobs.csvblocks import (
     MAX_LINE_BYTES,
     SNIFF_BYTES,
     csv_block_bytes,
@@ -24,8 +25,7 @@ from shared.csvblocks import (
     read_blocks,
     read_header,
 )
-from shared.errors import BadRequestError, ValidationError
-from shared.schema import FeatureSpec, Schema
+from shared.models.schema import FeatureSpec, Schema
 
 InputFormat = Literal["csv", "parquet"]
 

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 
 from shared.errors import JobNotFoundError, ValidationError
-from shared.jobs import PREFIX, redis_errors
-from shared.predictions import lookup_job_prediction, lookup_online_prediction
+from shared.jobs.store import PREFIX, redis_errors
+from shared.monitoring.predictions import lookup_job_prediction, lookup_online_prediction
 
 MAX_ITEMS = 10_000
 WINDOW_KEY = PREFIX + "feedback:"

@@ -1,0 +1,1 @@
+"""The `tabserve` command line: train, import, serve, run."""

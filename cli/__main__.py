@@ -1,0 +1,5 @@
+"""`python -m cli` runs the `tabserve` command."""
+
+from cli.main import main
+
+main()

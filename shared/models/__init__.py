@@ -1,0 +1,1 @@
+"""Model artifacts: the store, manifests, schemas, training, loading, validation, fast paths."""

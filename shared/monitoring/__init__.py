@@ -1,0 +1,1 @@
+"""Operations: metrics, drift, the prediction log, feedback, health."""

@@ -1,0 +1,1 @@
+"""The online path: a request's rows validated, predicted and shaped into a response."""
