@@ -12,7 +12,7 @@ from api.upload import UploadRequest
 from shared.config import Settings
 from shared.logs import configure_logging
 from shared.monitoring.metrics import QueueCollector, register_collector
-from shared.services import Runtime
+from shared.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    runtime = Runtime(settings)
+    runtime = Services(settings)
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)

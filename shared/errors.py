@@ -20,10 +20,6 @@ class TabserveError(Exception):
         self.message = message
         self.details = details or []
 
-    def to_dict(self) -> dict[str, Any]:
-        """The one JSON error shape: {"error": {"code", "message", "details"}}."""
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
-
 
 class ConfigError(TabserveError):
     code = "config_error"
@@ -90,8 +86,3 @@ class ModelLoadError(ServiceUnavailableError):
 
 class ModelIntegrityError(ModelLoadError):
     code = "model_integrity"
-
-
-class JobCancelledError(TabserveError):
-    status = 409
-    code = "job_cancelled"

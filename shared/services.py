@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.models.loading import ModelCache
 from shared.models.store import ModelStore
 
+if TYPE_CHECKING:
+    import redis
+    from celery import Celery
 
-class Runtime:
+    from shared.jobs.store import JobStore
+    from shared.monitoring.drift import DriftTracker
+    from shared.monitoring.predictions import PredictionLog
+    from shared.storage import Storage
+
+
+class Services:
     """What a process (API worker or Celery worker) holds for its lifetime; built lazily."""
 
     def __init__(self, settings: Settings) -> None:
@@ -20,33 +29,33 @@ class Runtime:
         self.models = ModelCache(self.store, threads=settings.model_threads)
 
     @cached_property
-    def redis(self) -> Any:
+    def redis(self) -> redis.Redis:
         """A Redis client; it connects on first command."""
-        import redis
+        import redis as redis_py
 
-        return redis.Redis.from_url(
+        return redis_py.Redis.from_url(
             self.settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0,
             health_check_interval=30,
         )
 
     @cached_property
-    def jobs(self) -> Any:
-        """The job records (shared.jobs.store.JobStore)."""
+    def jobs(self) -> JobStore:
+        """The job records."""
         from shared.jobs.store import JobStore
 
         return JobStore(self.redis, self.settings.job_ttl_seconds)
 
     @cached_property
-    def storage(self) -> Any:
-        """Uploads, outputs and error files (a shared.storage.Storage: directory or bucket)."""
+    def storage(self) -> Storage:
+        """Uploads, outputs and error files: a directory or a bucket."""
         from shared.storage import make_storage
 
         return make_storage(self.settings)
 
     @cached_property
-    def drift(self) -> Any:
+    def drift(self) -> DriftTracker:
         """Rolling drift windows of this process, summed with the other processes' windows
-        through Redis (shared.monitoring.drift.DriftTracker)."""
+        through Redis."""
         from shared.monitoring.drift import DriftTracker, SharedCounts
         from shared.monitoring.metrics import record_drift
 
@@ -57,8 +66,8 @@ class Runtime:
         return DriftTracker(self.settings.drift_window, interval, record_drift, shared)
 
     @cached_property
-    def predictions(self) -> Any:
-        """Online predictions kept for feedback (shared.monitoring.predictions.PredictionLog)."""
+    def predictions(self) -> PredictionLog:
+        """Online predictions kept for feedback."""
         from shared.monitoring.predictions import PredictionLog
 
         return PredictionLog(self.redis, self.settings.prediction_ttl_seconds,
@@ -79,7 +88,7 @@ class Runtime:
                               "from 0 to 1") from None
 
     @cached_property
-    def celery(self) -> Any:
+    def celery(self) -> Celery:
         """A Celery app for sending jobs by task name."""
         from shared.jobs.queue import make_celery
 

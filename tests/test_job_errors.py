@@ -136,7 +136,7 @@ def test_bad_row_fails_the_job_naming_row_and_column(api_server, worker, frame):
     done = wait_job(api_server.url, job["id"])
     assert done["status"] == "failed"
     assert done["error"]["code"] == "invalid_row"
-    assert done["error"]["row"] == 3 and done["error"]["column"] == "mean area"
+    assert done["error"]["row"] == 3 and done["error"]["field"] == "mean area"
     assert "row 3, column 'mean area': not a number" in done["error"]["message"]
     assert requests.get(f"{api_server.url}/jobs/{job['id']}/result", timeout=10).status_code == 409
 
@@ -153,9 +153,9 @@ def test_bad_rows_are_skipped_into_an_errors_file(api_server, worker, frame):
     assert errors.status_code == 200 and errors.headers["Content-Type"].startswith("text/csv")
     table = pd.read_csv(io.BytesIO(errors.content))
     assert table.to_dict(orient="records") == [
-        {"row": 3, "column": "mean area", "reason": "not a number"},
-        {"row": 7, "column": "worst radius", "reason": "missing value"},
-        {"row": 10, "column": "mean texture", "reason": "not a finite number"},
+        {"row": 3, "field": "mean area", "message": "not a number"},
+        {"row": 7, "field": "worst radius", "message": "missing value"},
+        {"row": 10, "field": "mean texture", "message": "not a finite number"},
     ]
 
 

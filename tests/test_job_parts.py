@@ -82,7 +82,7 @@ def test_split_job_row_errors_name_the_file_row(split_stack, rows):
     done = wait_job(api.url, skipped["id"], timeout=180)
     assert done["status"] == "succeeded" and done["progress"]["rows_failed"] == 1
     errors = requests.get(f"{api.url}/jobs/{skipped['id']}/errors", timeout=10).text
-    assert errors.splitlines() == ["row,column,reason", "61234,mean area,not a number"]
+    assert errors.splitlines() == ["row,field,message", "61234,mean area,not a number"]
     result, _ = read_result(api.url, skipped["id"])
     assert len(result) == len(rows) - 1 and 61_234 not in set(result["row"])
     assert result["row"].iloc[-1] == len(rows) - 1

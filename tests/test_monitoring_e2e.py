@@ -16,6 +16,7 @@ import pytest
 import requests
 import yaml
 
+from shared import keys
 from tests.jobclient import submit, wait_job
 from tests.servers import (
     ApiServer,
@@ -144,7 +145,7 @@ def test_feedback_moves_the_accuracy_gauge(stack, demo_rows, demo_data):
     api, worker, settings, _ = stack
     import redis
 
-    redis.Redis.from_url(settings.redis_url).delete("tabserve:feedback:breast-cancer:1")
+    redis.Redis.from_url(settings.redis_url).delete(keys.feedback_window("breast-cancer", "1"))
     single = requests.post(api.url + "/predict", json={"features": demo_rows[0]},
                            timeout=10).json()
     many = requests.post(api.url + "/predict", json={"instances": demo_rows[1:10]},

@@ -8,12 +8,11 @@ import os
 import pytest
 import redis
 
+from shared import keys
 from shared.monitoring import predictions
 from shared.monitoring.metrics import build_registry
 from shared.monitoring.predictions import (
-    BUCKET_KEY,
     BUCKET_SECONDS,
-    ONLINE_KEY,
     PredictionLog,
     lookup_online_prediction,
     new_prediction_id,
@@ -55,15 +54,15 @@ def test_writes_each_prediction_for_at_least_its_ttl(own_redis):
     assert log.flush() == 2500
     assert all(lookup_online_prediction(client, pid) == VALUE for pid in ids)
     for bucket in {pid[:8] for pid in ids}:  # a hash per 10-minute bucket of ids
-        assert client.hlen(BUCKET_KEY + bucket) == sum(pid[:8] == bucket for pid in ids)
-        assert 3590 < client.ttl(BUCKET_KEY + bucket) <= 3600 + BUCKET_SECONDS
+        assert client.hlen(keys.prediction_bucket(bucket)) == sum(pid[:8] == bucket for pid in ids)
+        assert 3590 < client.ttl(keys.prediction_bucket(bucket)) <= 3600 + BUCKET_SECONDS
     assert lookup_online_prediction(client, new_prediction_id()) is None
 
 
 def test_ids_from_before_the_buckets_are_still_found(own_redis):
     _, client = own_redis
     old = os.urandom(16).hex()
-    client.set(ONLINE_KEY + old, VALUE, ex=60)
+    client.set(keys.online_prediction(old), VALUE, ex=60)
     assert lookup_online_prediction(client, old) == VALUE
 
 

@@ -20,6 +20,7 @@ import requests
 
 from shared.errors import ValidationError
 from shared.jobs import retention
+from shared.jobs.record import new_job
 from shared.jobs.retention import purge_expired
 from shared.jobs.store import JobStore
 from shared.jobs.submit import InputURLForbiddenError, check_input_url
@@ -297,7 +298,7 @@ def test_retention_sweeps_the_bucket(bucket_storage, redis_client, monkeypatch):
     for job_id in ("expired", "live"):
         with bucket_storage.writer(f"jobs/{job_id}/input.csv") as fh:
             fh.write(b"a\n1\n")
-    jobs.create("live", {"options": {}})
+    jobs.create(new_job("live", {"name": "m", "version": 1}, {}, {}, None, 0))
     assert sorted(bucket_storage.list_prefixes("jobs")) == ["jobs/expired", "jobs/live"]
     assert bucket_storage.last_modified("jobs/live") > 0
     monkeypatch.setattr(retention, "GRACE_SECONDS", -60)  # every file counts as old

@@ -21,7 +21,7 @@ from shared.config import Settings
 from shared.jobs.pipeline import configure_arrow
 from shared.jobs.queue import make_celery
 from shared.logs import configure_logging
-from shared.services import Runtime
+from shared.services import Services
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
@@ -36,14 +36,14 @@ def _configure_logging(**_: Any) -> None:
     configure_logging(settings.log_level)
 
 
-_runtime: Runtime | None = None
+_runtime: Services | None = None
 
 
-def runtime() -> Runtime:
+def runtime() -> Services:
     """This process's runtime (model cache, job store, storage), built on first use."""
     global _runtime
     if _runtime is None:
-        _runtime = Runtime(settings)
+        _runtime = Services(settings)
     return _runtime
 
 
@@ -51,7 +51,7 @@ def runtime() -> Runtime:
 def _init_process(**_: Any) -> None:
     # A pool child must not share the parent's Redis connections: build its own.
     global _runtime
-    _runtime = Runtime(settings)
+    _runtime = Services(settings)
     configure_arrow(settings.worker_threads)
     if settings.preload_model:
         _runtime.models.warm(settings.default_model)
@@ -80,7 +80,7 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
 def _heartbeat(name: str, processes: int) -> None:
     from shared.monitoring import metrics
 
-    rt = Runtime(settings)
+    rt = Services(settings)
     while True:
         try:
             rt.jobs.worker_heartbeat(name, processes)

@@ -13,14 +13,14 @@ from shared.jobs.parts import run_part
 from shared.jobs.queue import SCORE_JOB, SCORE_PART
 from shared.jobs.retention import purge_expired
 from shared.logs import log_context
-from shared.services import Runtime
+from shared.services import Services
 from worker.app import celery_app, runtime, settings
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def _leased(task: Any, **context: Any) -> Iterator[Runtime]:
+def _leased(task: Any, **context: Any) -> Iterator[Services]:
     """Keep the task's broker message leased and tag the logs while the work runs."""
     rt = runtime()
     tag = (task.request.properties or {}).get("delivery_tag")
@@ -37,17 +37,17 @@ def _leased(task: Any, **context: Any) -> Iterator[Runtime]:
 def score_job(self: Any, job_id: str) -> str:
     """Score one batch job (or cut it into parts); its outcome is in the job record."""
     with _leased(self, job_id=job_id) as rt:
-        outcome = run_job(rt, rt.jobs, rt.storage, job_id, self.request.hostname)
+        outcome = run_job(rt, job_id, self.request.hostname)
         try:
             purge_expired(rt.jobs, rt.storage)
         except Exception:  # retention is best effort; the job is done
             logger.exception("retention sweep failed")
-    return outcome.status
+    return outcome.status.value
 
 
 @celery_app.task(name=SCORE_PART, bind=True)
 def score_part(self: Any, job_id: str, index: int) -> str:
     """Score one part of a job spread over the workers."""
     with _leased(self, job_id=job_id, part=index) as rt:
-        outcome = run_part(rt, rt.jobs, rt.storage, job_id, index, self.request.hostname)
-    return outcome.status
+        outcome = run_part(rt, job_id, index, self.request.hostname)
+    return outcome.status.value

@@ -8,11 +8,11 @@ import orjson
 from flask import Response, current_app, request
 
 from shared.errors import UnsupportedMediaTypeError
-from shared.services import Runtime
+from shared.services import Services
 
 
-def runtime() -> Runtime:
-    """The process's Runtime."""
+def runtime() -> Services:
+    """The process's Services."""
     return current_app.extensions["tabserve"]
 
 

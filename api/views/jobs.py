@@ -5,16 +5,16 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
 
 from api.views import json_response, runtime
-from shared.errors import JobNotFinishedError, ValidationError
+from shared.errors import ValidationError
 from shared.jobs.inputs import InputFormat
+from shared.jobs.lifecycle import cancel_or_delete, finished_file
 from shared.jobs.outputs import CONTENT_TYPES
-from shared.jobs.store import FINAL, STATUSES, public_job
+from shared.jobs.record import Job, JobStatus
 from shared.jobs.store import redis_errors as queue_errors
 from shared.jobs.submit import (
     copy_limited,
@@ -24,9 +24,8 @@ from shared.jobs.submit import (
     submit_input_url,
     submit_job,
 )
-from shared.monitoring.metrics import record_job_finished
 from shared.online.predict import parse_json
-from shared.services import Runtime
+from shared.services import Services
 
 bp = Blueprint("jobs", __name__)
 
@@ -45,20 +44,19 @@ def create_job() -> Response:
         request.max_content_length = rt.settings.max_body_bytes
         source, options = parse_url_request(parse_json(request.get_data(cache=False)),
                                             request.args.to_dict())
-        record = submit_input_url(rt, rt.jobs, rt.storage, rt.celery, source, options)
+        job = submit_input_url(rt, source, options)
     else:
-        record = _submit_upload(rt)
-    job = public_job(record)
-    return json_response(job, status=202, headers={"Location": f"/jobs/{job['id']}"})
+        job = _submit_upload(rt)
+    return json_response(job.public(), status=202, headers={"Location": f"/jobs/{job.id}"})
 
 
-def _submit_upload(rt: Runtime) -> dict[str, Any]:
+def _submit_upload(rt: Services) -> Job:
     request.max_content_length = rt.settings.max_upload_bytes
     try:
         staged, fmt, filename = _stage_upload()
         values = {**request.args.to_dict(), **request.form.to_dict()}
         options = parse_options(values)
-        return submit_job(rt, rt.jobs, rt.storage, rt.celery, staged, fmt, filename, options)
+        return submit_job(rt, staged, fmt, filename, options)
     finally:
         for path in getattr(request, "staged", []):
             Path(path).unlink(missing_ok=True)  # already adopted into the store when accepted
@@ -86,56 +84,48 @@ def _stage_upload() -> tuple[Path, InputFormat, str | None]:
 @bp.get("/jobs")
 def list_jobs() -> Response:
     limit_raw = request.args.get("limit", "50")
-    status = request.args.get("status") or None
+    status_raw = request.args.get("status") or None
+    statuses = [s.value for s in JobStatus]
     details = []
     if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
         details.append({"field": "limit", "message": "must be an integer from 1 to 1000"})
-    if status is not None and status not in STATUSES:
-        details.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
+    if status_raw is not None and status_raw not in statuses:
+        details.append({"field": "status", "message": f"must be one of {', '.join(statuses)}"})
     if details:
         raise ValidationError("invalid query: " + ", ".join(d["field"] for d in details),
                               details=details)
+    status = JobStatus(status_raw) if status_raw else None
     jobs = runtime().jobs.recent(limit=int(limit_raw), status=status)
-    return json_response({"jobs": [public_job(j) for j in jobs]})
+    return json_response({"jobs": [j.public() for j in jobs]})
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    return json_response(public_job(runtime().jobs.get(job_id)))
-
-
-def _finished_file(job_id: str, which: str) -> tuple[dict, str]:
-    rec = runtime().jobs.get(job_id)
-    if rec["status"] != "succeeded":
-        reason = f"job {job_id} is {rec['status']}"
-        if rec["status"] in ("queued", "running"):
-            reason += "; poll GET /jobs/" + job_id + " until it has succeeded"
-        raise JobNotFinishedError(reason)
-    if which == "errors":
-        key = rec.get("errors_key")
-        if not key:
-            raise JobNotFinishedError(f"job {job_id} ran with on_error=fail: no errors file")
-        return rec, key
-    return rec, rec["output"]["key"]
+    return json_response(runtime().jobs.get(job_id).public())
 
 
 @bp.get("/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
-    rec, key = _finished_file(job_id, "result")
-    output = rec["output"]
+    job = runtime().jobs.get(job_id)
+    key = finished_file(job, "result")
+    output = job.output or {}
     fmt = output["format"]
-    stem = Path(rec["input"]["name"]).stem or "input"
-    name = f"{stem}-predictions.{fmt}"
-    if output.get("parts"):  # a split job's result: its parts, end to end, in input order
+    name = f"{_stem(job)}-predictions.{fmt}"
+    if key is None:  # a split job's result: its parts, end to end, in input order
         return _send_parts(output["parts"], output["size_bytes"], CONTENT_TYPES[fmt], name)
     return _send_stored(key, CONTENT_TYPES[fmt], name, conditional=True)
 
 
 @bp.get("/jobs/<job_id>/errors")
 def get_errors(job_id: str) -> Response:
-    rec, key = _finished_file(job_id, "errors")
-    stem = Path(rec["input"]["name"]).stem or "input"
-    return _send_stored(key, "text/csv", f"{stem}-errors.csv")
+    job = runtime().jobs.get(job_id)
+    key = finished_file(job, "errors")
+    assert key is not None
+    return _send_stored(key, "text/csv", f"{_stem(job)}-errors.csv")
+
+
+def _stem(job: Job) -> str:
+    return Path(job.input["name"]).stem or "input"
 
 
 def _send_stored(key: str, mimetype: str, name: str, conditional: bool = False) -> Response:
@@ -174,16 +164,5 @@ def _filename_params(name: str) -> dict[str, str]:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
-    rt = runtime()
-    rec = rt.jobs.get(job_id)
-    if rec["status"] in FINAL:
-        rt.jobs.delete(job_id)
-        rt.storage.delete_prefix(f"jobs/{job_id}")
-        return Response(status=204)
-    status = rt.jobs.finish(job_id, "cancelled")
-    if status == "cancelled":
-        if not rec["input"].get("url"):  # an input_url file is not the job's to delete
-            rt.storage.delete(rec["input"]["key"])
-        record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "cancelled",
-                            None, 0)
-    return json_response(public_job(rt.jobs.get(job_id)))
+    job = cancel_or_delete(runtime(), job_id)
+    return Response(status=204) if job is None else json_response(job.public())

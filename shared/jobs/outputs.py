@@ -78,11 +78,11 @@ class OutputWriter:
 
 
 class ErrorsWriter:
-    """The errors file of an on_error=skip job: row, column, reason."""
+    """The errors file of an on_error=skip job: row, field, message (as a job error says)."""
 
     def __init__(self, fh: IO[str]) -> None:
         self._csv = csv.writer(fh)
-        self._csv.writerow(["row", "column", "reason"])
+        self._csv.writerow(["row", "field", "message"])
         self.count = 0
 
     def write(self, errors: list[RowError]) -> None:

@@ -15,19 +15,23 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
+from shared import keys
+from shared.jobs import paths
 from shared.jobs.csvblocks import count_csv_rows
 from shared.jobs.inputs import Part, plan_parts
 from shared.jobs.queue import send_score_part
+from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
 from shared.jobs.run import JobOutcome, JobRun, JobStopped, error_of, fail_job, score_range
 from shared.jobs.store import JobStore
 from shared.monitoring.metrics import record_job_finished
-from shared.monitoring.predictions import JOB_KEY
-from shared.services import Runtime
 from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +42,20 @@ COPY_BYTES = 8 << 20
 CONCATENATED = ("csv", "jsonl")
 
 
-def split_job(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]) -> bool:
+def split_job(rt: Services, job: Job) -> bool:
     """Queue the job as parts when it is large and more than one worker process is alive;
     False when it is scored in one piece."""
+    jobs = rt.jobs
     if rt.settings.part_rows <= 0 or jobs.counts()["workers"] < 2:
         return False
-    with storage.open(rec["input"]["key"]) as fh:
-        parts = plan_parts(fh, rec["input"]["format"], rt.settings.part_rows)
+    with rt.storage.open(job.input["key"]) as fh:
+        parts = plan_parts(fh, job.input["format"], rt.settings.part_rows)
     if len(parts) < 2:
         return False
-    job_id = rec["id"]
+    job_id = job.id
     jobs.set_parts(job_id, [{"start": p.start, "end": p.end, "first_row": p.first_row}
                             for p in parts])
-    rt.redis.delete(JOB_KEY + job_id)
+    rt.redis.delete(keys.job_predictions(job_id))
     for part in parts:
         send_score_part(rt.celery, rt.settings, job_id, part.index)
     jobs.parts_dispatched(job_id)
@@ -58,74 +63,68 @@ def split_job(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]
     return True
 
 
-def run_part(rt: Runtime, jobs: JobStore, storage: Storage, job_id: str, index: int,
-             worker: str) -> JobOutcome:
+def run_part(rt: Services, job_id: str, index: int, worker: str) -> JobOutcome:
     """Score one part; the part that completes the set assembles the result."""
+    jobs, storage = rt.jobs, rt.storage
     status, attempt = jobs.part_start(job_id, index)
-    if status != "running":
+    if status is not JobStatus.RUNNING:
         logger.info("job %s part %d: not run, job is %s", job_id, index, status)
         return JobOutcome(status)
-    rec = jobs.get(job_id)
+    job = jobs.get(job_id)
     spec = jobs.part_spec(job_id, index)
-    run = JobRun(rt, rec, _PartProgress(jobs, rec, index, attempt, spec["start"]))
+    run = JobRun(rt, job, _PartProgress(jobs, job, index, attempt, spec["start"]))
     run.header = index == 0 or run.out_fmt not in CONCATENATED
-    keys = _part_keys(job_id, index, run.out_fmt)
+    output, errors = paths.part_result(job_id, index, run.out_fmt), paths.part_errors(job_id, index)
     try:
-        first_row = _first_row(jobs, storage, rec, index, spec)
+        first_row = _first_row(jobs, storage, job, index, spec)
         run.row_offset = first_row.result  # waited for at the first chunk, after its parse
         part = Part(index, spec["start"], spec["end"], 0)
-        rows = score_range(storage, rec, run, part, keys["output"], keys["errors"])
+        rows = score_range(storage, job, run, part, output, errors)
     except JobStopped as stop:
-        return JobOutcome(str(stop))
+        return JobOutcome(stop.answer)
     except Exception as exc:  # every failure ends in the job's record
-        return _fail(jobs, storage, rec, error_of(exc, job_id))
+        return _fail(rt, job, error_of(exc, job_id))
     result = {"rows": rows, "rows_done": run.rows_done, "rows_failed": run.rows_failed,
               "drift": run.drift.counts.tolist()}
     done = jobs.part_done(job_id, index, attempt, result)
     logger.info("job %s part %d: %d rows scored (%s)", job_id, index, run.rows_done, done)
-    if not done.isdigit():
-        if done != "stale":
-            storage.delete(keys["output"])
-            storage.delete(keys["errors"])
+    if not isinstance(done, int):
+        if done is not Outcome.STALE:
+            storage.delete(output)
+            storage.delete(errors)
         return JobOutcome(done)
-    if int(done) < int(rec["parts_total"]):
-        return JobOutcome("part_done", run.rows_done)
+    if done < job.parts_total:
+        return JobOutcome(Outcome.PART_DONE, run.rows_done)
     try:
-        return _assemble(rt, jobs, storage, rec, run)
+        return _assemble(rt, job, run)
     except Exception as exc:  # e.g. a full disk: the job fails rather than hangs
         logger.exception("job %s: could not join its parts", job_id)
-        return _fail(jobs, storage, rec, {"code": "internal_error",
-                                          "message": f"joining the parts failed: "
-                                                     f"{type(exc).__name__}"})
+        return _fail(rt, job, JobError("internal_error",
+                                       f"joining the parts failed: {type(exc).__name__}"))
 
 
 class _PartProgress:
     """Adds each chunk's rows and bytes to the job's progress (fenced by the attempt)."""
 
-    def __init__(self, jobs: JobStore, rec: dict[str, Any], index: int, attempt: int,
+    def __init__(self, jobs: JobStore, job: Job, index: int, attempt: int,
                  offset: int) -> None:
-        self.jobs, self.rec, self.index, self.attempt = jobs, rec, index, attempt
+        self.jobs, self.job, self.index, self.attempt = jobs, job, index, attempt
         self.offset = offset
         self.rows = self.failed = 0
 
-    def __call__(self, run: JobRun, chunk: Any) -> str:
+    def __call__(self, run: JobRun, chunk: Any) -> Answer:
         rows, failed = run.rows_done - self.rows, run.rows_failed - self.failed
         self.rows, self.failed = run.rows_done, run.rows_failed
-        if self.rec["input"]["format"] == "csv":
+        if self.job.input["format"] == "csv":
             nbytes, self.offset = chunk.bytes_done - self.offset, chunk.bytes_done
         else:  # Parquet: bytes in proportion to rows
-            total_rows = max(self.rec.get("rows_total") or 1, 1)
-            nbytes = int(self.rec["input"]["size_bytes"] * rows / total_rows)
-        return self.jobs.part_progress(self.rec["id"], self.index, self.attempt, rows, nbytes,
+            total_rows = max(self.job.rows_total or 1, 1)
+            nbytes = int(self.job.input["size_bytes"] * rows / total_rows)
+        return self.jobs.part_progress(self.job.id, self.index, self.attempt, rows, nbytes,
                                        failed)
 
 
-def _part_keys(job_id: str, index: int, fmt: str) -> dict[str, str]:
-    return {"output": f"jobs/{job_id}/parts/{index:05d}.{fmt}",
-            "errors": f"jobs/{job_id}/parts/{index:05d}.errors.csv"}
-
-
-def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int,
+def _first_row(jobs: JobStore, storage: Storage, job: Job, index: int,
                spec: dict[str, int]) -> Future[int]:
     """The number of the part's first row, found in a thread while the part starts scoring.
 
@@ -134,13 +133,13 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
     counts its own lines for the parts after it (first, when it has to wait for others).
     """
     future: Future[int] = Future()
-    if rec["input"]["format"] == "parquet":
+    if job.input["format"] == "parquet":
         future.set_result(spec["first_row"])
         return future
 
     def count() -> None:
-        job_id = rec["id"]
-        with storage.open(rec["input"]["key"]) as fh:
+        job_id = job.id
+        with storage.open(job.input["key"]) as fh:
 
             def post_own() -> None:
                 jobs.set_part_count(job_id, index, count_csv_rows(fh, spec["start"],
@@ -172,27 +171,26 @@ def _first_row(jobs: JobStore, storage: Storage, rec: dict[str, Any], index: int
             if not future.done():
                 future.set_exception(exc)
             else:  # the part's own count only helps the parts after it
-                logger.warning("job %s part %d: row count not posted: %s", rec["id"], index, exc)
+                logger.warning("job %s part %d: row count not posted: %s", job.id, index, exc)
 
     threading.Thread(target=run, name="count-rows", daemon=True).start()
     return future
 
 
-def _fail(jobs: JobStore, storage: Storage, rec: dict[str, Any],
-          error: dict[str, Any]) -> JobOutcome:
-    outcome = fail_job(jobs, rec, None, error, None)
-    if outcome.status == "failed":
-        storage.delete_prefix(f"jobs/{rec['id']}/parts")
+def _fail(rt: Services, job: Job, error: JobError) -> JobOutcome:
+    outcome = fail_job(rt.jobs, job, None, error, None)
+    if outcome.status is JobStatus.FAILED:
+        rt.storage.delete_prefix(paths.parts_dir(job.id))
     return outcome
 
 
-def _assemble(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any],
-              run: JobRun) -> JobOutcome:
+def _assemble(rt: Services, job: Job, run: JobRun) -> JobOutcome:
     """Join the parts' files in order into the result; the job succeeds once it is in place."""
-    job_id, total = rec["id"], int(rec["parts_total"])
+    jobs, storage = rt.jobs, rt.storage
+    job_id, total = job.id, job.parts_total
     results = jobs.part_results(job_id, total)
     fmt = run.out_fmt
-    outputs = [_part_keys(job_id, i, fmt)["output"] for i in range(total)]
+    outputs = [paths.part_result(job_id, i, fmt) for i in range(total)]
     output: dict[str, Any] = {"format": fmt, "rows": sum(r["rows"] for r in results)}
     if fmt in CONCATENATED:  # the parts are the result: no second copy of every byte
         output.update(key=None, parts=outputs, size_bytes=sum(map(storage.size, outputs)))
@@ -200,41 +198,40 @@ def _assemble(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]
         _join(storage, outputs, run.output_key, fmt)
         output.update(key=run.output_key, size_bytes=storage.size(run.output_key))
     if run.skip:
-        errors = [_part_keys(job_id, i, fmt)["errors"] for i in range(total)]
+        errors = [paths.part_errors(job_id, i) for i in range(total)]
         _join(storage, errors, run.errors_key, "csv")
     for counts in results:
         run.drift.merge(counts["drift"])
     rows = sum(r["rows_done"] for r in results)
-    final = jobs.finish(job_id, "succeeded", None, rows_total=rows, rows_done=rows,
+    final = jobs.finish(job_id, JobStatus.SUCCEEDED, None, rows_total=rows, rows_done=rows,
                         rows_failed=sum(r["rows_failed"] for r in results),
-                        bytes_done=rec["input"]["size_bytes"], output=output,
+                        bytes_done=job.input["size_bytes"], output=output,
                         errors_key=run.errors_key if run.skip else None,
                         drift=run.drift.result())
-    if final != "succeeded":
-        storage.delete_prefix(f"jobs/{job_id}/parts")
+    if final is not JobStatus.SUCCEEDED:
+        storage.delete_prefix(paths.parts_dir(job_id))
         storage.delete(run.output_key)
         storage.delete(run.errors_key)
         return JobOutcome(final)
     if output["key"] is not None:
-        storage.delete_prefix(f"jobs/{job_id}/parts")
+        storage.delete_prefix(paths.parts_dir(job_id))
     else:  # only the parts' errors files go
         for i in range(total):
-            storage.delete(_part_keys(job_id, i, fmt)["errors"])
-    seconds = time.time() - float(rec.get("started_at") or time.time())
-    record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "succeeded",
-                        seconds, rows)
+            storage.delete(paths.part_errors(job_id, i))
+    seconds = time.time() - (job.started_at or time.time())
+    record_job_finished(job.model_name, job.model_version, final, seconds, rows)
     logger.info("job %s: succeeded: %d rows in %d parts, %.2f s (%.0f rows/s)", job_id, rows,
                 total, seconds, rows / max(seconds, 1e-9),
                 extra={"duration_s": round(seconds, 3), "rows": rows})
-    return JobOutcome("succeeded", rows, seconds)
+    return JobOutcome(final, rows, seconds)
 
 
-def _join(storage: Storage, keys: list[str], target: str, fmt: str) -> None:
+def _join(storage: Storage, sources: list[str], target: str, fmt: str) -> None:
     """Concatenate part files (CSV headers after the first dropped; Parquet re-batched)."""
     with storage.writer(target) as out:
         if fmt == "parquet":
             writer = None
-            for key in keys:
+            for key in sources:
                 with storage.open(key) as fh:
                     table = pq.read_table(fh)
                 if writer is None:
@@ -243,7 +240,7 @@ def _join(storage: Storage, keys: list[str], target: str, fmt: str) -> None:
             if writer is not None:
                 writer.close()
             return
-        for i, key in enumerate(keys):
+        for i, key in enumerate(sources):
             with storage.open(key) as fh:
                 if fmt == "csv" and i > 0:
                     fh.readline()

@@ -5,25 +5,25 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.jobs.store import PREFIX, JobStore
+from shared import keys
+from shared.jobs import paths
+from shared.jobs.store import JobStore
 from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-SWEEP_LOCK = PREFIX + "retention:lock"
 GRACE_SECONDS = 3600  # a job's files are stored just before its record is created
 
 
 def purge_expired(jobs: JobStore, storage: Storage, every_seconds: int = 600) -> int:
     """Delete the files of jobs with no record; at most once per every_seconds cluster-wide."""
-    if not jobs.r.set(SWEEP_LOCK, "1", nx=True, ex=every_seconds):
+    if not jobs.r.set(keys.retention_lock(), "1", nx=True, ex=every_seconds):
         return 0
     removed = 0
     cutoff = time.time() - GRACE_SECONDS
-    for prefix in storage.list_prefixes("jobs"):
-        job_id = prefix.rsplit("/", 1)[-1]
+    for prefix in storage.list_prefixes(paths.ROOT):
         # The record first: it is one Redis call, the age may be a listing of a bucket.
-        if jobs.r.exists(f"{PREFIX}job:{job_id}") or storage.last_modified(prefix) > cutoff:
+        if jobs.exists(paths.job_id_of(prefix)) or storage.last_modified(prefix) > cutoff:
             continue
         storage.delete_prefix(prefix)
         removed += 1

@@ -11,24 +11,29 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import redis
 
+from shared import keys
 from shared.errors import TabserveError
+from shared.jobs import paths
 from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
 from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
 from shared.jobs.pipeline import WriteBehind, prefetch
+from shared.jobs.record import Answer, Job, JobError, JobStatus
 from shared.jobs.store import JobStore
 from shared.models.loading import Prediction
 from shared.monitoring.drift import DriftAccumulator
 from shared.monitoring.metrics import record_job_finished, record_prediction
-from shared.monitoring.predictions import JOB_KEY, pack_job_chunk
-from shared.services import Runtime
+from shared.monitoring.predictions import pack_job_chunk
 from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -47,51 +52,61 @@ def _drift_sample(X: Any) -> np.ndarray:
 class JobStopped(Exception):
     """The job was cancelled, or this attempt was superseded: stop without writing."""
 
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.value)
+        self.answer = answer
+
 
 class RowsRejectedError(TabserveError):
+    """A row the job cannot score, with on_error=fail: where it is travels with the error."""
+
     status = 422
     code = "invalid_row"
+
+    def __init__(self, message: str, row: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.row, self.field = row, field
 
 
 @dataclass
 class JobOutcome:
-    status: str
+    status: Answer
     rows: int = 0
     seconds: float = 0.0
 
 
-def fail_job(jobs: JobStore, rec: dict[str, Any], attempt: int | None,
-             error: dict[str, Any], seconds: float | None) -> JobOutcome:
+def fail_job(jobs: JobStore, job: Job, attempt: int | None, error: JobError,
+             seconds: float | None) -> JobOutcome:
     """End the job as failed (fenced by the attempt, when given) and count it once."""
-    final = jobs.finish(rec["id"], "failed", attempt, error=error)
-    if final == "failed":
-        record_job_finished(rec["model"]["name"], str(rec["model"]["version"]), "failed",
-                            seconds, 0)
-    logger.info("job %s: failed: %s", rec["id"], error["message"],
-                extra={"error_code": error["code"]})
+    final = jobs.fail(job.id, error, attempt)
+    if final is JobStatus.FAILED:
+        record_job_finished(job.model_name, job.model_version, final, seconds, 0)
+    logger.info("job %s: failed: %s", job.id, error.message, extra={"error_code": error.code})
     return JobOutcome(final)
 
 
-def error_of(exc: Exception, job_id: str) -> dict[str, Any]:
+def error_of(exc: Exception, job_id: str) -> JobError:
     """The job error for an exception raised while scoring."""
+    if isinstance(exc, RowsRejectedError):
+        return JobError(exc.code, exc.message, exc.row, exc.field)
     if isinstance(exc, TabserveError):
-        return {"code": exc.code, "message": exc.message, **getattr(exc, "where", {})}
+        return JobError(exc.code, exc.message)
     # Anything else is a bug or an I/O fault: logged here, kept off the client.
     logger.error("job %s: unexpected error", job_id, exc_info=exc)
-    return {"code": "internal_error", "message": f"scoring failed: {type(exc).__name__}"}
+    return JobError("internal_error", f"scoring failed: {type(exc).__name__}")
 
 
-def score_range(storage: Storage, rec: dict[str, Any], run: JobRun, part: Part | None,
+def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
                 output_key: str, errors_key: str) -> int:
     """Score the input (or one part of it) into output_key (and errors_key); returns the
     output's row count. Reading runs ahead and writing behind the scoring."""
     with ExitStack() as files:
-        input_fh = files.enter_context(storage.open(rec["input"]["key"]))
+        input_fh = files.enter_context(storage.open(job.input["key"]))
         out_fh = files.enter_context(storage.writer(output_key))
         err_fh = files.enter_context(storage.writer(errors_key, "w")) if run.skip else None
         writer = OutputWriter(out_fh, run.out_fmt, header=run.header)
         run.errors = ErrorsWriter(err_fh) if err_fh else None
-        chunks = iter_chunks(input_fh, rec["input"]["format"], run.types, run.columns,
+        chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
                              run.rt.settings.chunk_rows, part)
         if run.rt.settings.worker_threads == 1:  # one core: the stages one after another
             for chunk in chunks:
@@ -113,23 +128,22 @@ def score_range(storage: Storage, rec: dict[str, Any], run: JobRun, part: Part |
 class JobRun:
     """One attempt at one job (or part): validates, scores and reports chunk by chunk."""
 
-    def __init__(self, rt: Runtime, rec: dict[str, Any],
-                 report: Callable[[JobRun, Chunk], str]) -> None:
+    def __init__(self, rt: Services, job: Job, report: Callable[[JobRun, Chunk], Answer]) -> None:
         self.rt, self.report = rt, report
-        self.job_id, options = rec["id"], rec["options"]
-        self.loaded = rt.models.get(rec["model"]["name"], int(rec["model"]["version"]))
+        self.job_id, options = job.id, job.options
+        self.loaded = rt.models.get(job.model_name, int(job.model_version))
         self.manifest = self.loaded.manifest
         features = self.manifest.features
         self.id_column = options.get("id_column")
         self.include_input = bool(options.get("include_input"))
         names = [f.name for f in features]
         extra = [self.id_column] if self.id_column and self.id_column not in names else []
-        self.columns = list(rec["input"]["columns"]) if self.include_input else names + extra
+        self.columns = list(job.input["columns"]) if self.include_input else names + extra
         self.types = {f.name: arrow_type(f) for f in features}
         self.out_fmt = options["output_format"]
-        self.skip = options.get("on_error") == "skip"
-        self.output_key = f"jobs/{self.job_id}/result.{self.out_fmt}"
-        self.errors_key = f"jobs/{self.job_id}/errors.csv"
+        self.skip = job.skips_rows
+        self.output_key = paths.result(self.job_id, self.out_fmt)
+        self.errors_key = paths.errors(self.job_id)
         self.errors: ErrorsWriter | None = None
         self.header = True  # a part after the first continues the first's CSV: no header
         # A part of a split job learns its first row's number while it starts (see
@@ -160,7 +174,7 @@ class JobRun:
         if self.chunks % PROGRESS_LOG_CHUNKS == 0:
             logger.info("job %s: %d rows scored", self.job_id, self.rows_done)
         state = self.report(self, chunk)
-        if state != "running":
+        if state is not JobStatus.RUNNING:
             raise JobStopped(state)
         return table
 
@@ -176,8 +190,9 @@ class JobRun:
             return
         width = len(packed) // chunk.table.num_rows
         pipe = self.rt.redis.pipeline()
-        pipe.setrange(JOB_KEY + self.job_id, chunk.start_row * width, packed)
-        pipe.expire(JOB_KEY + self.job_id, self.rt.settings.prediction_ttl_seconds)
+        key = keys.job_predictions(self.job_id)
+        pipe.setrange(key, chunk.start_row * width, packed)
+        pipe.expire(key, self.rt.settings.prediction_ttl_seconds)
         try:
             pipe.execute()
         except redis.ResponseError as exc:  # past Redis's 512 MB string limit
@@ -186,9 +201,8 @@ class JobRun:
 
 def _row_error(first: RowError, count: int) -> RowsRejectedError:
     more = f" ({count - 1} more in this chunk)" if count > 1 else ""
-    exc = RowsRejectedError(f"row {first.row}, column {first.column!r}: {first.reason}{more}")
-    exc.where = {"row": first.row, "column": first.column}  # type: ignore[attr-defined]
-    return exc
+    return RowsRejectedError(f"row {first.row}, column {first.column!r}: {first.reason}{more}",
+                             first.row, first.column)
 
 
 def _empty_output(loaded: Any, id_column: str | None) -> pa.Table:

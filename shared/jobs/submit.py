@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -19,12 +19,17 @@ from shared.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
+from shared.jobs import paths
 from shared.jobs.inputs import InputFormat, InputInfo, inspect_input
-from shared.jobs.store import JobStore, new_job_id
+from shared.jobs.queue import send_score_job
+from shared.jobs.record import Job, JobError, new_job
+from shared.jobs.store import new_job_id
 from shared.models.manifest import Manifest
 from shared.monitoring.metrics import JOBS_SUBMITTED
-from shared.services import Runtime
 from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -125,24 +130,23 @@ def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
         dst.write(piece)
 
 
-def submit_job(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
-               staged: Path, fmt: InputFormat, filename: str | None,
-               options: JobOptions) -> dict[str, Any]:
+def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | None,
+               options: JobOptions) -> Job:
     """Check a staged upload against the pinned model, store it, record and queue the job."""
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
         info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
                              options.id_column)
     job_id = new_job_id()
-    key = f"jobs/{job_id}/input.{fmt}"
-    storage.adopt(staged, key)
+    key = paths.upload(job_id, fmt)
+    rt.storage.adopt(staged, key)
     source = {"name": filename or f"input.{fmt}", "key": key}
-    return _record_and_queue(rt, jobs, storage, celery, job_id, manifest, options, info, source)
+    return _record_and_queue(rt, job_id, manifest, options, info, source)
 
 
-def submit_input_url(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
-                     source: InputSource, options: JobOptions) -> dict[str, Any]:
+def submit_input_url(rt: Services, source: InputSource, options: JobOptions) -> Job:
     """Check a file already in the store (an allowed input_url), record and queue the job."""
+    storage = rt.storage
     url = source.input_url
     check_input_url(url, rt.settings.input_url_prefixes, storage)
     fmt = source.format or _format_of_url(url)
@@ -157,7 +161,7 @@ def submit_input_url(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
         raise InputURLForbiddenError(f"the store refused to read input_url {url}") from None
     name = url.rsplit("/", 1)[-1] or f"input.{fmt}"
     # "url" marks an input the job does not own: it is never deleted with the job.
-    return _record_and_queue(rt, jobs, storage, celery, new_job_id(), manifest, options, info,
+    return _record_and_queue(rt, new_job_id(), manifest, options, info,
                              {"name": name, "key": url, "url": url})
 
 
@@ -200,36 +204,27 @@ def _format_of_url(url: str) -> InputFormat:
         "\"parquet\"", details=[{"field": "format", "message": "needed for this input_url"}])
 
 
-def _record_and_queue(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any, job_id: str,
-                      manifest: Manifest, options: JobOptions, info: InputInfo,
-                      source: dict[str, Any]) -> dict[str, Any]:
-    from shared.jobs.queue import send_score_job
-
+def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: JobOptions,
+                      info: InputInfo, source: dict[str, Any]) -> Job:
     opts = options.model_dump()
     opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
-    fields = {
-        "model": {"name": manifest.name, "version": manifest.version},
-        "options": opts,
-        "input": {**source, "format": info.format, "size_bytes": info.size_bytes,
-                  "columns": info.columns},
-        "rows_total": info.rows_total,
-        "bytes_total": info.size_bytes,
-    }
+    job = new_job(job_id, {"name": manifest.name, "version": manifest.version}, opts,
+                  {**source, "format": info.format, "size_bytes": info.size_bytes,
+                   "columns": info.columns}, info.rows_total, info.size_bytes)
     try:
-        record = jobs.create(job_id, fields)
+        rt.jobs.create(job)
     except QueueUnavailableError:
-        storage.delete_prefix(f"jobs/{job_id}")
+        rt.storage.delete_prefix(paths.job_dir(job_id))
         raise
     try:
-        send_score_job(celery, rt.settings, job_id)
+        send_score_job(rt.celery, rt.settings, job_id)
     except Exception as exc:  # broker down between the record and the send
         logger.error("job %s: could not be queued: %s", job_id, exc)
-        jobs.finish(job_id, "failed", error={"code": "queue_unavailable",
-                                             "message": "the job could not be queued"})
-        storage.delete_prefix(f"jobs/{job_id}")
+        rt.jobs.fail(job_id, JobError("queue_unavailable", "the job could not be queued"))
+        rt.storage.delete_prefix(paths.job_dir(job_id))
         raise QueueUnavailableError("the job queue is not reachable; try again later") from None
     JOBS_SUBMITTED.labels(manifest.name, str(manifest.version)).inc()
     logger.info("job %s: queued for %s (%s, %d bytes)", job_id, manifest.ref, info.format,
                 info.size_bytes, extra={"job_id": job_id, "model_version": manifest.ref})
-    return record
+    return job

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared import keys
 from shared.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,6 @@ class SharedCounts:
     expires after `ttl` seconds, and reads the sum over the processes that posted within it
     (a process that stopped, or has had no rows for that long, drops out)."""
 
-    KEY = "tabserve:drift:"
 
     def __init__(self, redis: Any, ttl: float) -> None:
         self.redis = redis
@@ -213,18 +213,18 @@ class SharedCounts:
 
     def combine(self, ref: str, counts: np.ndarray, rows: int) -> tuple[np.ndarray, int]:
         """Post this process's counts for model version `ref`; the sum over live processes."""
-        key, me = self.KEY + ref, f"{self.host}:{os.getpid()}"
+        key, me = keys.drift_members(ref), f"{self.host}:{os.getpid()}"
         payload = np.concatenate([[rows], counts.ravel()]).astype("<i8").tobytes()
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(f"{key}:{me}", payload, ex=self.ttl)
+        pipe.set(keys.drift_counts(ref, me), payload, ex=self.ttl)
         pipe.zadd(key, {me: now})
         pipe.zremrangebyscore(key, "-inf", now - self.ttl)
         pipe.expire(key, self.ttl)
         pipe.zrange(key, 0, -1)
         members = pipe.execute()[-1]
         total, total_rows = np.zeros_like(counts), 0
-        for value in self.redis.mget([f"{key}:{m.decode()}" for m in members]):
+        for value in self.redis.mget([keys.drift_counts(ref, m.decode()) for m in members]):
             if value is None or len(value) != len(payload):  # expired, or another layout
                 continue
             posted = np.frombuffer(value, dtype="<i8")

@@ -6,12 +6,12 @@ from typing import Any
 
 import orjson
 
+from shared import keys
 from shared.errors import JobNotFoundError, ValidationError
-from shared.jobs.store import PREFIX, redis_errors
+from shared.jobs.store import redis_errors
 from shared.monitoring.predictions import lookup_job_prediction, lookup_online_prediction
 
 MAX_ITEMS = 10_000
-WINDOW_KEY = PREFIX + "feedback:"
 
 
 def parse_feedback(body: Any) -> list[tuple[str, Any]]:
@@ -49,10 +49,9 @@ class FeedbackStore:
         base, _, index = prediction_id.partition(".")
         if "-" in base:  # a job id (UUID with dashes): <job_id>.<row>
             if base not in cache:
-                rec = self.jobs.get(base)
-                cache[base] = rec
-            rec = cache[base]
-            name, version = rec["model"]["name"], int(rec["model"]["version"])
+                cache[base] = self.jobs.get(base)
+            job = cache[base]
+            name, version = job.model_name, int(job.model_version)
             key = f"manifest:{name}:{version}"
             if key not in cache:
                 cache[key] = self.store.manifest(name, version)
@@ -98,7 +97,7 @@ class FeedbackStore:
     def _push(self, outcomes: dict[tuple[str, int, str], list[float]]) -> list[dict[str, Any]]:
         scores = []
         for (name, version, task), values in outcomes.items():
-            key = f"{WINDOW_KEY}{name}:{version}"
+            key = keys.feedback_window(name, str(version))
             pipe = self.r.pipeline()
             pipe.lpush(key, *values)
             pipe.ltrim(key, 0, self.window - 1)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import TabserveError
-from shared.services import Runtime
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 
-def check_model(rt: Runtime) -> dict[str, Any]:
+def check_model(rt: Services) -> dict[str, Any]:
     """Whether the default model resolves and loads."""
     try:
         loaded = rt.models.resolve(None, rt.settings.default_model)
@@ -17,7 +19,7 @@ def check_model(rt: Runtime) -> dict[str, Any]:
     return {"status": "ok", "model": loaded.manifest.ref}
 
 
-def check_redis(rt: Runtime) -> dict[str, Any]:
+def check_redis(rt: Services) -> dict[str, Any]:
     """Whether Redis (broker and job store) answers a PING."""
     try:
         rt.redis.ping()
@@ -26,7 +28,7 @@ def check_redis(rt: Runtime) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-def check_readiness(rt: Runtime) -> dict[str, Any]:
+def check_readiness(rt: Services) -> dict[str, Any]:
     """Ready when predictions can be served; Redis affects only the batch path."""
     checks = {"model": check_model(rt), "redis": check_redis(rt)}
     ready = checks["model"]["status"] == "ok"

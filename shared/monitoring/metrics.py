@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from shared.jobs.record import FINAL, JobStatus
 from shared.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,7 @@ JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 
 RATE_BUCKETS = (100, 300, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)
 
 MODEL = ("model", "version")
-# The final statuses of shared.jobs (FINAL), not imported: the jobs package imports this one.
-JOB_STATUSES = ("succeeded", "failed", "cancelled")
+JOB_STATUSES = tuple(sorted(FINAL))
 PATHS = ("online", "batch")
 
 # --- HTTP (API) ---
@@ -141,8 +141,8 @@ WORKER_HEARTBEAT = Gauge(
     ("node",), multiprocess_mode="max")  # one writer per worker replica: its main process
 
 QUEUE_GAUGES = (
-    ("tabserve_queue_depth", "queued", "Jobs waiting for a worker."),
-    ("tabserve_jobs_running", "running", "Jobs being scored now."),
+    ("tabserve_queue_depth", JobStatus.QUEUED, "Jobs waiting for a worker."),
+    ("tabserve_jobs_running", JobStatus.RUNNING, "Jobs being scored now."),
     ("tabserve_workers_active", "workers", "Worker processes with a live heartbeat."),
 )
 
@@ -311,7 +311,7 @@ def record_job_finished(model: str, version: str, status: str, seconds: float | 
                         rows: int) -> None:
     """A job reached a final status."""
     JOBS_FINISHED.labels(model, version, status).inc()
-    if status == "succeeded" and seconds:
+    if status == JobStatus.SUCCEEDED and seconds:
         JOB_DURATION.labels(model, version).observe(seconds)
         JOB_ROWS_PER_SECOND.labels(model, version).observe(rows / seconds)
 

@@ -13,16 +13,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from shared import keys
 from shared.monitoring.metrics import record_predictions_dropped
 
 logger = logging.getLogger(__name__)
 
 # Online predictions: a hash per 10-minute bucket of prediction id -> value, the bucket named
-# by the id's first 8 hex digits. (Ids from before the buckets have a key each: ONLINE_KEY.)
-BUCKET_KEY = "tabserve:predb:"
+# by the id's first 8 hex digits. (Ids from before the buckets have a key each.)
 BUCKET_SECONDS = 600
-ONLINE_KEY = "tabserve:pred:"
-JOB_KEY = "tabserve:jobpred:"
 FLUSH_SECONDS = 0.5
 MAX_BUFFER = 100_000
 MEMORY_CHECK_SECONDS = 5.0  # how often the flush thread reads Redis's memory use
@@ -39,9 +37,9 @@ def lookup_online_prediction(client: Any, prediction_id: str) -> bytes | None:
     """The stored value of an online prediction id (without `.<index>`), or None."""
     raw = None
     if len(prediction_id) == 32:
-        raw = client.hget(BUCKET_KEY + prediction_id[:8], prediction_id)
+        raw = client.hget(keys.prediction_bucket(prediction_id[:8]), prediction_id)
     if raw is None:  # an id from before the buckets: a key of its own
-        raw = client.get(ONLINE_KEY + prediction_id)
+        raw = client.get(keys.online_prediction(prediction_id))
     return raw
 
 
@@ -106,7 +104,7 @@ class PredictionLog:
                 buckets.setdefault(item[0][:8], []).append(item)
             pipe = self.client.pipeline(transaction=False)
             for bucket, pairs in buckets.items():
-                key = BUCKET_KEY + bucket
+                key = keys.prediction_bucket(bucket)
                 for start in range(0, len(pairs), SET_BATCH):
                     pipe.hset(key, mapping=dict(pairs[start:start + SET_BATCH]))
                 # Kept until the bucket's last id is `ttl` old.
@@ -155,7 +153,7 @@ def pack_job_chunk(n_rows: int, kept_rows: np.ndarray, start_row: int, labels: n
 def lookup_job_prediction(client: Any, job_id: str, row: int, classes: list[Any] | None) -> Any:
     """A job row's predicted label (or value); None when unknown."""
     width = 1 if classes is not None and len(classes) <= 254 else 8
-    raw = client.getrange(JOB_KEY + job_id, row * width, row * width + width - 1)
+    raw = client.getrange(keys.job_predictions(job_id), row * width, row * width + width - 1)
     if len(raw) != width:
         return None
     if width == 1:

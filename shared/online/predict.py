@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -14,7 +14,9 @@ from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationErro
 from shared.models.loading import LoadedModel
 from shared.monitoring.metrics import record_prediction
 from shared.monitoring.predictions import new_prediction_id
-from shared.services import Runtime
+
+if TYPE_CHECKING:
+    from shared.services import Services
 
 # Audit log of inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS; off by default.
 payload_logger = logging.getLogger("tabserve.payloads")
@@ -65,7 +67,7 @@ def extract_rows(body: Any, max_rows: int) -> tuple[list[Any], bool]:
     return rows, False
 
 
-def predict_rows(rt: Runtime, loaded: LoadedModel, rows: list[Any],
+def predict_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
                  single: bool) -> dict[str, Any]:
     """Validate rows, predict, and build the JSON response body."""
     manifest = loaded.manifest

@@ -1,0 +1,39 @@
+"""Where a job's files live in storage (shared.storage), relative to the data directory."""
+
+from __future__ import annotations
+
+ROOT = "jobs"
+
+
+def job_dir(job_id: str) -> str:
+    """Everything a job owns: its input (when uploaded), result, errors file and parts."""
+    return f"{ROOT}/{job_id}"
+
+
+def job_id_of(directory: str) -> str:
+    """The job id of a directory listed under ROOT."""
+    return directory.rsplit("/", 1)[-1]
+
+
+def upload(job_id: str, fmt: str) -> str:
+    return f"{ROOT}/{job_id}/input.{fmt}"
+
+
+def result(job_id: str, fmt: str) -> str:
+    return f"{ROOT}/{job_id}/result.{fmt}"
+
+
+def errors(job_id: str) -> str:
+    return f"{ROOT}/{job_id}/errors.csv"
+
+
+def parts_dir(job_id: str) -> str:
+    return f"{ROOT}/{job_id}/parts"
+
+
+def part_result(job_id: str, index: int, fmt: str) -> str:
+    return f"{ROOT}/{job_id}/parts/{index:05d}.{fmt}"
+
+
+def part_errors(job_id: str, index: int) -> str:
+    return f"{ROOT}/{job_id}/parts/{index:05d}.errors.csv"

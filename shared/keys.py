@@ -1,0 +1,74 @@
+"""Every Redis key tabserve uses, one function each, so a key is built in one place only.
+
+Celery's own keys (the broker queue, kombu's unacked index) are Celery's and not here.
+"""
+
+from __future__ import annotations
+
+PREFIX = "tabserve:"
+
+
+# --- jobs (shared.jobs.store) ---
+
+def job(job_id: str) -> str:
+    """A job's record: a hash."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_parts(job_id: str) -> str:
+    """A split job's parts: a hash of `<index>:<field>`."""
+    return f"{PREFIX}job:{job_id}:parts"
+
+
+def jobs_index() -> str:
+    """Every job id, scored by creation time: a sorted set."""
+    return f"{PREFIX}jobs"
+
+
+def jobs_with_status(status: str) -> str:
+    """Ids of the jobs in one live status (queued, running): a set, so depth is one SCARD."""
+    return f"{PREFIX}jobs:{status}"
+
+
+def workers() -> str:
+    """Live worker pool processes, scored by their last heartbeat: a sorted set."""
+    return f"{PREFIX}workers"
+
+
+def retention_lock() -> str:
+    """Held by the worker sweeping expired jobs' files."""
+    return f"{PREFIX}retention:lock"
+
+
+# --- predictions kept for feedback (shared.monitoring.predictions) ---
+
+def prediction_bucket(bucket: str) -> str:
+    """Online predictions of one 10-minute bucket (an id's first 8 hex digits): a hash."""
+    return f"{PREFIX}predb:{bucket}"
+
+
+def online_prediction(prediction_id: str) -> str:
+    """One online prediction, as written before the buckets: a string."""
+    return f"{PREFIX}pred:{prediction_id}"
+
+
+def job_predictions(job_id: str) -> str:
+    """A job's predicted labels, packed one entry per row: a string."""
+    return f"{PREFIX}jobpred:{job_id}"
+
+
+# --- monitoring ---
+
+def feedback_window(model: str, version: str) -> str:
+    """Recent feedback outcomes of a model version: a list."""
+    return f"{PREFIX}feedback:{model}:{version}"
+
+
+def drift_members(model_ref: str) -> str:
+    """Processes that posted drift counts for a model version, scored by time: a sorted set."""
+    return f"{PREFIX}drift:{model_ref}"
+
+
+def drift_counts(model_ref: str, member: str) -> str:
+    """One process's drift window counts for a model version: a string."""
+    return f"{PREFIX}drift:{model_ref}:{member}"
