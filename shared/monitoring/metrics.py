@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 # prometheus_client's own variable, read by the library itself at import; we only follow it.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# 0.5 ms (a cached one-row predict) .. 10 s (the gunicorn timeout is 60 s; past 10 s is an outage).
+# From the fastest request (a one-row predict of a loaded model) to 10 s, past which a request
+# is an outage (gunicorn's timeout is longer).
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # One predict call: a single row online up to one 100k-row chunk of a batch job.
 COMPUTE_BUCKETS = (*HTTP_BUCKETS, 30, 60)
