@@ -77,8 +77,6 @@ def test_job_longer_than_visibility_timeout_runs_once(fault_settings, big_csv, t
         assert done["status"] == "succeeded", done
         assert seconds > 2 * settings.visibility_timeout_seconds, seconds  # long enough to tell
         assert done["attempts"] == 1  # the lease kept it from being re-delivered
-        logs = "".join(w.log() for w in workers)
-        assert logs.count("attempt 2") == 0
     finally:
         for proc in (*workers, api):
             proc.stop()

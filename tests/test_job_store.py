@@ -33,7 +33,7 @@ def test_transitions_are_guarded(redis_client):
     assert jobs.progress("b", 2, rows_done=5) == "running"
     assert jobs.finish("b", "succeeded", 2) == "succeeded"
     assert jobs.finish("b", "failed", 2) == "succeeded"  # final is final
-    assert jobs.counts()["queued"] == jobs.counts()["running"] == 0
+    assert jobs.counts().queued == jobs.counts().running == 0
     assert 0 < redis_client.ttl(keys.job("b")) <= 60
     assert jobs.get("b").public()["attempts"] == 2
     assert jobs.get("b").status is JobStatus.SUCCEEDED
@@ -68,9 +68,9 @@ def test_queue_counts(redis_client):
     jobs.start("x", 1, "w")
     jobs.worker_heartbeat("w1@host", 2)
     jobs.worker_heartbeat("w2@host", 1)
-    assert jobs.counts() == {"queued": 2, "running": 1, "workers": 3}
+    assert jobs.counts() == (2, 1, 3)
     jobs.worker_gone("w1@host")
-    assert jobs.counts()["workers"] == 1
+    assert jobs.counts().workers == 1
 
 
 def test_files_of_expired_jobs_are_removed(redis_client, tmp_path):

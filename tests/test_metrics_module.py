@@ -35,7 +35,7 @@ def work(rows, memory, psi):
 if __name__ == "__main__":
     metrics.prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     metrics.register_collector(
-        metrics.QueueCollector(lambda: {"queued": 5, "running": 1, "workers": 2}))
+        metrics.QueueCollector(lambda: (5, 1, 2)))
     fork = multiprocessing.get_context("fork")
     pids = []
     # One after the other, so the second child's drift value is the most recent.
@@ -58,8 +58,9 @@ from shared.monitoring import metrics
 
 metrics.ROWS_PREDICTED.labels("demo", "1", "online").inc(5)
 metrics.init_model_series("demo", "2")
+metrics.init_job_series("demo", "2", ("succeeded", "failed", "cancelled"))
 metrics.register_collector(
-    metrics.QueueCollector(lambda: {"queued": 5, "running": 1, "workers": 2}))
+    metrics.QueueCollector(lambda: (5, 1, 2)))
 metrics.update_process_metrics("api")
 sum(i * i for i in range(3_000_000))  # burn some CPU between the two updates
 metrics.update_process_metrics("api")
@@ -135,7 +136,11 @@ def test_every_gauge_chooses_a_multiprocess_mode():
 def test_job_statuses_are_the_final_statuses_of_jobs():
     from shared.jobs.record import FINAL
 
-    assert set(metrics.JOB_STATUSES) == FINAL
+    metrics.init_job_series("statuses", "1", FINAL)
+    families = {f.name: f for f in metrics.build_registry().collect()}
+    got = {s.labels["status"] for s in families["tabserve_jobs"].samples
+           if s.labels.get("model") == "statuses"}
+    assert got == set(FINAL)
 
 
 def test_prepare_multiprocess_dir_removes_previous_files(tmp_path, monkeypatch, caplog):
@@ -160,7 +165,7 @@ def test_mark_process_dead_without_multiprocess_dir_is_harmless(monkeypatch):
 
 
 def test_queue_collector_yields_the_three_gauges():
-    collector = QueueCollector(lambda: {"queued": 4, "running": 2, "workers": 3})
+    collector = QueueCollector(lambda: (4, 2, 3))
     got = {f.name: (f.type, [s.value for s in f.samples]) for f in collector.collect()}
     assert got == {
         "tabserve_queue_depth": ("gauge", [4.0]),
@@ -178,13 +183,12 @@ def test_queue_collector_yields_nothing_when_read_fails(caplog):
     assert "redis away" in caplog.text
 
 
-def test_queue_collector_with_missing_key_yields_nothing():
-    assert list(QueueCollector(lambda: {"queued": 1}).collect()) == []
+def test_queue_collector_with_missing_count_yields_nothing():
+    assert list(QueueCollector(lambda: (1,)).collect()) == []
 
 
 def test_registering_queue_collector_does_not_read_the_queue():
     calls = []
-    collector = QueueCollector(lambda: calls.append(1) or {"queued": 0, "running": 0,
-                                                            "workers": 0})
+    collector = QueueCollector(lambda: calls.append(1) or (0, 0, 0))
     CollectorRegistry(auto_describe=True).register(collector)
     assert calls == []

@@ -85,7 +85,10 @@ def test_library_version_mismatch_is_a_warning(store, caplog):
     with caplog.at_level(logging.WARNING):
         loaded = load_model(store, "breast-cancer", 1)
     assert loaded.model is not None
-    assert "scikit-learn 0.0.1 at training" in caplog.text
+    [warning] = [r for r in caplog.records if r.name == "shared.models.loading"
+                 and r.levelno == logging.WARNING]
+    ref, mismatch = warning.args
+    assert ref == "breast-cancer:1" and mismatch.startswith("scikit-learn 0.0.1 at training, ")
 
 
 def test_model_cache_loads_once_per_process(store):

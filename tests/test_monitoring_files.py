@@ -81,7 +81,7 @@ def defined_series() -> dict[str, set[str]]:
                 for suffix in SUFFIXES[family.type]:
                     extra = {"le"} if suffix == "_bucket" else set()
                     series[family.name + suffix] = labels | extra
-    for family in metrics.QueueCollector(dict).describe():
+    for family in metrics.QueueCollector(tuple).describe():
         series[family.name] = set()
     return series
 

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
 settings = Settings.from_env()
 celery_app = make_celery(settings)
+# Imported by the worker at start (Celery's `include`): worker.tasks imports this module, so
+# importing it from here would make an import cycle.
+celery_app.conf.include = ["worker.tasks"]
 _stopping = threading.Event()
 
 
@@ -110,5 +113,3 @@ def _shutdown(**_: Any) -> None:
     if directory and os.environ.get("TABSERVE_METRICS_DIR_OWNED") == "1":
         shutil.rmtree(directory, ignore_errors=True)
 
-
-import worker.tasks  # noqa: E402,F401  (registers the tasks)

@@ -62,8 +62,7 @@ def run_job(rt: Services, job_id: str, worker: str) -> JobOutcome:
         logger.info("job %s: stopped (%s)", job_id, stop)
         return JobOutcome(stop.answer)
     except Exception as exc:  # every failure ends in the job's record
-        return fail_job(jobs, job, attempt, error_of(exc, job_id),
-                        time.perf_counter() - started)
+        return fail_job(jobs, job, attempt, error_of(exc, job_id))
     seconds = time.perf_counter() - started
     record_job_finished(job.model_name, job.model_version, JobStatus.SUCCEEDED, seconds, rows)
     logger.info("job %s: succeeded: %d rows in %.2f s (%.0f rows/s)", job_id, rows, seconds,

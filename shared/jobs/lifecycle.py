@@ -41,5 +41,5 @@ def cancel_or_delete(rt: Services, job_id: str) -> Job | None:
     if rt.jobs.finish(job_id, JobStatus.CANCELLED) is JobStatus.CANCELLED:
         if not job.input.get("url"):  # an input_url file is not the job's to delete
             rt.storage.delete(job.input["key"])
-        record_job_finished(job.model_name, job.model_version, JobStatus.CANCELLED, None, 0)
+        record_job_finished(job.model_name, job.model_version, JobStatus.CANCELLED)
     return rt.jobs.get(job_id)

@@ -46,7 +46,7 @@ def split_job(rt: Services, job: Job) -> bool:
     """Queue the job as parts when it is large and more than one worker process is alive;
     False when it is scored in one piece."""
     jobs = rt.jobs
-    if rt.settings.part_rows <= 0 or jobs.counts()["workers"] < 2:
+    if rt.settings.part_rows <= 0 or jobs.counts().workers < 2:
         return False
     with rt.storage.open(job.input["key"]) as fh:
         parts = plan_parts(fh, job.input["format"], rt.settings.part_rows)
@@ -178,7 +178,7 @@ def _first_row(jobs: JobStore, storage: Storage, job: Job, index: int,
 
 
 def _fail(rt: Services, job: Job, error: JobError) -> JobOutcome:
-    outcome = fail_job(rt.jobs, job, None, error, None)
+    outcome = fail_job(rt.jobs, job, None, error)
     if outcome.status is JobStatus.FAILED:
         rt.storage.delete_prefix(paths.parts_dir(job.id))
     return outcome

@@ -75,12 +75,11 @@ class JobOutcome:
     seconds: float = 0.0
 
 
-def fail_job(jobs: JobStore, job: Job, attempt: int | None, error: JobError,
-             seconds: float | None) -> JobOutcome:
+def fail_job(jobs: JobStore, job: Job, attempt: int | None, error: JobError) -> JobOutcome:
     """End the job as failed (fenced by the attempt, when given) and count it once."""
     final = jobs.fail(job.id, error, attempt)
     if final is JobStatus.FAILED:
-        record_job_finished(job.model_name, job.model_version, final, seconds, 0)
+        record_job_finished(job.model_name, job.model_version, final)
     logger.info("job %s: failed: %s", job.id, error.message, extra={"error_code": error.code})
     return JobOutcome(final)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -34,6 +34,12 @@ from shared.jobs.record import (
 )
 
 WORKER_STALE_SECONDS = 30
+
+
+class QueueCounts(NamedTuple):
+    queued: int
+    running: int
+    workers: int
 _QUEUED = keys.jobs_with_status(JobStatus.QUEUED)
 _RUNNING = keys.jobs_with_status(JobStatus.RUNNING)
 
@@ -215,7 +221,7 @@ class JobStore:
             pipe.zrem(keys.jobs_index(), job_id)
             pipe.execute()
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> QueueCounts:
         """Jobs waiting and running, and live workers, for metrics."""
         with redis_errors():
             pipe = self.r.pipeline()
@@ -223,8 +229,7 @@ class JobStore:
             pipe.scard(_RUNNING)
             pipe.zcount(keys.workers(), now() - WORKER_STALE_SECONDS, "+inf")
             queued, running, workers = pipe.execute()
-        return {JobStatus.QUEUED: int(queued), JobStatus.RUNNING: int(running),
-                "workers": int(workers)}
+        return QueueCounts(int(queued), int(running), int(workers))
 
     def worker_heartbeat(self, name: str, processes: int) -> None:
         """Record that a worker (its `processes` pool processes) is alive now."""

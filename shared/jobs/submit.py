@@ -22,10 +22,10 @@ from shared.errors import (
 from shared.jobs import paths
 from shared.jobs.inputs import InputFormat, InputInfo, inspect_input
 from shared.jobs.queue import send_score_job
-from shared.jobs.record import Job, JobError, new_job
+from shared.jobs.record import FINAL, Job, JobError, new_job
 from shared.jobs.store import new_job_id
 from shared.models.manifest import Manifest
-from shared.monitoring.metrics import JOBS_SUBMITTED
+from shared.monitoring.metrics import JOBS_SUBMITTED, init_job_series
 from shared.storage import Storage
 
 if TYPE_CHECKING:
@@ -225,6 +225,7 @@ def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: Jo
         rt.storage.delete_prefix(paths.job_dir(job_id))
         raise QueueUnavailableError("the job queue is not reachable; try again later") from None
     JOBS_SUBMITTED.labels(manifest.name, str(manifest.version)).inc()
+    init_job_series(manifest.name, str(manifest.version), FINAL)
     logger.info("job %s: queued for %s (%s, %d bytes)", job_id, manifest.ref, info.format,
                 info.size_bytes, extra={"job_id": job_id, "model_version": manifest.ref})
     return job

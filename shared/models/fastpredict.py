@@ -3,10 +3,10 @@
 Each runs the same native code the library's method runs, on the same values, and skips
 only its per-call Python: XGBoost's scikit-learn wrapper (config round trips, input type
 sniffing, a class built per call) and a forest's joblib pool per call (the trees are summed
-in the order the library sums them with one job). One row through a 100-tree forest takes
-~0.3 ms this way against ~5 ms; through the demo XGBoost model ~45 us against ~180 us.
+in the order the library sums them with one job). For one row, that per-call Python is most
+of the time the library's method takes (docs/benchmarks.md, "In-process model time").
 A few rows through XGBoost skip libxgboost too: its trees as NumPy arrays, with its
-arithmetic (shared/models/xgbtrees.py), ~15 us a row here and far less CPU inside a server.
+arithmetic (shared/models/xgbtrees.py), which take less time and far less CPU inside a server.
 
 A path is used only after it has matched the model's own method bit for bit on probe rows
 when the model is loaded, and only for finite NumPy input (anything else goes to the
@@ -28,8 +28,8 @@ from shared.models.xgbtrees import tree_arrays
 logger = logging.getLogger(__name__)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-# Rows x tree nodes up to which XGBoost's trees are scored as NumPy arrays, not by libxgboost
-# (where the arrays are faster even in a tight loop: ~8 rows of a 100-tree depth-6 model)
+# Rows x tree nodes up to which XGBoost's trees are scored as NumPy arrays, not by libxgboost:
+# up to here the arrays are faster even in a tight loop (docs/benchmarks.md)
 ARRAY_CELLS = 1 << 13
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -182,7 +182,7 @@ class _ProxyDMatrix:
     """An XGBoost proxy DMatrix, reused by one thread's predictions and freed with it.
 
     Without one, each call makes a fresh proxy, and its set-up reads the cgroup CPU quota
-    from /sys (11 system calls, ~10 us per prediction). A proxy only holds the array the
+    from /sys: several system calls on every prediction. A proxy only holds the array the
     current call passes; one thread's calls never overlap, so reusing it is safe.
     """
 

@@ -1,12 +1,12 @@
 """An XGBoost model's trees as NumPy arrays: a few rows scored without a call into libxgboost.
 
-Why: a call into libxgboost for one row costs ~45 us in a tight loop but ~110 us amid a
-server's other work (bench.modelcall), and ~240 us of a gunicorn worker's CPU per request
-(measured by stubbing the call out). Each call parses JSON arguments, compiles a regex,
-walks every tree for its depth and builds a view of each, and between two requests the
-server's other work has evicted that code and data from the CPU caches. The same trees as a
-handful of NumPy arrays take ~18 us and ~56 us (bench.modelcall), ~120 us per request in the
-worker. Larger batches still go to libxgboost, which is faster there.
+Why: a call into libxgboost for one row costs about twice as much amid a server's other work
+as in a tight loop, and more again of a gunicorn worker's CPU per request. Each call parses
+JSON arguments, compiles a regex, walks every tree for its depth and builds a view of each,
+and between two requests the server's other work has evicted that code and data from the CPU
+caches. The same trees as a handful of NumPy arrays take well under half of that, in and out
+of a server's rhythm (`python -m bench.modelcall`; figures in docs/benchmarks.md). Larger
+batches still go to libxgboost, which is faster there.
 
 Exactly XGBoost's arithmetic, step by step:
 - the input is cast to float32, and a node sends a value left when `value < split_condition`;

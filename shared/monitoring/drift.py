@@ -17,13 +17,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from shared import keys
-from shared.models.manifest import Manifest
+
+if TYPE_CHECKING:  # a type only: shared.models imports shared.monitoring
+    from shared.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

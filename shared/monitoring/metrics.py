@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from prometheus_client import (
@@ -32,15 +32,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from shared.jobs.record import FINAL, JobStatus
-from shared.models.manifest import Manifest
+if TYPE_CHECKING:  # a type only: shared.models imports this module
+    from shared.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
 # prometheus_client's own variable, read by the library itself at import; we only follow it.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# 0.5 ms (a cached one-row predict) .. 10 s (the gunicorn timeout is 60 s; past 10 s is an outage).
+# From the fastest request (a one-row predict of a loaded model) to 10 s, past which a request
+# is an outage (gunicorn's timeout is longer).
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # One predict call: a single row online up to one 100k-row chunk of a batch job.
 COMPUTE_BUCKETS = (*HTTP_BUCKETS, 30, 60)
@@ -49,7 +50,6 @@ JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 
 RATE_BUCKETS = (100, 300, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7)
 
 MODEL = ("model", "version")
-JOB_STATUSES = tuple(sorted(FINAL))
 PATHS = ("online", "batch")
 
 # --- HTTP (API) ---
@@ -140,29 +140,30 @@ WORKER_HEARTBEAT = Gauge(
     "When this worker last reached Redis (Unix time); its health check reads it.",
     ("node",), multiprocess_mode="max")  # one writer per worker replica: its main process
 
+# In the order of the counts a QueueCollector reads (shared.jobs.store.QueueCounts).
 QUEUE_GAUGES = (
-    ("tabserve_queue_depth", JobStatus.QUEUED, "Jobs waiting for a worker."),
-    ("tabserve_jobs_running", JobStatus.RUNNING, "Jobs being scored now."),
-    ("tabserve_workers_active", "workers", "Worker processes with a live heartbeat."),
+    ("tabserve_queue_depth", "Jobs waiting for a worker."),
+    ("tabserve_jobs_running", "Jobs being scored now."),
+    ("tabserve_workers_active", "Worker processes with a live heartbeat."),
 )
 
 
 class QueueCollector:
     """Queue depth, running jobs and live workers, read from Redis at scrape time."""
 
-    def __init__(self, read_fn: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, read_fn: Callable[[], Sequence[int]]) -> None:
         self.read_fn = read_fn
 
     def describe(self) -> Iterable[Metric]:
         """The three gauges without values, so registering does not call read_fn."""
-        return [GaugeMetricFamily(name, doc) for name, _, doc in QUEUE_GAUGES]
+        return [GaugeMetricFamily(name, doc) for name, doc in QUEUE_GAUGES]
 
     def collect(self) -> Iterable[Metric]:
         """The three gauges, or nothing when the state cannot be read."""
         try:
-            state = self.read_fn()
-            return [GaugeMetricFamily(name, doc, value=float(state[key]))
-                    for name, key, doc in QUEUE_GAUGES]
+            counts = self.read_fn()
+            return [GaugeMetricFamily(name, doc, value=float(value))
+                    for (name, doc), value in zip(QUEUE_GAUGES, counts, strict=True)]
         except Exception as exc:  # a scrape must not fail because Redis is away
             logger.debug("queue metrics skipped: %s: %s", type(exc).__name__, exc)
             return []
@@ -252,8 +253,6 @@ def update_process_metrics(role: str) -> None:
 
 def init_model_series(model: str, version: str) -> None:
     """Create a model version's counters at zero, so increase() counts their first event."""
-    for status in JOB_STATUSES:
-        JOBS_FINISHED.labels(model, version, status)
     for path in PATHS:
         ROWS_PREDICTED.labels(model, version, path)
     JOBS_SUBMITTED.labels(model, version)
@@ -307,11 +306,18 @@ def record_drift(manifest: Manifest, features: Mapping[str, float], prediction: 
         PREDICTION_DRIFT_PSI.labels(model, version).set(prediction)
 
 
-def record_job_finished(model: str, version: str, status: str, seconds: float | None,
-                        rows: int) -> None:
-    """A job reached a final status."""
+def init_job_series(model: str, version: str, statuses: Iterable[str]) -> None:
+    """Create a model version's job counters at zero, one per final status (the job code
+    calls this when it accepts a job: the statuses are named there)."""
+    for status in statuses:
+        JOBS_FINISHED.labels(model, version, status)
+
+
+def record_job_finished(model: str, version: str, status: str, seconds: float | None = None,
+                        rows: int = 0) -> None:
+    """A job reached a final status; a succeeded one gives its duration and rows."""
     JOBS_FINISHED.labels(model, version, status).inc()
-    if status == JobStatus.SUCCEEDED and seconds:
+    if seconds:
         JOB_DURATION.labels(model, version).observe(seconds)
         JOB_ROWS_PER_SECOND.labels(model, version).observe(rows / seconds)
 

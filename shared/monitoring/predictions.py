@@ -24,7 +24,7 @@ BUCKET_SECONDS = 600
 FLUSH_SECONDS = 0.5
 MAX_BUFFER = 100_000
 MEMORY_CHECK_SECONDS = 5.0  # how often the flush thread reads Redis's memory use
-SET_BATCH = 1_000  # predictions per HSET: Redis stays responsive (~1 ms a command)
+SET_BATCH = 1_000  # predictions per HSET: each command short enough for Redis to stay responsive
 
 
 def new_prediction_id() -> str:
@@ -49,11 +49,12 @@ class PredictionLog:
     Redis stays off the /predict path: a request only appends to a deque. If Redis is away,
     the buffered predictions are dropped (with a warning) and serving goes on.
 
-    Each kept prediction costs Redis ~160 bytes for the TTL (7 days by default: ~100 GB at a
-    steady 1,000 requests/s). So the log yields to the job queue and job state, which share
-    that Redis: while Redis uses more than `max_memory_percent` of its `maxmemory`, new
-    predictions are dropped and counted (tabserve_prediction_log_dropped_total), never
-    written. A Redis without maxmemory is not checked.
+    Each kept prediction costs Redis memory for the whole TTL (7 days by default), which at a
+    steady request rate adds up (docs/benchmarks.md). So the log yields to the job queue and
+    job state, which share that Redis: while Redis uses more than `max_memory_percent` of its
+    `maxmemory`, new predictions are dropped and counted
+    (tabserve_prediction_log_dropped_total), never written. A Redis without maxmemory is not
+    checked.
     """
 
     def __init__(self, client: Any, ttl_seconds: int, max_memory_percent: int = 80) -> None:
