@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     chunk_rows: int = Field(25_000, ge=1)
-    part_rows: int = Field(500_000, ge=1)
+    part_rows: int = Field(500_000, ge=0)  # 0: never cut a job into parts
     worker_threads: int = Field(0, ge=0)
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     visibility_timeout_seconds: int = Field(300, ge=1)
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     drift_interval_seconds: int = Field(10, ge=0)
     feedback_window: int = Field(1000, ge=1)
     prediction_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
-    prediction_log_max_memory_percent: int = Field(80, ge=1, le=100)
+    prediction_log_max_memory_percent: int = Field(80, ge=0, le=100)
     log_payloads: str = "off"
     s3_endpoint_url: str | None = None
     input_url_prefixes: str = ""
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     # gunicorn (api/gunicorn_conf.py)
     bind: str = "127.0.0.1:8000"
     web_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    web_timeout: int = Field(60, ge=1)
+    web_timeout: int = Field(60, ge=0)  # 0: no timeout, as in gunicorn
     extra: Mapping[str, str] = Field(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
