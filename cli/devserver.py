@@ -136,7 +136,7 @@ def _stop_on_signals() -> threading.Event:
     def handle(signum: int, frame: object) -> None:
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, handle)
     return stop
 
@@ -158,9 +158,13 @@ def _terminal_to_self() -> Iterator[None]:
         return
     os.setpgid(0, 0)
     _set_foreground(fd, os.getpid())
+    # Ctrl-Z would now stop this process alone while make waits for it, and the shell,
+    # waiting for make, could not resume it.
+    previous = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
     try:
         yield
     finally:
+        signal.signal(signal.SIGTSTP, previous)
         _set_foreground(fd, before)
 
 
