@@ -137,6 +137,8 @@ def run(settings: Settings, bind: str | None, port: int | None) -> None:
     from cli.devserver import run_all
 
     if port is not None:
+        if bind:
+            raise click.UsageError("give --bind or --port, not both")
         bind = f"127.0.0.1:{port}"
     sys.exit(run_all(_with_flags(settings, bind=bind)))
 
