@@ -1,27 +1,39 @@
 # tabserve: `make run` serves the demo model; `make test` runs the whole suite.
-# Both build everything they need first (.venv from constraints.txt, redis-server from apt).
+# Both build what they need first (.venv from constraints.txt, redis-server from apt):
+# `make run` the runtime packages only, `make test` and `make lint` the test tools as well.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 SYSTEM_PACKAGES := redis-server prometheus
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup system-deps run test lint bench bench-quick bench-batch bench-overhead bench-deps clean
+.PHONY: setup setup-test system-deps run test lint bench bench-quick bench-batch bench-overhead bench-deps clean
 
 setup: $(STAMP) system-deps
 
+setup-test: $(TEST_STAMP) system-deps
+
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PIP_INSTALL) -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e '.[test]'
+	touch $(TEST_STAMP)
 
 system-deps:
 	@./scripts/system-deps.sh $(SYSTEM_PACKAGES)
 
+# Where the API listens: `make run TABSERVE_BIND=127.0.0.1:9000` or in the environment, as
+# every TABSERVE_* setting; empty means the default.
+TABSERVE_BIND ?=
 run: setup
-	$(BIN)/tabserve run
+	TABSERVE_BIND='$(TABSERVE_BIND)' $(BIN)/tabserve run
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks write their sections of docs/benchmarks.md; run them on an otherwise idle machine.
@@ -29,27 +41,27 @@ test: setup
 # of a server's rhythm; bench-quick: a short pass.
 BENCH_ARGS ?=
 
-bench: setup bench-deps
+bench: setup-test bench-deps
 	$(BIN)/python -m bench.online $(BENCH_ARGS)
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.modelcall
 
-bench-quick: setup bench-deps
+bench-quick: setup-test bench-deps
 	$(BIN)/python -m bench.online --quick $(BENCH_ARGS)
 	$(BIN)/python -m bench.batch --quick --no-write
 	$(BIN)/python -m bench.overhead --duration 3 --rounds 1
 
-bench-batch: setup
+bench-batch: setup-test
 	$(BIN)/python -m bench.batch
 
-bench-overhead: setup bench-deps
+bench-overhead: setup-test bench-deps
 	$(BIN)/python -m bench.overhead
 
 bench-deps:
 	@./scripts/system-deps.sh wrk
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

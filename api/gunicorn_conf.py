@@ -1,17 +1,51 @@
-"""gunicorn settings for `tabserve api`; overridable through TABSERVE_* and GUNICORN_CMD_ARGS."""
+"""gunicorn settings for `tabserve api`, from shared.config.Settings (TABSERVE_BIND, ...).
+
+GUNICORN_CMD_ARGS and command-line flags still override them, as gunicorn documents.
+"""
 
 import os
+import sys
 
-bind = os.environ.get("TABSERVE_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("TABSERVE_WEB_WORKERS") or os.cpu_count() or 1)
+from gunicorn.glogging import Logger
+
+from shared.config import Settings
+from shared.errors import ConfigError
+
+try:
+    settings = Settings.from_env()
+except ConfigError as exc:
+    # Read by the master before it forks: a bad setting stops start-up with one line.
+    sys.exit(f"error: {exc.message}")
+
+bind = settings.bind
+workers = settings.web_workers
 worker_class = "sync"
-timeout = int(os.environ.get("TABSERVE_WEB_TIMEOUT", "60"))
+timeout = settings.web_timeout
 graceful_timeout = 30
 keepalive = 5
 max_requests = 0
 accesslog = None  # the app logs one JSON line per request itself
 errorlog = "-"
-loglevel = os.environ.get("TABSERVE_LOG_LEVEL", "info").lower()
+loglevel = settings.log_level.lower()
+
+
+def _with_pid(record):  # noqa: ANN001, ANN202 - a logging filter
+    if record.process is None:
+        record.process = os.getpid()
+    return True
+
+
+class _Logger(Logger):
+    # gunicorn's format shows "[%(process)d]", and the app's configure_logging turns off
+    # logging's pid lookup (logging.logProcesses) in the worker: without this filter every
+    # worker's "Worker exiting" line ends in "--- Logging error ---".
+    def setup(self, cfg):  # noqa: ANN001, ANN201
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.addFilter(_with_pid)
+
+
+logger_class = _Logger
 # One native thread per process for the model (OpenMP, BLAS), set before numpy loads.
 raw_env = [
     f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}",
@@ -21,12 +55,12 @@ raw_env = [
 
 
 def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
-    """Master, before forking: a clean metrics directory for this run."""
+    """Master, before forking: no metric files left from a previous run."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from shared.monitoring.metrics import prepare_multiprocess_dir
+        from shared.monitoring.metricsdir import clean
 
-        prepare_multiprocess_dir(directory)
+        clean(directory)
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201
@@ -37,9 +71,7 @@ def child_exit(server, worker):  # noqa: ANN001, ANN201
 
 
 def on_exit(server):  # noqa: ANN001, ANN201
-    """Remove the metrics directory the CLI created for this run."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory and os.environ.get("TABSERVE_METRICS_DIR_OWNED") == "1":
-        import shutil
+    """Remove the metrics directory `tabserve api` made for this run."""
+    from shared.monitoring.metricsdir import remove_if_owned
 
-        shutil.rmtree(directory, ignore_errors=True)
+    remove_if_owned()

@@ -10,6 +10,7 @@ import click
 
 from shared.config import Settings
 from shared.errors import TabserveError
+from shared.monitoring import metricsdir
 
 
 class _Group(click.Group):
@@ -90,16 +91,15 @@ def list_models(settings: Settings) -> None:
 
 
 @main.command()
-@click.option("--bind", default=None, help="HOST:PORT (default 127.0.0.1:8000).")
-@click.option("--workers", type=int, default=None, help="gunicorn workers (default: CPU count).")
-def api(bind: str | None, workers: int | None) -> None:
+@click.option("--bind", default=None, help="HOST:PORT (default: TABSERVE_BIND, 127.0.0.1:8000).")
+@click.option("--workers", type=int, default=None,
+              help="gunicorn workers (default: TABSERVE_WEB_WORKERS, the CPU count).")
+@click.pass_obj
+def api(settings: Settings, bind: str | None, workers: int | None) -> None:
     """Run the HTTP API under gunicorn."""
-    env = dict(os.environ)
-    if bind:
-        env["TABSERVE_BIND"] = bind
-    if workers:
-        env["TABSERVE_WEB_WORKERS"] = str(workers)
-    _metrics_dir(env, "api")
+    settings = _with_flags(settings, bind=bind, web_workers=workers)
+    env = {**os.environ, **settings.as_env()}
+    metricsdir.prepare(env, "api")
     _exec([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"],
           env)
 
@@ -110,8 +110,9 @@ def api(bind: str | None, workers: int | None) -> None:
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues to consume.")
 @click.option("--hostname", "-n", default=None, help="Celery node name.")
 @click.option("--loglevel", default=None)
-def worker(concurrency: int | None, queues: str | None, hostname: str | None,
-           loglevel: str | None) -> None:
+@click.pass_obj
+def worker(settings: Settings, concurrency: int | None, queues: str | None,
+           hostname: str | None, loglevel: str | None) -> None:
     """Run a Celery worker that scores batch jobs."""
     args = [sys.executable, "-m", "celery", "-A", "worker.app:celery_app", "worker",
             "--prefetch-multiplier", "1", "-O", "fair"]
@@ -121,36 +122,31 @@ def worker(concurrency: int | None, queues: str | None, hostname: str | None,
         args += ["--queues", queues]
     # Unique per process, so replicas on one host keep apart in Redis and in the logs.
     args += ["--hostname", hostname or f"worker-{os.getpid()}@%h"]
-    args += ["--loglevel", (loglevel or os.environ.get("TABSERVE_LOG_LEVEL", "INFO")).upper()]
-    env = dict(os.environ)
-    _metrics_dir(env, "worker")
+    args += ["--loglevel", (loglevel or settings.log_level).upper()]
+    env = {**os.environ, **settings.as_env()}
+    metricsdir.prepare(env, "worker")
     _exec(args, env)
 
 
 @main.command()
-@click.option("--port", type=int, default=8000)
+@click.option("--bind", default=None, help="HOST:PORT for the API (default: TABSERVE_BIND).")
+@click.option("--port", type=int, default=None, help="Port for the API on 127.0.0.1.")
 @click.pass_obj
-def run(settings: Settings, port: int) -> None:
+def run(settings: Settings, bind: str | None, port: int | None) -> None:
     """Development: start Redis (if needed), the API and one worker; Ctrl-C stops all."""
     from cli.devserver import run_all
 
-    sys.exit(run_all(settings, port))
+    if port is not None:
+        if bind:
+            raise click.UsageError("give --bind or --port, not both")
+        bind = f"127.0.0.1:{port}"
+    sys.exit(run_all(_with_flags(settings, bind=bind)))
 
 
-def _metrics_dir(env: dict[str, str], role: str) -> None:
-    # prometheus_client picks multiprocess mode from this variable at import, so it is set
-    # here, before gunicorn or Celery starts; a fresh directory per run holds no stale files.
-    directory = env.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        import tempfile
-
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"tabserve-metrics-{role}-")
-        env["TABSERVE_METRICS_DIR_OWNED"] = "1"
-    else:  # given by the deployment: drop a previous run's files before anything opens them
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):
-            stale.unlink()
+def _with_flags(settings: Settings, **flags: object) -> Settings:
+    # A flag given on the command line wins over its TABSERVE_* variable, and is validated.
+    given = {name: value for name, value in flags.items() if value is not None}
+    return settings.with_overrides(**given) if given else settings
 
 
 def _exec(args: list[str], env: dict[str, str]) -> None:

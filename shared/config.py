@@ -1,101 +1,196 @@
-"""Settings: every TABSERVE_* environment variable, read once at an entry point."""
+"""Settings: every TABSERVE_* environment variable, read and validated once at an entry point."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from shared.errors import ConfigError
 
 PREFIX = "TABSERVE_"
+# TABSERVE_* names that are not settings: read by docker-compose (the Redis password and
+# memory limit) or kept for a client of the HTTP API.
+NON_SETTINGS = frozenset({
+    "TABSERVE_REDIS_PASSWORD", "TABSERVE_REDIS_MAXMEMORY", "TABSERVE_URL", "TABSERVE_API_KEY",
+})
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_PAYLOADS_OFF = ("", "off", "0", "false", "no")
+_PAYLOADS_ON = ("on", "all", "true", "yes")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Process-wide configuration; build with `Settings.from_env()` or directly in tests."""
+class Settings(BaseSettings):
+    """Process-wide configuration, validated when built.
+
+    `Settings.from_env()` reads the environment; `Settings(field=value, ...)` takes only the
+    values given and the defaults, so a test's settings do not depend on its environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid",
+                                      env_ignore_empty=True, validate_default=True)
 
     artifacts_dir: Path = Path("./artifacts")
     data_dir: str = "./data"
     redis_url: str = "redis://127.0.0.1:6379/0"
     default_model: str | None = None
-    max_online_rows: int = 1000
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    max_online_rows: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
-    chunk_rows: int = 25_000
-    part_rows: int = 500_000
-    worker_threads: int = 0
-    job_ttl_seconds: int = 7 * 24 * 3600
-    visibility_timeout_seconds: int = 300
-    queue_name: str = "tabserve"
-    model_threads: int = 1
+    chunk_rows: int = Field(25_000, ge=1)
+    part_rows: int = Field(500_000, ge=0)  # 0: never cut a job into parts
+    worker_threads: int = Field(0, ge=0)
+    job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
+    visibility_timeout_seconds: int = Field(300, ge=1)
+    queue_name: str = Field("tabserve", min_length=1)
+    model_threads: int = Field(1, ge=1)
     preload_model: bool = True
     monitoring: bool = True
     access_log: bool = True
-    worker_metrics_port: int = 9808
+    worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_bind: str = "127.0.0.1"
-    drift_window: int = 10_000
-    drift_interval_seconds: int = 10
-    feedback_window: int = 1000
-    prediction_ttl_seconds: int = 7 * 24 * 3600
-    prediction_log_max_memory_percent: int = 80
+    drift_window: int = Field(10_000, ge=1)
+    drift_interval_seconds: int = Field(10, ge=0)
+    feedback_window: int = Field(1000, ge=1)
+    prediction_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
+    prediction_log_max_memory_percent: int = Field(80, ge=0, le=100)
     log_payloads: str = "off"
     s3_endpoint_url: str | None = None
     input_url_prefixes: str = ""
     staging_dir: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # gunicorn (api/gunicorn_conf.py)
+    bind: str = "127.0.0.1:8000"
+    web_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    web_timeout: int = Field(60, ge=0)  # 0: no timeout, as in gunicorn
+    extra: Mapping[str, str] = Field(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, values)) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   *_: Any, **__: Any) -> tuple[Any, ...]:
+        # Only the given values: the environment is read by from_env alone.
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from TABSERVE_* variables (os.environ by default)."""
+        """Build settings from TABSERVE_* variables (os.environ by default).
+
+        Raises ConfigError naming the variable when one is unknown or its value is invalid.
+        """
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name == "extra":
-                continue
-            raw = env.get(PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _convert(f.name, raw, f.type)
+        check_names(env)
+        values = dict(_EnvironSource(cls, env)())
+        values.pop("extra", None)
         return cls(**values)
 
     def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with some fields changed (tests, CLI flags)."""
-        return replace(self, **changes)
+        """A validated copy with some fields changed (tests, CLI flags)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     def as_env(self) -> dict[str, str]:
         """The settings as TABSERVE_* variables, for child processes."""
         env = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "extra" or value is None:
+        for name, value in self.model_dump(exclude={"extra"}).items():
+            if value is None:
                 continue
             if isinstance(value, bool):
                 value = "1" if value else "0"
-            env[PREFIX + f.name.upper()] = str(value)
+            env[PREFIX + name.upper()] = str(value)
         return env
 
+    @property
+    def payload_sample_rate(self) -> float:
+        """Share of requests whose inputs and outputs are logged (log_payloads as a rate)."""
+        raw = self.log_payloads.strip().lower()
+        if raw in _PAYLOADS_OFF:
+            return 0.0
+        if raw in _PAYLOADS_ON:
+            return 1.0
+        return min(max(float(raw), 0.0), 1.0)
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+    @field_validator("artifacts_dir")
+    @classmethod
+    def _absolute_path(cls, value: Path) -> Path:
+        # Resolved once, here: a server's cwd (Flask's send_file resolves against the app's
+        # package) and a worker's may differ from the one the relative path was written for.
+        return Path(os.path.abspath(value))
+
+    @field_validator("data_dir", "staging_dir")
+    @classmethod
+    def _absolute_dir(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("s3://"):
+            return value
+        if "://" in value:
+            raise ValueError("use a directory or an s3:// URL")
+        return os.path.abspath(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"use one of {', '.join(_LOG_LEVELS)}")
+        return level
+
+    @field_validator("log_payloads")
+    @classmethod
+    def _payload_rate(cls, value: str) -> str:
+        raw = value.strip().lower()
+        if raw in _PAYLOADS_OFF or raw in _PAYLOADS_ON:
+            return value
+        try:
+            float(raw)
+        except ValueError:
+            raise ValueError("use off, on or a rate from 0 to 1") from None
+        return value
 
 
-def _convert(name: str, raw: str, type_name: Any) -> Any:
-    type_name = str(type_name)
-    var = PREFIX + name.upper()
-    try:
-        if type_name.startswith("int"):
-            return int(raw)
-        if type_name.startswith("bool"):
-            low = raw.strip().lower()
-            if low in _TRUE | _FALSE:
-                return low in _TRUE
-            raise ValueError(raw)
-        if type_name.startswith("Path"):
-            return Path(raw)
-    except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a valid {type_name.split(' ')[0]}") from None
-    return raw
+class _EnvironSource(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+
+def setting_names() -> list[str]:
+    """Every TABSERVE_* variable that is a setting."""
+    return [PREFIX + name.upper() for name in Settings.model_fields if name != "extra"]
+
+
+def check_names(environ: Mapping[str, str]) -> None:
+    """Refuse a TABSERVE_* variable that is neither a setting nor a known non-setting."""
+    known = set(setting_names()) | NON_SETTINGS
+    for var in sorted(environ):
+        if var.upper().startswith(PREFIX) and var.upper() not in known:
+            close = difflib.get_close_matches(var.upper(), sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{var} is not a tabserve setting{hint}")
+
+
+def _describe(exc: ValidationError, values: Mapping[str, Any]) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        var = PREFIX + field.upper()
+        if field in values:
+            var = f"{var}={values[field]!r}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{var}: {message}")
+    return "; ".join(problems)
+

@@ -6,7 +6,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from shared.config import Settings
-from shared.errors import ConfigError
 from shared.models.loading import ModelCache
 from shared.models.store import ModelStore
 
@@ -76,16 +75,7 @@ class Services:
     @cached_property
     def payload_sample_rate(self) -> float:
         """Share of requests whose inputs and outputs are logged (TABSERVE_LOG_PAYLOADS)."""
-        raw = self.settings.log_payloads.strip().lower()
-        if raw in ("", "off", "0", "false", "no"):
-            return 0.0
-        if raw in ("on", "all", "true", "yes"):
-            return 1.0
-        try:
-            return min(max(float(raw), 0.0), 1.0)
-        except ValueError:
-            raise ConfigError(f"TABSERVE_LOG_PAYLOADS={raw!r}: use off, on or a rate "
-                              "from 0 to 1") from None
+        return self.settings.payload_sample_rate
 
     @cached_property
     def celery(self) -> Celery:

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from cli.main import main as cli_main
-from shared.config import Settings
+from shared.config import NON_SETTINGS, Settings, setting_names
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {"api": ROOT / "Dockerfile.api", "worker": ROOT / "Dockerfile.worker"}
@@ -28,9 +28,8 @@ IMAGE_CODE = {"api": ({"api", "shared"}, "worker"), "worker": ({"worker", "share
 NEVER_IN_IMAGE = [".venv", "tests", "data", "artifacts", "bench", ".git"]
 COMPILERS = {"gcc", "g++", "cc", "clang", "make", "build-essential", "cmake"}
 REDIS_PASSWORD = "test-password-0123"
-# TABSERVE_* variables that are not Settings fields but are still read by tabserve.
-GUNICORN_VARS = set(re.findall(r"TABSERVE_[A-Z_]+", (ROOT / "api/gunicorn_conf.py").read_text()))
-NON_SETTINGS_VARS = GUNICORN_VARS | {"TABSERVE_WORKER_METRICS_PORT"}
+# TABSERVE_* variables that are not Settings fields (read by compose itself, or by clients).
+NON_SETTINGS_VARS = set(NON_SETTINGS)
 
 
 @dataclasses.dataclass
@@ -250,7 +249,7 @@ def test_compose_worker_can_scale(compose: dict) -> None:
 
 
 def test_compose_tabserve_variables_are_real_settings(compose: dict) -> None:
-    fields = {"TABSERVE_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    fields = set(setting_names())
     for name, service in compose["services"].items():
         env = service.get("environment") or {}
         unknown = {v for v in env if v.startswith("TABSERVE_")} - fields - NON_SETTINGS_VARS

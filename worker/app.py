@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from typing import Any
@@ -108,8 +107,8 @@ def _process_gone(pid: int | None = None, **_: Any) -> None:
 
 @worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
+    from shared.monitoring.metricsdir import remove_if_owned
+
     _stopping.set()
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory and os.environ.get("TABSERVE_METRICS_DIR_OWNED") == "1":
-        shutil.rmtree(directory, ignore_errors=True)
+    remove_if_owned()
 

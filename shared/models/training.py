@@ -87,6 +87,8 @@ def train_from_file(
     if y.isna().any():
         raise ValidationError(f"target column {target!r} has missing values")
     task = task or infer_task(y)
+    if task == "classification":
+        _check_classes(y, target)
     schema = infer_schema(frame, allow_unknown=True)
     frame = _coerce_frame(frame, schema)
     stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
@@ -105,8 +107,7 @@ def import_model(
     store: ModelStore, model_path: Path, name: str, sample: Path, target: str | None = None
 ) -> Manifest:
     """Register a pickled model the user already has, with schema from a sample file."""
-    with open(model_path, "rb") as fh:
-        model = pickle.load(fh)  # the user's own file, imported on purpose
+    model = _unpickle(model_path)
     if not hasattr(model, "predict"):
         raise ValidationError(f"{model_path}: the object has no predict method")
     frame = read_table(sample)
@@ -128,6 +129,23 @@ def import_model(
         input_kind="dataframe" if needs_frame else "numpy",
         algorithm=type(model).__name__, source=str(model_path), target_name=target,
     )
+
+
+def _check_classes(y: pd.Series, target: str) -> None:
+    # scikit-learn refuses a continuous target for a classifier with "Unknown label type".
+    if pd.api.types.is_float_dtype(y) and not (y == y.round()).all():
+        raise ValidationError(f"target column {target!r} is continuous ({y.nunique()} "
+                              "distinct values): use --task regression")
+
+
+def _unpickle(model_path: Path) -> Any:
+    try:
+        with open(model_path, "rb") as fh:
+            return pickle.load(fh)  # the user's own file, imported on purpose
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
+            AttributeError, ImportError) as exc:
+        raise ValidationError(f"{model_path}: not a pickled model ({type(exc).__name__}: "
+                              f"{exc})") from None
 
 
 def _coerce_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
