@@ -88,7 +88,8 @@ def list_jobs() -> Response:
     limit_raw = request.args.get("limit", "50")
     status = request.args.get("status") or None
     details = []
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+    if not (limit_raw.isascii() and limit_raw.isdigit() and len(limit_raw) <= 4) \
+            or not 1 <= int(limit_raw) <= 1000:  # isdigit() alone accepts "²"
         details.append({"field": "limit", "message": "must be an integer from 1 to 1000"})
     if status is not None and status not in STATUSES:
         details.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
