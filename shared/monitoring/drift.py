@@ -2,8 +2,8 @@
 
 Each process keeps a rolling window of recent rows per model version as bin indices in a
 ring buffer, with running per-bin counts, so observing a request costs a few vectorised
-operations. Once per interval a process posts its window's counts to Redis and
-computes PSI over the sum of the windows that every process has posted lately
+operations. Once per interval, while it has new rows, a process posts its window's counts
+to Redis and computes PSI over the sum of the windows that every process has posted lately
 (SharedCounts), so all processes publish the same figure: one drift gauge for the service,
 not one per process taking turns.
 """
@@ -239,8 +239,8 @@ class DriftTracker:
 
     `observe` only appends the rows to a queue; a daemon thread of this process bins them
     in batches every DRAIN_SECONDS, adds them to the model version's window, and publishes
-    every window's PSI once per interval, rows or not, so a request pays for a deque append,
-    not for binning, and the gauge follows the window after traffic stops.
+    the PSI of each window with new rows once per interval, on its own timer: a request pays
+    for a deque append, not for binning, and a burst shorter than the interval shows.
     """
 
     DRAIN_SECONDS = 0.25
@@ -255,6 +255,7 @@ class DriftTracker:
         self._shared_failed = False
         self._windows: dict[str, DriftWindow] = {}
         self._last: dict[str, float] = {}
+        self._changed: set[str] = set()  # windows with rows not yet published
         self._pending: collections.deque[tuple[Manifest, Any, Any]] = collections.deque(
             maxlen=10_000)
         self._thread: threading.Thread | None = None
@@ -300,6 +301,7 @@ class DriftTracker:
         while self._pending:
             item = self._pending.popleft()
             batches.setdefault(item[0].ref, []).append(item)
+        self._changed.update(batches)
         for ref, items in batches.items():
             w = self._windows.get(ref)
             if w is None:
@@ -319,14 +321,16 @@ class DriftTracker:
                 w.add(w.bin_rows(X, labels))
 
     def _publish_due(self, now: float) -> None:
-        # Every window, on the timer, whether or not rows came since: a burst shorter than
-        # the interval (or one whose first publish found too few rows) still shows.
-        for ref, w in list(self._windows.items()):
-            if now - self._last.get(ref, -1e18) >= self.interval:
-                self._last[ref] = now
-                scores = w.scores(*self._combined(ref, w))
-                if scores is not None:
-                    self.publish(w.manifest, *scores)
+        # On the timer, not on the next request: rows that came after a publish (or after
+        # one that found too few rows) show an interval later, whether or not traffic
+        # continues. An idle window is not posted again, so it leaves the shared sum.
+        for ref in [r for r in self._changed if now - self._last.get(r, -1e18) >= self.interval]:
+            self._changed.discard(ref)
+            self._last[ref] = now
+            w = self._windows[ref]
+            scores = w.scores(*self._combined(ref, w))
+            if scores is not None:
+                self.publish(w.manifest, *scores)
 
     def _combined(self, ref: str, w: DriftWindow) -> tuple[np.ndarray, int]:
         """The counts of every live process's window (this one's alone without Redis)."""
