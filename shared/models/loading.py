@@ -120,7 +120,8 @@ def load_model(store: ModelStore, name: str, version: int, threads: int = 1) -> 
     try:
         model = pickle.loads(payload)
     except Exception as exc:  # a corrupt pickle can raise anything
-        raise ModelLoadError(f"model {manifest.ref}: cannot unpickle: {exc}") from None
+        raise ModelLoadError(f"model {manifest.ref}: cannot unpickle: "
+                             f"{describe_error(exc)}") from None
     limit_threads(model, threads)
     seconds = time.perf_counter() - started
     logger.info("model %s: loaded in %.3f s", manifest.ref, seconds)
