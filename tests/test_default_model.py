@@ -33,8 +33,9 @@ def one_model(artifacts_dir, tmp_path):
     """A copy of the demo artifacts (one model) with no default recorded yet, as a
     directory written before defaults were recorded."""
     root = tmp_path / "artifacts"
-    shutil.copytree(artifacts_dir, root)
-    (root / DEFAULT_FILE).unlink(missing_ok=True)
+    # The demo model alone: other tests add models to the session's directory.
+    shutil.copytree(artifacts_dir / "breast-cancer", root / "breast-cancer")
+    assert not (root / DEFAULT_FILE).exists()
     return root
 
 
