@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import orjson
@@ -17,7 +18,13 @@ logger = logging.getLogger(__name__)
 def error_response(status: int, code: str, message: str, details: list | None = None) -> Response:
     """The one JSON error shape."""
     body = {"error": {"code": code, "message": message, "details": details or []}}
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+    try:
+        payload = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # A message quoting the client's text can hold what orjson refuses (a lone
+        # surrogate); the standard encoder escapes it, so the error still goes out as JSON.
+        payload = json.dumps(body, default=str).encode()
+    return Response(payload, status=status, mimetype="application/json")
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -64,6 +64,16 @@ def feedback_window(model: str, version: str) -> str:
     return f"{PREFIX}feedback:{model}:{version}"
 
 
+def feedback_seen_job(job_id: str) -> str:
+    """Rows of a job that have had their label: a bitmap, so a label counts once."""
+    return f"{PREFIX}feedback:seen:{job_id}"
+
+
+def feedback_seen_bucket(bucket: str) -> str:
+    """Online predictions of one bucket that have had their label: a hash."""
+    return f"{PREFIX}feedback:seen:b:{bucket}"
+
+
 def drift_members(model_ref: str) -> str:
     """Processes that posted drift counts for a model version, scored by time: a sorted set."""
     return f"{PREFIX}drift:{model_ref}"

@@ -201,7 +201,7 @@ def test_models(client, artifacts_dir):
     r = client.get("/models")
     assert r.status_code == 200
     assert r.get_json() == {"models": [{"name": "breast-cancer", "versions": [1],
-                                        "latest": manifest}]}
+                                        "latest": manifest}], "unreadable": []}
     r = client.get("/models/breast-cancer")
     assert r.get_json() == {"name": "breast-cancer", "versions": [manifest], "latest": 1}
     r = client.get("/models/nope")

@@ -14,7 +14,7 @@ from shared.models.loading import load_model
 from shared.models.store import ModelStore
 from shared.models.training import train_demo
 from shared.monitoring.drift import DriftAccumulator, DriftTracker, SharedCounts
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 
 
 @pytest.fixture
@@ -91,9 +91,28 @@ def test_a_process_that_stops_posting_leaves_the_sum(redis_client):
     assert old.combine("m:1", counts, 10)[1] == 10
     total, rows = new.combine("m:1", counts, 20)
     assert rows == 30 and np.array_equal(total, 2 * counts)
-    time.sleep(1.2)  # "old" has not posted for longer than the TTL
+    # "old" posts no more: once its TTL has passed, the sum is "new"'s alone.
+    wait_until(lambda: new.combine("m:1", counts, 20)[1] == 20, 5, "the old post to expire")
     total, rows = new.combine("m:1", counts, 20)
     assert rows == 20 and np.array_equal(total, counts)
+
+
+def test_rows_after_a_publish_are_published_on_the_timer(demo_model):
+    """A burst shorter than the interval, whose first publish found too few rows, shows an
+    interval later without any further rows."""
+    loaded, X, labels = demo_model
+    published: list[dict] = []
+    tracker = DriftTracker(10_000, 1.0, lambda m, f, p: published.append(f))
+    tracker._thread = object()  # drained by hand below
+    tracker.observe(loaded.manifest, X[:10], labels[:10])
+    tracker.drain()  # due, but 10 rows are too few
+    tracker.observe(loaded.manifest, X[10:200], labels[10:200])
+    tracker.drain()  # enough rows, but not due
+    assert published == []
+    started = time.monotonic()
+    wait_until(lambda: tracker.drain() or published, 3, "a publish on the timer")
+    assert time.monotonic() - started < 2.0  # within the interval (and a drain)
+    assert set(published[0]) == set(tracker._windows[loaded.manifest.ref].names)
 
 
 def test_without_redis_a_process_publishes_its_own_window(demo_model):

@@ -16,7 +16,10 @@ bp = Blueprint("feedback", __name__)
 def post_feedback() -> Response:
     rt = runtime()
     items = parse_feedback(parse_json(json_body_bytes()))
-    store = FeedbackStore(rt.redis, rt.jobs, rt.store, rt.settings.feedback_window)
+    settings = rt.settings
+    # A label is claimed for as long as its prediction can be found.
+    seen_ttl = max(settings.prediction_ttl_seconds, settings.job_ttl_seconds)
+    store = FeedbackStore(rt.redis, rt.jobs, rt.store, settings.feedback_window, seen_ttl)
     result = store.record(items)
     record_feedback(result["models"])
     return json_response(result)

@@ -87,7 +87,8 @@ def list_jobs() -> Response:
     status_raw = request.args.get("status") or None
     statuses = [s.value for s in JobStatus]
     details = []
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+    if not (limit_raw.isascii() and limit_raw.isdigit() and len(limit_raw) <= 4) \
+            or not 1 <= int(limit_raw) <= 1000:  # isdigit() alone accepts "²"
         details.append({"field": "limit", "message": "must be an integer from 1 to 1000"})
     if status_raw is not None and status_raw not in statuses:
         details.append({"field": "status", "message": f"must be one of {', '.join(statuses)}"})

@@ -13,12 +13,8 @@ bp = Blueprint("models", __name__)
 
 @bp.get("/models")
 def list_models() -> Response:
-    store = runtime().store
-    models = []
-    for name, versions in store.list_models(fresh=True).items():
-        latest = store.manifest(name, versions[-1]).public()
-        models.append({"name": name, "versions": versions, "latest": latest})
-    return json_response({"models": models})
+    models, unreadable = runtime().store.catalog()
+    return json_response({"models": models, "unreadable": unreadable})
 
 
 @bp.get("/models/<name>")

@@ -20,6 +20,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.jobs import paths
+from shared.jobs.csvblocks import MAX_LINE_BYTES
 from shared.jobs.inputs import InputFormat, InputInfo, inspect_input
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import FINAL, Job, JobError, new_job
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 COPY_BYTES = 1024 * 1024
+MAX_HEADER_COLUMNS = 10_000  # or 4 per feature and 100 more, for models with many features
 CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
 PARQUET_TYPES = {"application/vnd.apache.parquet", "application/x-parquet",
                  "application/parquet"}
@@ -130,11 +132,31 @@ def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
         dst.write(piece)
 
 
+def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest) -> None:
+    """422 for a CSV header with far more columns than the model has features, counted on
+    the raw line before anything parses it (parsing a header costs per column: a 100,000
+    column one held an API worker for seconds). The count is that of the most frequent
+    delimiter, an upper bound whatever the file's dialect."""
+    if fmt != "csv":
+        return
+    fh.seek(0)
+    header = fh.readline(MAX_LINE_BYTES)  # the file's other faults are inspect_input's
+    fh.seek(0)
+    columns = max(header.count(d) for d in (b",", b";", b"\t", b"|")) + 1
+    limit = max(MAX_HEADER_COLUMNS, 4 * len(manifest.features) + 100)
+    if columns > limit:
+        raise ValidationError(
+            f"the CSV header has {columns} columns; model {manifest.ref} accepts at most "
+            f"{limit} ({len(manifest.features)} features and other columns)",
+            details=[{"field": "header", "message": f"{columns} columns, at most {limit}"}])
+
+
 def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | None,
                options: JobOptions) -> Job:
     """Check a staged upload against the pinned model, store it, record and queue the job."""
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
+        check_header_width(fh, fmt, manifest)
         info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
                              options.id_column)
     job_id = new_job_id()
@@ -154,6 +176,7 @@ def submit_input_url(rt: Services, source: InputSource, options: JobOptions) -> 
     try:
         size = storage.size(url)
         with storage.open(url) as fh:
+            check_header_width(fh, fmt, manifest)
             info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column)
     except FileNotFoundError:
         raise InputNotFoundError(f"there is no file at input_url {url}") from None

@@ -16,7 +16,7 @@ import pandas as pd
 from shared.errors import ModelIntegrityError, ModelLoadError
 from shared.models.fastpredict import FastPath, compile_fast_path
 from shared.models.manifest import Manifest
-from shared.models.store import ModelStore, sha256_bytes
+from shared.models.store import ModelStore, describe_error, sha256_bytes
 from shared.models.validation import RowValidator
 from shared.models.versions import version_mismatches
 from shared.monitoring.metrics import record_model_loaded
@@ -97,7 +97,8 @@ def read_verified(store: ModelStore, manifest: Manifest) -> bytes:
     try:
         payload = path.read_bytes()
     except OSError as exc:
-        raise ModelLoadError(f"model {manifest.ref}: cannot read {path.name}: {exc}") from None
+        raise ModelLoadError(f"model {manifest.ref}: cannot read {path.name}: "
+                             f"{describe_error(exc)}") from None
     digest = sha256_bytes(payload)
     if digest != manifest.sha256:
         raise ModelIntegrityError(
@@ -112,17 +113,15 @@ def read_verified(store: ModelStore, manifest: Manifest) -> bytes:
 def load_model(store: ModelStore, name: str, version: int, threads: int = 1) -> LoadedModel:
     """Verify, unpickle and prepare one model version."""
     started = time.perf_counter()
-    try:
-        manifest = store.manifest(name, version)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"model {name}:{version}: unreadable manifest: {exc}") from None
+    manifest = store.manifest(name, version)  # ModelLoadError when unreadable
     payload = read_verified(store, manifest)
     for mismatch in version_mismatches(manifest.library_versions):
         logger.warning("model %s: %s", manifest.ref, mismatch)
     try:
         model = pickle.loads(payload)
     except Exception as exc:  # a corrupt pickle can raise anything
-        raise ModelLoadError(f"model {manifest.ref}: cannot unpickle: {exc}") from None
+        raise ModelLoadError(f"model {manifest.ref}: cannot unpickle: "
+                             f"{describe_error(exc)}") from None
     limit_threads(model, threads)
     seconds = time.perf_counter() - started
     logger.info("model %s: loaded in %.3f s", manifest.ref, seconds)

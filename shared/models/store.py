@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
+import os
 import pickle
 import re
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.errors import ModelNotFoundError, ValidationError
+from shared.errors import ModelLoadError, ModelNotFoundError, ValidationError
 from shared.models.manifest import Manifest, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+VERSION_RE = re.compile(r"[0-9]{1,9}")
 COMPRESS_ABOVE_BYTES = 1024 * 1024
+# The default model's name, beside the model directories; no model name can start with "_".
+DEFAULT_FILE = "_default.json"
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """Split 'NAME' or 'NAME:VERSION' into name and optional version."""
     name, _, version = ref.partition(":")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValidationError(f"invalid model name {name!r}")
     if not version:
         return name, None
-    if not version.isdigit():
+    if not VERSION_RE.fullmatch(version):
         raise ValidationError(f"invalid model version {version!r}: must be a positive integer")
     return name, int(version)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error's reason without the file path an OSError carries (answers must not show
+    the server's directories)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -45,6 +59,8 @@ class ModelStore:
         self.refresh_seconds = refresh_seconds
         self._listing: dict[str, list[int]] = {}
         self._listed_at = -1e18
+        self._default: str | None = None
+        self._default_read_at = -1e18
 
     def list_models(self, fresh: bool = False) -> dict[str, list[int]]:
         """Model names mapped to their versions (ascending); cached for refresh_seconds."""
@@ -59,31 +75,31 @@ class ModelStore:
         if not self.root.is_dir():
             return listing
         for model_dir in sorted(self.root.iterdir()):
-            if not model_dir.is_dir() or not NAME_RE.match(model_dir.name):
+            if not model_dir.is_dir() or not NAME_RE.fullmatch(model_dir.name):
                 continue
             versions = sorted(
                 int(v.name)
                 for v in model_dir.iterdir()
-                if v.name.isdigit() and (v / "manifest.json").is_file()
+                if VERSION_RE.fullmatch(v.name) and (v / "manifest.json").is_file()
             )
             if versions:
                 listing[model_dir.name] = versions
         return listing
 
     def resolve(self, ref: str | None, default: str | None = None) -> tuple[str, int]:
-        """Resolve a model reference (or the default) to a concrete (name, version)."""
-        listing = self.list_models()
-        ref = ref or default
+        """Resolve a model reference (or, without one, the default model) to a concrete
+        (name, version); `default` is the configured default (TABSERVE_DEFAULT_MODEL)."""
+        ref = ref or default or self.default_name()
         if ref is None:
-            if len(listing) == 1:
-                name = next(iter(listing))
-                return name, listing[name][-1]
+            listing = self.list_models()
             if not listing:
-                raise ModelNotFoundError(f"no models in {self.root}; run 'tabserve train'")
+                raise ModelNotFoundError("no models in the artifacts directory; run "
+                                         "'tabserve train'")
             raise ModelNotFoundError(
-                "several models exist and no default is set: pass ?model=NAME "
+                "several models exist and none is recorded as the default: pass ?model=NAME "
                 f"(one of {', '.join(sorted(listing))}) or set TABSERVE_DEFAULT_MODEL"
             )
+        listing = self.list_models()
         name, version = parse_ref(ref)
         versions = listing.get(name) or self.list_models(fresh=True).get(name)
         if not versions:
@@ -94,13 +110,82 @@ class ModelStore:
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         return name, version
 
+    def default_name(self) -> str | None:
+        """The name requests without ?model= get when TABSERVE_DEFAULT_MODEL is not set:
+        the one recorded in the artifacts directory, else the only model (recorded now, so
+        that adding a second model never changes it); None while there is no such name."""
+        recorded = self._recorded_default()
+        if recorded is not None:
+            return recorded
+        listing = self.list_models()
+        if len(listing) != 1:
+            return None
+        only = next(iter(listing))
+        return self.record_default(only)
+
+    def _recorded_default(self) -> str | None:
+        # Read at most once per refresh_seconds: requests without ?model= come here.
+        now = time.monotonic()
+        if self._default is None or now - self._default_read_at > self.refresh_seconds:
+            self._default = self._read_default()
+            self._default_read_at = now
+        return self._default
+
+    def _read_default(self) -> str | None:
+        try:
+            name = json.loads((self.root / DEFAULT_FILE).read_text())["name"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("%s unreadable (%s): no recorded default model", DEFAULT_FILE,
+                           describe_error(exc))
+            return None
+        return name if isinstance(name, str) and NAME_RE.fullmatch(name) else None
+
+    def record_default(self, name: str) -> str:
+        """Record `name` as the default model unless one is recorded already; the recorded
+        name. The first writer wins, across processes (a hard link never replaces a file)."""
+        tmp = self.root / f".{DEFAULT_FILE}.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps({"name": name}) + "\n")
+            os.link(tmp, self.root / DEFAULT_FILE)
+        except FileExistsError:
+            return self._read_default() or name
+        except OSError as exc:  # a read-only artifacts directory: serve it, unrecorded
+            if self._default != name:
+                logger.warning("default model %s not recorded: %s", name, describe_error(exc))
+            self._default = name
+            return name
+        finally:
+            tmp.unlink(missing_ok=True)
+        logger.info("default model: %s, recorded in %s", name, DEFAULT_FILE)
+        self._default = name
+        return name
+
     def version_dir(self, name: str, version: int) -> Path:
         """Directory of one model version."""
         return self.root / name / str(version)
 
     def manifest(self, name: str, version: int) -> Manifest:
-        """The manifest of one model version."""
-        return read_manifest(self.version_dir(name, version))
+        """The manifest of one model version; 503 (ModelLoadError) when it cannot be read."""
+        try:
+            return read_manifest(self.version_dir(name, version))
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or a field out of shape
+            raise ModelLoadError(f"model {name}:{version}: unreadable manifest: "
+                                 f"{describe_error(exc)}") from None
+
+    def catalog(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every model with its versions and latest manifest; apart, the models whose latest
+        manifest cannot be read (one bad directory does not hide the others)."""
+        models, unreadable = [], []
+        for name, versions in self.list_models(fresh=True).items():
+            try:
+                latest = self.manifest(name, versions[-1]).public()
+            except ModelLoadError as exc:
+                unreadable.append({"name": name, "version": versions[-1], "error": exc.message})
+                continue
+            models.append({"name": name, "versions": versions, "latest": latest})
+        return models, unreadable
 
     def next_version(self, name: str) -> int:
         """The version number a new artifact of this model gets."""
@@ -112,6 +197,8 @@ class ModelStore:
         name = manifest_fields["name"]
         parse_ref(name)
         self.root.mkdir(parents=True, exist_ok=True)
+        # The model that was the default stays so; the first model becomes it.
+        self.default_name()
         version = self.next_version(name)
         directory = self.version_dir(name, version)
         directory.mkdir(parents=True, exist_ok=False)
@@ -132,5 +219,6 @@ class ModelStore:
         )
         write_manifest(directory, manifest)
         self.list_models(fresh=True)
+        self.default_name()
         logger.info("model %s: saved version %d (%d bytes)", name, version, len(payload))
         return manifest

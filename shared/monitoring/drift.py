@@ -2,8 +2,8 @@
 
 Each process keeps a rolling window of recent rows per model version as bin indices in a
 ring buffer, with running per-bin counts, so observing a request costs a few vectorised
-operations. At most once per interval a process posts its window's counts to Redis and
-computes PSI over the sum of the windows that every process has posted lately
+operations. Once per interval, while it has new rows, a process posts its window's counts
+to Redis and computes PSI over the sum of the windows that every process has posted lately
 (SharedCounts), so all processes publish the same figure: one drift gauge for the service,
 not one per process taking turns.
 """
@@ -109,6 +109,7 @@ class DriftWindow:
     """A rolling window of binned rows for one model version, and its PSI per feature."""
 
     def __init__(self, manifest: Manifest, size: int) -> None:
+        self.manifest = manifest
         ref = manifest.reference or {}
         feats = ref.get("features", {})
         self.names = [f.name for f in manifest.features if f.name in feats]
@@ -239,8 +240,9 @@ class DriftTracker:
     """Windows per model version, fed off the request path.
 
     `observe` only appends the rows to a queue; a daemon thread of this process bins them
-    in batches every DRAIN_SECONDS, adds them to the model version's window and publishes
-    PSI at most once per interval, so a request pays for a deque append, not for binning.
+    in batches every DRAIN_SECONDS, adds them to the model version's window, and publishes
+    the PSI of each window with new rows once per interval, on its own timer: a request pays
+    for a deque append, not for binning, and a burst shorter than the interval shows.
     """
 
     DRAIN_SECONDS = 0.25
@@ -255,6 +257,7 @@ class DriftTracker:
         self._shared_failed = False
         self._windows: dict[str, DriftWindow] = {}
         self._last: dict[str, float] = {}
+        self._changed: set[str] = set()  # windows with rows not yet published
         self._pending: collections.deque[tuple[Manifest, Any, Any]] = collections.deque(
             maxlen=10_000)
         self._thread: threading.Thread | None = None
@@ -292,16 +295,19 @@ class DriftTracker:
 
     def drain(self) -> None:
         """Bin and add what is queued, then publish the windows that are due."""
+        self._add_pending()
+        self._publish_due(time.monotonic())
+
+    def _add_pending(self) -> None:
         batches: dict[str, list[tuple[Manifest, Any, Any]]] = {}
         while self._pending:
             item = self._pending.popleft()
             batches.setdefault(item[0].ref, []).append(item)
-        now = time.monotonic()
+        self._changed.update(batches)
         for ref, items in batches.items():
-            manifest = items[0][0]
             w = self._windows.get(ref)
             if w is None:
-                w = self._windows.setdefault(ref, DriftWindow(manifest, self.window))
+                w = self._windows.setdefault(ref, DriftWindow(items[0][0], self.window))
             raw = []
             for item in items:
                 if item[2] is _BINNED:  # binned by a job already
@@ -315,11 +321,18 @@ class DriftTracker:
                     X = np.concatenate([np.asarray(x, dtype=np.float64) for _, x, _ in raw])
                 labels = np.concatenate([np.asarray(y) for _, _, y in raw])
                 w.add(w.bin_rows(X, labels))
-            if now - self._last.get(ref, -1e18) >= self.interval:
-                self._last[ref] = now
-                scores = w.scores(*self._combined(ref, w))
-                if scores is not None:
-                    self.publish(manifest, *scores)
+
+    def _publish_due(self, now: float) -> None:
+        # On the timer, not on the next request: rows that came after a publish (or after
+        # one that found too few rows) show an interval later, whether or not traffic
+        # continues. An idle window is not posted again, so it leaves the shared sum.
+        for ref in [r for r in self._changed if now - self._last.get(r, -1e18) >= self.interval]:
+            self._changed.discard(ref)
+            self._last[ref] = now
+            w = self._windows[ref]
+            scores = w.scores(*self._combined(ref, w))
+            if scores is not None:
+                self.publish(w.manifest, *scores)
 
     def _combined(self, ref: str, w: DriftWindow) -> tuple[np.ndarray, int]:
         """The counts of every live process's window (this one's alone without Redis)."""

@@ -23,14 +23,23 @@ payload_logger = logging.getLogger("tabserve.payloads")
 
 
 def parse_json(raw: bytes) -> Any:
-    """Parse a JSON body; NaN/Infinity literals are let through for validation to name."""
+    """Parse a JSON body; NaN/Infinity literals are let through for validation to name.
+
+    Nesting deeper than orjson's limit and strings that are not Unicode (a lone surrogate
+    escape such as "\\ud800") are refused here, with a 400: the lenient fallback parser
+    would recurse until RecursionError, or let through text nothing can encode again.
+    """
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+    if "depth limit" in reason:
+        raise InvalidJSONError(f"request body nests arrays and objects too deeply: {reason}")
+    if "surrogate" in reason:
+        raise InvalidJSONError(f"request body has a string that is not valid Unicode: {reason}")
     try:
         return json.loads(raw, parse_constant=float)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidJSONError(f"request body is not valid JSON: {exc}") from None
 
 
