@@ -26,6 +26,7 @@ class Settings:
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     log_level: str = "INFO"
     chunk_rows: int = 25_000
+    max_line_bytes: int = 8 * 1024 * 1024  # the longest CSV row a job reads
     part_rows: int = 500_000
     worker_threads: int = 0
     job_ttl_seconds: int = 7 * 24 * 3600

@@ -3,6 +3,7 @@ the queue."""
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,8 @@ from shared.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
-from shared.jobs.inputs import InputFormat, InputInfo, inspect_input
+from shared.jobs.csvblocks import CsvDialect
+from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, inspect_input
 from shared.jobs.store import JobStore, new_job_id
 from shared.models.manifest import Manifest
 from shared.monitoring.metrics import JOBS_SUBMITTED
@@ -33,6 +35,11 @@ COPY_BYTES = 1024 * 1024
 CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
 PARQUET_TYPES = {"application/vnd.apache.parquet", "application/x-parquet",
                  "application/parquet"}
+DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
+# Encodings whose line ends, quotes and delimiters are the ASCII bytes (blocks are cut on
+# bytes): Python codec name -> the name a job records.
+ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "ascii": "utf-8", "cp1252": "cp1252",
+             "iso8859-1": "latin-1", "iso8859-15": "iso-8859-15"}
 
 
 class JobOptions(BaseModel):
@@ -45,11 +52,37 @@ class JobOptions(BaseModel):
     include_input: bool = False
     id_column: str | None = None
     on_error: Literal["fail", "skip"] = "fail"
+    delimiter: str | None = None
+    encoding: str = "utf-8"
 
-    @field_validator("id_column", "model")
+    @field_validator("id_column", "model", "delimiter")
     @classmethod
     def _non_empty(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str | None) -> str | None:
+        value = DELIMITER_NAMES.get(value.lower(), value) if value else None
+        if value is not None and value not in DELIMITERS:
+            raise ValueError("the delimiter must be one of , ; | or tab")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        try:
+            name = codecs.lookup(value).name
+        except LookupError:
+            name = ""
+        if name not in ENCODINGS:
+            raise ValueError("the encoding must be one of "
+                             + ", ".join(sorted(set(ENCODINGS.values()))))
+        return ENCODINGS[name]
+
+    def dialect(self, max_line_bytes: int) -> CsvDialect:
+        """The CSV dialect these options give (a comma unless the header says otherwise)."""
+        return CsvDialect(self.delimiter or ",", self.encoding, max_line_bytes)
 
 
 class InputSource(BaseModel):
@@ -132,7 +165,8 @@ def submit_job(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
         info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
-                             options.id_column)
+                             options.id_column, options.dialect(rt.settings.max_line_bytes),
+                             sniff=options.delimiter is None)
     job_id = new_job_id()
     key = f"jobs/{job_id}/input.{fmt}"
     storage.adopt(staged, key)
@@ -150,7 +184,9 @@ def submit_input_url(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any,
     try:
         size = storage.size(url)
         with storage.open(url) as fh:
-            info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column)
+            info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column,
+                                 options.dialect(rt.settings.max_line_bytes),
+                                 sniff=options.delimiter is None)
     except FileNotFoundError:
         raise InputNotFoundError(f"there is no file at input_url {url}") from None
     except PermissionError:
@@ -208,11 +244,13 @@ def _record_and_queue(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any
     opts = options.model_dump()
     opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
+    dialect = {"delimiter": info.dialect.delimiter, "encoding": info.dialect.encoding} \
+        if info.format == "csv" else {}
     fields = {
         "model": {"name": manifest.name, "version": manifest.version},
         "options": opts,
         "input": {**source, "format": info.format, "size_bytes": info.size_bytes,
-                  "columns": info.columns},
+                  "columns": info.columns, **dialect},
         "rows_total": info.rows_total,
         "bytes_total": info.size_bytes,
     }
