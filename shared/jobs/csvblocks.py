@@ -295,8 +295,7 @@ def parse_csv_block(block: Block, layout: CsvLayout,
                     start_row: int) -> tuple[pa.Table, list[BadRow]]:
     """Parse one block, setting aside rows with the wrong number of columns; on a value that
     does not convert, re-parse as text to locate it."""
-    data = pa.py_buffer(to_utf8(block.data, layout.dialect.encoding, block.start))
-    parser = _BlockParser(data, layout, block.multiline)
+    parser = _BlockParser(block, layout)
     try:
         table = parser.read(layout.column_types)
     except pa.ArrowInvalid as exc:
@@ -311,8 +310,9 @@ def parse_csv_block(block: Block, layout: CsvLayout,
 class _BlockParser:
     """pyarrow's multithreaded reader over one block, noting the rows it could not split."""
 
-    def __init__(self, data: pa.Buffer, layout: CsvLayout, multiline: bool) -> None:
-        self.data, self.layout, self.multiline = data, layout, multiline
+    def __init__(self, block: Block, layout: CsvLayout) -> None:
+        self.block, self.layout = block, layout
+        self.data = pa.py_buffer(to_utf8(block.data, layout.dialect.encoding, block.start))
         self.types = layout.column_types
         self.invalid: list[pacsv.InvalidRow] = []
 
@@ -330,12 +330,14 @@ class _BlockParser:
                                                    use_threads=threads, block_size=size),
                     parse_options=pacsv.ParseOptions(
                         delimiter=self.layout.dialect.delimiter,
-                        newlines_in_values=self.multiline, invalid_row_handler=self._note),
+                        newlines_in_values=self.block.multiline,
+                        invalid_row_handler=self._note),
                     convert_options=csv_convert_options(self.layout.names, types,
                                                         self.layout.columns))
             except pa.ArrowInvalid as exc:
                 if "straddling" not in str(exc) or size > self.data.size:
                     raise
+                _check_row_lengths(self.block, self.layout.dialect.max_line_bytes)
                 size = self.data.size + 1
 
     def _note(self, row: pacsv.InvalidRow) -> str:
@@ -347,6 +349,20 @@ class _BlockParser:
             self.read(self.types, threads=False)  # only one thread numbers the rows
         return [BadRow(r.number - 1, f"expected {r.expected_columns} columns, got "
                                      f"{r.actual_columns}") for r in self.invalid]
+
+
+def _check_row_lengths(block: Block, limit: int) -> None:
+    """Refuse a block holding a row longer than the limit (as read_blocks refuses a row that
+    does not fit in a block)."""
+    arr = np.frombuffer(block.data, dtype=np.uint8)
+    lines = np.flatnonzero(arr == 10)
+    ends = lines[(np.searchsorted(np.flatnonzero(arr == 34), lines) & 1) == 0] + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    longest = int(np.argmax(ends - starts)) if len(ends) else 0
+    if len(ends) and ends[longest] - starts[longest] > limit:
+        raise ValidationError(
+            f"the CSV row starting at byte {block.start + int(starts[longest])} is longer "
+            f"than the limit of {limit} bytes")
 
 
 def _short(exc: Exception) -> str:
