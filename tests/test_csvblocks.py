@@ -1,5 +1,6 @@
 """Row counts of CSV byte ranges (how a split job's parts number their rows) agree with the
-rows pyarrow reads from the same bytes: empty lines, CRLF, a last line without its end."""
+rows pyarrow reads from the same bytes: empty lines, CRLF, a last line without its end,
+quoted line breaks; blocks and parts are cut at record ends; bad rows keep their numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from shared.jobs import csvblocks
-from shared.jobs.csvblocks import count_csv_rows
+from shared.errors import ValidationError
+from shared.jobs import csvblocks, inputs
+from shared.jobs.csvblocks import (
+    CsvDialect,
+    count_csv_rows,
+    record_cut,
+    record_cuts,
+)
+from shared.jobs.inputs import iter_chunks
 
 PIECES = [b"1,2\n", b"\n", b"\r\n", b"3,4\r\n", b"5,6\n", b"\n\n", b"7,8\r\n\r\n"]
 
@@ -49,3 +57,95 @@ def test_parts_add_up_to_the_file():
     pairs = zip(cuts, cuts[1:], strict=False)
     total = sum(count_csv_rows(io.BytesIO(data), a, b) for a, b in pairs)
     assert total == _pyarrow_rows(data[4:])
+
+
+# Quoted values may hold line breaks, doubled quotes and delimiters: a line end inside one
+# is no record's end, for counting, cutting blocks and cutting parts alike.
+QUOTED = PIECES + [b'"x\ny",2\n', b'"a""\n\n""b",3\r\n', b'"\r\n",4\n', b'5,""\n', b'"",""\n']
+
+
+def _records(data: bytes) -> int:
+    """Rows pyarrow reads, quoted line breaks allowed."""
+    if not data.strip():
+        return 0
+    return pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(
+        column_names=["a", "b"]), parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types={"a": pa.string(),
+                                                           "b": pa.string()})).num_rows
+
+
+def _record_starts(data: bytes, start: int) -> list[int]:
+    starts, inside = [start], False
+    for i in range(start, len(data)):
+        inside ^= data[i] == 34
+        if data[i] == 10 and not inside:
+            starts.append(i + 1)
+    return starts
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 3, 7, 4 << 20])
+def test_quoted_count_matches_pyarrow_for_every_record_range(monkeypatch, block_bytes):
+    monkeypatch.setattr(csvblocks, "COUNT_BLOCK_BYTES", block_bytes)
+    rng = random.Random(block_bytes)
+    for _ in range(150):
+        data = b"a,b\n" + b"".join(rng.choice(QUOTED) for _ in range(rng.randint(0, 25)))
+        cuts = sorted(set(_record_starts(data, 4) + [len(data)]))
+        start, end = sorted(rng.sample(cuts, 2)) if len(cuts) > 1 else (4, len(data))
+        assert count_csv_rows(io.BytesIO(data), start, end) == _records(data[start:end]), (
+            data, start, end)
+
+
+@pytest.mark.parametrize("scan_bytes", [1, 5, 64, 8 << 20])
+def test_record_cuts_fall_on_record_starts_and_add_up(monkeypatch, scan_bytes):
+    monkeypatch.setattr(csvblocks, "SCAN_BLOCK_BYTES", scan_bytes)
+    rng = random.Random(scan_bytes)
+    for _ in range(60):
+        data = b"a,b\n" + b"".join(rng.choice(QUOTED) for _ in range(rng.randint(1, 60)))
+        cuts = record_cuts(io.BytesIO(data), 4, len(data), rng.randint(1, 40))
+        assert cuts[0] == 4 and cuts[-1] == len(data) and cuts == sorted(set(cuts))
+        assert set(cuts) <= set(_record_starts(data, 4) + [len(data)])
+        counted = sum(count_csv_rows(io.BytesIO(data), a, b) for a, b in zip(cuts, cuts[1:],
+                                                                            strict=False))
+        assert counted == _records(data[4:])
+
+
+def test_record_cut_ignores_line_ends_inside_quotes():
+    assert record_cut(b"1,2\n3,4", 7) == (4, False)
+    assert record_cut(b'1,"a\nb"\n3,"x\n', 13) == (8, True)
+    assert record_cut(b'"a\nb', 4) == (0, False)
+    assert record_cut(b'1,"a""b"\n2', 10) == (9, False)
+
+
+def _types() -> dict[str, pa.DataType]:
+    return {"a": pa.float64(), "b": pa.float64()}
+
+
+@pytest.mark.parametrize("block_bytes", [1, 16, 1 << 20])
+def test_blocks_keep_quoted_rows_whole_and_number_bad_rows(monkeypatch, block_bytes):
+    monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: block_bytes)
+    rows = [b'1,"x\ny",2\n', b"3\n", b'4,"q""\n",5\n', b"\n", b"6,7,8,9\n", b"10,,11\r\n"] * 40
+    data = b"a,note,b\n" + b"".join(rows)
+    chunks = list(iter_chunks(io.BytesIO(data), "csv", _types(), ["a", "note", "b"], 10))
+    values, bad = [], []
+    for chunk in chunks:
+        values += chunk.table.column("a").to_pylist()
+        bad += [(chunk.start_row + r.offset, r.reason) for r in chunk.bad_rows]
+    assert values == [1.0, 4.0, 10.0] * 40
+    assert bad[:2] == [(1, "expected 3 columns, got 1"), (3, "expected 3 columns, got 4")]
+    assert [row for row, _ in bad] == [r for i in range(40) for r in (5 * i + 1, 5 * i + 3)]
+    assert sum(c.span for c in chunks) == 200
+
+
+@pytest.mark.parametrize("block_bytes", [64, 1 << 20])
+def test_rows_longer_than_the_limit_are_refused_whatever_the_block(monkeypatch, block_bytes):
+    monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: block_bytes)
+    data = b"a,note,b\n1,x,2\n" + b'3,"' + b"y\n" * 600 + b'",4\n5,z,6\n'
+    columns = ["a", "note", "b"]
+    with pytest.raises(ValidationError, match="row starting at byte 15 is longer than the "
+                                              "limit of 1000 bytes"):
+        list(iter_chunks(io.BytesIO(data), "csv", _types(), columns, 1,
+                         dialect=CsvDialect(max_line_bytes=1000)))
+    chunks = list(iter_chunks(io.BytesIO(data), "csv", _types(), columns, 1,
+                              dialect=CsvDialect(max_line_bytes=1300)))
+    assert [v for c in chunks for v in c.table.column("a").to_pylist()] == [1.0, 3.0, 5.0]
+    assert chunks[-1].table.column("note").to_pylist()[-1] == "z"
