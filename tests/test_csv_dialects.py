@@ -119,6 +119,12 @@ def test_wrong_delimiter_is_refused_with_a_hint(api_server, frame):
     assert "one column when split at commas" in message and "delimiter option" in message
 
 
+def test_utf16_is_refused_saying_so(api_server, frame):
+    r = submit(api_server.url, pandas_csv(frame.iloc[:5], sep="\t", encoding="utf-16"), "csv")
+    assert r.status_code == 400, r.text
+    assert "UTF-16" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("options,field", [({"delimiter": "x"}, "delimiter"),
                                            ({"encoding": "utf-16"}, "encoding"),
                                            ({"encoding": "no-such-codec"}, "encoding")])
@@ -126,6 +132,28 @@ def test_bad_dialect_options_are_422(api_server, frame, options, field):
     r = submit(api_server.url, pandas_csv(frame), "csv", **options)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["details"][0]["field"] == field
+
+
+def test_decimal_commas_are_refused_then_scored_with_the_decimal_option(api_server, worker,
+                                                                       frame, model):
+    data = pandas_csv(frame, sep=";", decimal=",")  # what Excel writes in much of Europe
+    r = submit(api_server.url, data, "csv")
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert "column 'mean radius' holds '17,99'" in error["message"]
+    assert "decimal=," in error["message"] and error["details"][0]["field"] == "mean radius"
+    _, result = scored(api_server, data, decimal=",", id_column="customer")
+    assert_rows_match(result, frame, model)
+    bad = frame.iloc[:50].copy()
+    bad["mean area"] = bad["mean area"].map(lambda v: f"{v:.3f}".replace(".", ","))
+    bad.loc[7, "mean area"] = "lots"  # the chunk is read as text: commas still read
+    bad_csv = pandas_csv(bad, sep=";", decimal=",")
+    assert b";1001,000;" in bad_csv
+    _, result = scored(api_server, bad_csv, decimal=",", on_error="skip")
+    kept = frame.iloc[:50].drop(index=7).assign(**{"mean area": bad["mean area"].drop(
+        index=7).str.replace(",", ".").astype(float)})
+    assert result["row"].tolist() == [i for i in range(50) if i != 7]
+    np.testing.assert_array_equal(result["probability_1"], expected_proba(model, kept))
 
 
 def test_cp1252_file_is_refused_then_scored_with_its_encoding(api_server, worker, frame,

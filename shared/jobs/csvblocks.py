@@ -10,6 +10,7 @@ from typing import IO, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from shared.errors import BadRequestError, ValidationError
@@ -29,11 +30,13 @@ NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 @dataclass(frozen=True)
 class CsvDialect:
     """How a CSV file is written: its delimiter, its text encoding (ASCII-compatible, so line
-    ends and quotes are the same bytes whatever it is) and the longest row allowed."""
+    ends and quotes are the same bytes whatever it is), the longest row allowed, and the
+    decimal mark of its numbers."""
 
     delimiter: str = ","
     encoding: str = "utf-8"
     max_line_bytes: int = MAX_LINE_BYTES
+    decimal: str = "."
 
 
 PLAIN = CsvDialect()
@@ -268,12 +271,12 @@ def _read_into(fh: IO[bytes], view: memoryview) -> int:
 
 
 def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
-                        columns: list[str]) -> pacsv.ConvertOptions:
+                        columns: list[str], decimal: str = ".") -> pacsv.ConvertOptions:
     """Parse features into their Arrow types and every other kept column as text."""
     types = {n: column_types.get(n, pa.string()) for n in columns}
     return pacsv.ConvertOptions(column_types=types, include_columns=columns,
                                 null_values=NULL_VALUES, strings_can_be_null=True,
-                                quoted_strings_can_be_null=False)
+                                quoted_strings_can_be_null=False, decimal_point=decimal)
 
 
 @dataclass(frozen=True)
@@ -306,8 +309,19 @@ def parse_csv_block(block: Block, layout: CsvLayout,
             raise ValidationError(f"CSV parse error after row {start_row}: "
                                   f"{_short(exc)}") from None
         # Some value is not of its column's type: read as text, let validation name the rows.
-        table = parser.read({})
+        table = _decimal_points(parser.read({}), layout)
     return table, parser.bad_rows()
+
+
+def _decimal_points(table: pa.Table, layout: CsvLayout) -> pa.Table:
+    """Numbers read as text with decimal points, as validation reads them."""
+    if layout.dialect.decimal == ".":
+        return table
+    for name, dtype in layout.column_types.items():
+        if pa.types.is_floating(dtype) and name in table.column_names:
+            column = pc.replace_substring(table.column(name), layout.dialect.decimal, ".")
+            table = table.set_column(table.column_names.index(name), name, column)
+    return table
 
 
 class _BlockParser:
@@ -336,7 +350,8 @@ class _BlockParser:
                         newlines_in_values=self.block.multiline,
                         invalid_row_handler=self._note),
                     convert_options=csv_convert_options(self.layout.names, types,
-                                                        self.layout.columns))
+                                                        self.layout.columns,
+                                                        self.layout.dialect.decimal))
             except pa.ArrowInvalid as exc:
                 if "straddling" not in str(exc) or size > self.data.size:
                     raise

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared.errors import BadRequestError, ValidationError
+from shared.errors import BadRequestError, TabserveError, ValidationError
 from shared.jobs.csvblocks import (
     PLAIN,
     SNIFF_BYTES,
     BadRow,
+    Block,
     CsvDialect,
     CsvLayout,
     csv_block_bytes,
@@ -29,6 +31,7 @@ from shared.jobs.csvblocks import (
     parse_csv_block,
     read_blocks,
     read_header,
+    record_cut,
     record_cuts,
 )
 from shared.models.schema import FeatureSpec, Schema
@@ -38,6 +41,7 @@ DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "pipes"}
 # A chunk's text is read whole: a file whose rows look long (a long first row) still gets
 # blocks of a bounded size.
 MAX_BLOCK_BYTES = 64 << 20
+DECIMAL_COMMA = r"^\s*[-+]?[0-9]*,[0-9]+\s*$"
 
 
 @dataclass
@@ -89,6 +93,9 @@ def inspect_input(fh: IO[bytes], size: int, fmt: InputFormat, schema: Schema,
     else:
         info = _inspect_csv(fh, size, dialect, wanted if sniff else None)
     _check_columns(info.columns, schema, id_column, _delimiter_hint(info))
+    if fmt == "csv":
+        _check_decimal_marks(fh, info, [f.name for f in schema.features
+                                        if f.type in ("number", "integer")])
     return info
 
 
@@ -129,6 +136,9 @@ def _inspect_csv(fh: IO[bytes], size: int, dialect: CsvDialect,
                  wanted: set[str] | None) -> InputInfo:
     fh.seek(0)
     head = fh.read(SNIFF_BYTES)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BadRequestError("the uploaded file is UTF-16 text (Excel's \"Unicode text\"): "
+                              "save it as CSV UTF-8")
     if b"\x00" in head:
         raise BadRequestError("the uploaded file is binary, not CSV text")
     _check_encoding(head, dialect.encoding)
@@ -170,6 +180,31 @@ def _sniff_delimiter(header: bytes, dialect: CsvDialect, wanted: set[str]) -> Cs
         if found == len(wanted):
             break
     return best
+
+
+def _check_decimal_marks(fh: IO[bytes], info: InputInfo, numeric: list[str]) -> None:
+    """Refuse numbers written with a decimal comma unless the decimal option says so: every
+    row would fail."""
+    if info.dialect.decimal != "." or not numeric:
+        return
+    start = len(read_header(fh, info.dialect.max_line_bytes))
+    head = fh.read(SNIFF_BYTES)
+    cut, multiline = record_cut(head, len(head)) if len(head) == SNIFF_BYTES else (
+        len(head), b'"' in head)
+    layout = CsvLayout(info.columns, {}, numeric, info.dialect)
+    try:
+        table, _ = parse_csv_block(Block(memoryview(head)[:cut], start + cut, multiline),
+                                   layout, 0)
+    except (TabserveError, pa.ArrowException):
+        return  # the rows are checked one by one when the job runs
+    for name in numeric:
+        hits = pc.fill_null(pc.match_substring_regex(table.column(name), DECIMAL_COMMA), False)
+        if pc.any(hits).as_py():
+            value = table.column(name).filter(hits)[0].as_py()
+            raise ValidationError(
+                f"column {name!r} holds {value!r}, a number with a decimal comma: send "
+                "decimal=, to read such numbers (or write the file with decimal points)",
+                details=[{"field": name, "message": "decimal comma"}])
 
 
 def _delimiter_hint(info: InputInfo) -> str:

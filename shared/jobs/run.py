@@ -201,7 +201,7 @@ def _row_error(first: RowError, count: int) -> RowsRejectedError:
 def dialect_of(source: dict[str, Any], settings: Any) -> CsvDialect:
     """The CSV dialect a job's input was accepted with (records before it: plain CSV)."""
     return CsvDialect(source.get("delimiter") or ",", source.get("encoding") or "utf-8",
-                      settings.max_line_bytes)
+                      settings.max_line_bytes, source.get("decimal") or ".")
 
 
 def _empty_output(loaded: Any, id_column: str | None) -> pa.Table:

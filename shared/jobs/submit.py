@@ -54,6 +54,7 @@ class JobOptions(BaseModel):
     on_error: Literal["fail", "skip"] = "fail"
     delimiter: str | None = None
     encoding: str = "utf-8"
+    decimal: Literal[".", ","] = "."
 
     @field_validator("id_column", "model", "delimiter")
     @classmethod
@@ -82,7 +83,7 @@ class JobOptions(BaseModel):
 
     def dialect(self, max_line_bytes: int) -> CsvDialect:
         """The CSV dialect these options give (a comma unless the header says otherwise)."""
-        return CsvDialect(self.delimiter or ",", self.encoding, max_line_bytes)
+        return CsvDialect(self.delimiter or ",", self.encoding, max_line_bytes, self.decimal)
 
 
 class InputSource(BaseModel):
@@ -244,8 +245,8 @@ def _record_and_queue(rt: Runtime, jobs: JobStore, storage: Storage, celery: Any
     opts = options.model_dump()
     opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
-    dialect = {"delimiter": info.dialect.delimiter, "encoding": info.dialect.encoding} \
-        if info.format == "csv" else {}
+    dialect = {"delimiter": info.dialect.delimiter, "encoding": info.dialect.encoding,
+               "decimal": info.dialect.decimal} if info.format == "csv" else {}
     fields = {
         "model": {"name": manifest.name, "version": manifest.version},
         "options": opts,
