@@ -261,6 +261,17 @@ def test_many_chunks_with_quoted_line_breaks(api_server, worker, customer_frame,
     assert_rows_match(result, rows, model)
 
 
+def test_stray_quotes_of_hand_written_files_are_text(api_server, worker, customer_frame,
+                                                      model):
+    rows = noted(customer_frame, 25_000)  # two chunks
+    rows["note"] = [['12" pipe', "plain", '5"', 'say "hi"'][i % 4] for i in range(len(rows))]
+    data = rows.to_csv(index=False, quoting=csv.QUOTE_NONE, quotechar="'").encode()
+    assert b'\nc00000,12" pipe,' in data
+    _, result = scored(api_server, data, id_column="customer", include_input="true")
+    assert_rows_match(result, rows, model)
+    assert result["note"].tolist() == rows["note"].tolist()
+
+
 def test_split_job_over_quoted_line_breaks(split_stack, customer_frame, model):  # noqa: F811
     api, _, _ = split_stack
     n = 60_000

@@ -12,13 +12,9 @@ import pyarrow.csv as pacsv
 import pytest
 
 from shared.errors import ValidationError
-from shared.jobs import csvblocks, inputs
-from shared.jobs.csvblocks import (
-    CsvDialect,
-    count_csv_rows,
-    record_cut,
-    record_cuts,
-)
+from shared.jobs import csvrecords, inputs
+from shared.jobs.csvblocks import CsvDialect
+from shared.jobs.csvrecords import count_csv_rows, record_cut, record_cuts
 from shared.jobs.inputs import iter_chunks
 
 PIECES = [b"1,2\n", b"\n", b"\r\n", b"3,4\r\n", b"5,6\n", b"\n\n", b"7,8\r\n\r\n"]
@@ -36,7 +32,7 @@ def _pyarrow_rows(data: bytes) -> int:
 @pytest.mark.parametrize("pieces", [PIECES, [p for p in PIECES if b"\r" not in p]])
 @pytest.mark.parametrize("block_bytes", [1, 2, 3, 5, 64, 4 << 20])
 def test_count_matches_pyarrow_for_every_line_start_range(monkeypatch, block_bytes, pieces):
-    monkeypatch.setattr(csvblocks, "COUNT_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(csvrecords, "COUNT_BLOCK_BYTES", block_bytes)
     rng = random.Random(block_bytes)
     for _ in range(150):
         body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
@@ -85,7 +81,7 @@ def _record_starts(data: bytes, start: int) -> list[int]:
 
 @pytest.mark.parametrize("block_bytes", [1, 2, 3, 7, 4 << 20])
 def test_quoted_count_matches_pyarrow_for_every_record_range(monkeypatch, block_bytes):
-    monkeypatch.setattr(csvblocks, "COUNT_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(csvrecords, "COUNT_BLOCK_BYTES", block_bytes)
     rng = random.Random(block_bytes)
     for _ in range(150):
         data = b"a,b\n" + b"".join(rng.choice(QUOTED) for _ in range(rng.randint(0, 25)))
@@ -97,7 +93,7 @@ def test_quoted_count_matches_pyarrow_for_every_record_range(monkeypatch, block_
 
 @pytest.mark.parametrize("scan_bytes", [1, 5, 64, 8 << 20])
 def test_record_cuts_fall_on_record_starts_and_add_up(monkeypatch, scan_bytes):
-    monkeypatch.setattr(csvblocks, "SCAN_BLOCK_BYTES", scan_bytes)
+    monkeypatch.setattr(csvrecords, "SCAN_BLOCK_BYTES", scan_bytes)
     rng = random.Random(scan_bytes)
     for _ in range(60):
         data = b"a,b\n" + b"".join(rng.choice(QUOTED) for _ in range(rng.randint(1, 60)))
@@ -149,3 +145,38 @@ def test_rows_longer_than_the_limit_are_refused_whatever_the_block(monkeypatch, 
                               dialect=CsvDialect(max_line_bytes=1300)))
     assert [v for c in chunks for v in c.table.column("a").to_pylist()] == [1.0, 3.0, 5.0]
     assert chunks[-1].table.column("note").to_pylist()[-1] == "z"
+
+
+# Quotes where RFC 4180 puts none: pyarrow reads them as text (a quote opens a value only at
+# a field's start), and so must the block cutter.
+STRAY = [b'1,12" pipe\n', b'x"y,2\n', b'"ab"c,3\n', b'"a\nb"x,4\n', b'5,"""\n"""\n', b'a""b,6\n']
+
+
+def _pyarrow_rows_of(data: bytes) -> list[tuple]:
+    table = pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(
+        newlines_in_values=True), convert_options=pacsv.ConvertOptions(
+        column_types={"a": pa.string(), "b": pa.string()}))
+    return list(zip(table.column("a").to_pylist(), table.column("b").to_pylist(), strict=True))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 9, 64, 1 << 20])
+def test_blocks_read_what_pyarrow_reads_whole(monkeypatch, block_bytes):
+    monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: block_bytes)
+    rng = random.Random(block_bytes)
+    pieces = [p for p in QUOTED if p.strip()] + STRAY
+    for _ in range(80):
+        data = b"a,b\n" + b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        got = []
+        for chunk in iter_chunks(io.BytesIO(data), "csv", {}, ["a", "b"], 1):
+            assert not chunk.bad_rows, data
+            got += zip(chunk.table.column("a").to_pylist(), chunk.table.column("b").to_pylist(),
+                       strict=True)
+        assert got == _pyarrow_rows_of(data), data
+
+
+def test_stray_quotes_keep_a_file_in_one_part():
+    data = b"a,b\n" + b"1,2\n" * 50 + b'1,12" pipe\n' + b"3,4\n" * 50
+    assert record_cuts(io.BytesIO(data), 4, len(data), 20) == [4, len(data)]
+    rfc = b"a,b\n" + b'1,"2\n"\n' * 100
+    assert len(record_cuts(io.BytesIO(rfc), 4, len(rfc), 20)) > 10
+    assert record_cut(b'1,12" pipe\n2,x\n3', 16) == (15, False)

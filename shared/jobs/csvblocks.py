@@ -1,5 +1,6 @@
-"""CSV text in blocks: the header, line-aligned byte blocks parsed by pyarrow's
-multithreaded reader, and row counts of byte ranges (for jobs split into parts)."""
+"""CSV text in blocks: the dialect, the header, byte blocks cut at record ends (see
+shared.jobs.csvrecords) parsed by pyarrow's multithreaded reader, rows it cannot split set
+aside with their numbers."""
 
 from __future__ import annotations
 
@@ -14,13 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from shared.errors import BadRequestError, ValidationError
+from shared.jobs.csvrecords import line_ends, read_into, record_cut
 
 SNIFF_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024
-# Counted a block at a time: 256 KiB keeps the block and its masks in L2 (583 MB of CSV in
-# ~0.20 s here; 4 MiB blocks and an index of every line end took ~0.29 s)
-COUNT_BLOCK_BYTES = 256 << 10
-SCAN_BLOCK_BYTES = 8 << 20
 # 1 MiB parse blocks: enough units for every core (measured faster than 4 or 16 MiB); a
 # block holding a longer row is parsed as one unit.
 PARSE_BLOCK_BYTES = 1 << 20
@@ -83,110 +81,6 @@ def to_utf8(data: bytes | memoryview, encoding: str, offset: int) -> bytes | mem
                               ) from None
 
 
-def record_cut(buf: bytes | bytearray, end: int) -> tuple[int, bool]:
-    """Where the last whole record in buf[:end] ends (0: none), and whether a line end
-    before it falls inside a quoted value. buf must start at a record's start.
-
-    A line end ends a record when an even number of quotes comes before it: RFC 4180
-    doubles a quote inside a quoted value, so the count is odd exactly inside one.
-    Blocks without a quote (one memchr) take the plain cut.
-    """
-    if buf.find(b'"', 0, end) < 0:
-        return buf.rfind(b"\n", 0, end) + 1, False
-    arr = np.frombuffer(buf, dtype=np.uint8, count=end)
-    lines = np.flatnonzero(arr == 10)
-    inside = np.searchsorted(np.flatnonzero(arr == 34), lines) & 1
-    ends = lines[inside == 0]
-    if not len(ends):
-        return 0, False
-    return int(ends[-1]) + 1, bool(inside[:np.searchsorted(lines, ends[-1])].any())
-
-
-def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
-    """Rows in CSV bytes [start, end) as pyarrow counts them: records, less empty ones.
-    start must be a record's start.
-
-    NumPy finds the line ends (passes that release the GIL, so a part counting its range in
-    a thread barely slows its own scoring); a line end right after another ends an empty
-    line, as does one after "\n\r" (looked for only in blocks that hold a carriage return).
-    In blocks that hold a quote, line ends inside quoted values are left out.
-    """
-    fh.seek(start)
-    rows = odd = 0
-    # buf[:2] holds the two bytes before each block: those before `start` end a line.
-    buf = bytearray(2 + min(COUNT_BLOCK_BYTES, max(end - start, 1)))
-    buf[:2] = b"x\n"
-    is_end, after_end = np.empty(len(buf), dtype=bool), np.empty(len(buf), dtype=bool)
-    remaining = end - start
-    while remaining > 0:
-        n = _read_into(fh, memoryview(buf)[2:2 + min(len(buf) - 2, remaining)])
-        if n == 0:
-            break
-        arr = np.frombuffer(buf, dtype=np.uint8, count=n + 2)
-        ends = np.equal(arr, 10, out=is_end[:n + 2])
-        if buf.find(b'"', 2, n + 2) >= 0 or odd:
-            counted, odd = _count_quoted(arr, ends, odd)
-            rows += counted
-        elif buf.find(b"\r", 0, n + 2) < 0:  # line feeds only: reused buffers, in cache
-            empty = np.count_nonzero(np.logical_and(ends[2:], ends[1:-1], out=after_end[:n]))
-            rows += int(np.count_nonzero(ends[2:])) - int(empty)
-        else:
-            rows += _count_lines(arr, np.flatnonzero(ends[2:]) + 2)
-        buf[:2] = buf[n:n + 2]
-        remaining -= n
-    last = bytes(buf[:2])
-    if (last[-1:] != b"\n" or odd) and last.strip():
-        rows += 1  # a last line without a line end
-    return rows
-
-
-def _count_lines(arr: np.ndarray, at: np.ndarray) -> int:
-    """Records ending at the line ends `at`, less the empty ones."""
-    before = arr[at - 1]
-    empty = np.count_nonzero((before == 10) | ((before == 13) & (arr[at - 2] == 10)))
-    return len(at) - int(empty)
-
-
-def _count_quoted(arr: np.ndarray, ends: np.ndarray, odd: int) -> tuple[int, int]:
-    """_count_lines over the line ends outside quoted values; the quote parity after."""
-    at = np.flatnonzero(ends[2:]) + 2
-    quotes = np.flatnonzero(arr[2:] == 34) + 2
-    inside = (np.searchsorted(quotes, at) + odd) & 1
-    return _count_lines(arr, at[inside == 0]), (odd + len(quotes)) & 1
-
-
-def record_cuts(fh: IO[bytes], start: int, size: int, step: int) -> list[int]:
-    """Record starts about step bytes apart, from start (a record's start) to size: each
-    cut is the first record end at or after step bytes past the one before.
-
-    One pass over the file, since only the quotes before a line end tell whether it ends a
-    record; a block without a quote costs a memchr.
-    """
-    cuts, odd, pos = [start], 0, start
-    target = start + step
-    fh.seek(start)
-    while target < size:
-        block = fh.read(SCAN_BLOCK_BYTES)
-        if not block:
-            break
-        if block.find(b'"') < 0:  # parity unchanged; line ends are record ends if even
-            while not odd and target < size and (
-                    i := block.find(b"\n", max(target - pos, 0))) >= 0:
-                cuts.append(pos + i + 1)
-                target = cuts[-1] + step
-        else:
-            arr = np.frombuffer(block, dtype=np.uint8)
-            lines = np.flatnonzero(arr == 10)
-            quotes = np.flatnonzero(arr == 34)
-            ends = lines[((np.searchsorted(quotes, lines) + odd) & 1) == 0] + 1 + pos
-            odd = (odd + len(quotes)) & 1
-            while target < size and (at := np.searchsorted(ends, target)) < len(ends):
-                cuts.append(int(ends[at]))
-                target = cuts[-1] + step
-        pos += len(block)
-    return [c for c in cuts if c < size] + [size]
-
-
 def csv_block_bytes(fh: IO[bytes], chunk_rows: int) -> int:
     """Bytes per CSV block so that a block holds about chunk_rows rows."""
     fh.seek(0)
@@ -211,7 +105,7 @@ class Block(NamedTuple):
 
 
 def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
-                max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Block]:
+                dialect: CsvDialect = PLAIN) -> Iterator[Block]:
     """Blocks of about block_bytes (up to `limit` bytes in all), each ending at a record's
     end (a line end outside quoted values); fh must be at a record's start.
 
@@ -220,7 +114,7 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
     """
     carry = b""
     offset = fh.tell()
-    left = limit
+    left, max_line_bytes, delimiter = limit, dialect.max_line_bytes, dialect.delimiter
     while True:
         # a record longer than a block: read as much again as is carried, not block by block
         want = max(block_bytes, len(carry))
@@ -228,7 +122,7 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
         buf = bytearray(len(carry) + want)
         buf[: len(carry)] = carry
         view = memoryview(buf)
-        got = _read_into(fh, view[len(carry):]) if want else 0
+        got = read_into(fh, view[len(carry):]) if want else 0
         if left is not None:
             left -= got
         end = len(carry) + got
@@ -237,7 +131,7 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
             if carry.strip():
                 yield Block(view[:end], offset, b'"' in carry)
             return
-        cut, multiline = record_cut(buf, end)
+        cut, multiline = record_cut(buf, end, delimiter)
         if cut == 0:
             if end > max_line_bytes:
                 raise ValidationError(
@@ -251,23 +145,6 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
             del buf, view  # only the yielded block keeps the buffer alive
             yield block
             del block
-
-
-def _read_into(fh: IO[bytes], view: memoryview) -> int:
-    """Fill view from fh as far as the file allows."""
-    total = 0
-    readinto = getattr(fh, "readinto", None)
-    while total < len(view):
-        if readinto is not None:
-            n = readinto(view[total:])
-        else:
-            data = fh.read(len(view) - total)
-            n = len(data)
-            view[total:total + n] = data
-        if not n:
-            break
-        total += n
-    return total
 
 
 def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
@@ -337,7 +214,7 @@ class _BlockParser:
         self.types = types
         size = PARSE_BLOCK_BYTES
         if self.layout.dialect.max_line_bytes < size:  # pyarrow would not see a long row
-            _check_row_lengths(self.block, self.layout.dialect.max_line_bytes)
+            _check_row_lengths(self.block, self.layout.dialect)
         while True:
             self.invalid.clear()
             try:
@@ -355,7 +232,7 @@ class _BlockParser:
             except pa.ArrowInvalid as exc:
                 if "straddling" not in str(exc) or size > self.data.size:
                     raise
-                _check_row_lengths(self.block, self.layout.dialect.max_line_bytes)
+                _check_row_lengths(self.block, self.layout.dialect)
                 size = self.data.size + 1
 
     def _note(self, row: pacsv.InvalidRow) -> str:
@@ -369,18 +246,17 @@ class _BlockParser:
                                      f"{r.actual_columns}") for r in self.invalid]
 
 
-def _check_row_lengths(block: Block, limit: int) -> None:
+def _check_row_lengths(block: Block, dialect: CsvDialect) -> None:
     """Refuse a block holding a row longer than the limit (as read_blocks refuses a row that
     does not fit in a block)."""
-    arr = np.frombuffer(block.data, dtype=np.uint8)
-    lines = np.flatnonzero(arr == 10)
-    ends = lines[(np.searchsorted(np.flatnonzero(arr == 34), lines) & 1) == 0] + 1
+    lines, inside = line_ends(np.frombuffer(block.data, dtype=np.uint8), dialect.delimiter)
+    ends = lines[~inside] + 1
     starts = np.concatenate([[0], ends[:-1]])
     longest = int(np.argmax(ends - starts)) if len(ends) else 0
-    if len(ends) and ends[longest] - starts[longest] > limit:
+    if len(ends) and ends[longest] - starts[longest] > dialect.max_line_bytes:
         raise ValidationError(
             f"the CSV row starting at byte {block.start + int(starts[longest])} is longer "
-            f"than the limit of {limit} bytes")
+            f"than the limit of {dialect.max_line_bytes} bytes")
 
 
 def _short(exc: Exception) -> str:

@@ -31,9 +31,8 @@ from shared.jobs.csvblocks import (
     parse_csv_block,
     read_blocks,
     read_header,
-    record_cut,
-    record_cuts,
 )
+from shared.jobs.csvrecords import record_cut, record_cuts
 from shared.models.schema import FeatureSpec, Schema
 
 InputFormat = Literal["csv", "parquet"]
@@ -243,8 +242,10 @@ class Part:
     first_row: int = 0
 
 
-def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int) -> list[Part]:
-    """Cut a file into parts of about part_rows rows (one part when it is small)."""
+def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int,
+               dialect: CsvDialect = PLAIN) -> list[Part]:
+    """Cut a file into parts of about part_rows rows (one part when it is small, or a CSV
+    file that quotes otherwise than RFC 4180)."""
     if fmt == "parquet":
         meta = pq.ParquetFile(fh).metadata
         parts: list[Part] = []
@@ -258,7 +259,7 @@ def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int) -> list[Part]:
     header = read_header(fh)
     size = fh.seek(0, io.SEEK_END)
     part_bytes = max(csv_block_bytes(fh, part_rows), 1 << 20)
-    cuts = record_cuts(fh, len(header), size, part_bytes)
+    cuts = record_cuts(fh, len(header), size, part_bytes, dialect.delimiter)
     return [Part(i, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
 
 
@@ -302,7 +303,7 @@ def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
     start = part.first_row if part else 0
     fh.seek(part.start if part else len(header))
     limit = part.end - part.start if part else None
-    for block in read_blocks(fh, block_bytes, limit, dialect.max_line_bytes):
+    for block in read_blocks(fh, block_bytes, limit, dialect):
         table, bad = parse_csv_block(block, layout, start)
         chunk = Chunk(start, table, block.offset, bad)
         del block  # the text is parsed: let its buffer go before the chunk is consumed

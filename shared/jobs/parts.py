@@ -19,10 +19,18 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from shared.jobs.csvblocks import count_csv_rows
+from shared.jobs.csvrecords import count_csv_rows
 from shared.jobs.inputs import Part, plan_parts
 from shared.jobs.queue import send_score_part
-from shared.jobs.run import JobOutcome, JobRun, JobStopped, error_of, fail_job, score_range
+from shared.jobs.run import (
+    JobOutcome,
+    JobRun,
+    JobStopped,
+    dialect_of,
+    error_of,
+    fail_job,
+    score_range,
+)
 from shared.jobs.store import JobStore
 from shared.monitoring.metrics import record_job_finished
 from shared.monitoring.predictions import JOB_KEY
@@ -44,7 +52,8 @@ def split_job(rt: Runtime, jobs: JobStore, storage: Storage, rec: dict[str, Any]
     if rt.settings.part_rows <= 0 or jobs.counts()["workers"] < 2:
         return False
     with storage.open(rec["input"]["key"]) as fh:
-        parts = plan_parts(fh, rec["input"]["format"], rt.settings.part_rows)
+        parts = plan_parts(fh, rec["input"]["format"], rt.settings.part_rows,
+                           dialect_of(rec["input"], rt.settings))
     if len(parts) < 2:
         return False
     job_id = rec["id"]
