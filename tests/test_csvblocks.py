@@ -180,3 +180,12 @@ def test_stray_quotes_keep_a_file_in_one_part():
     rfc = b"a,b\n" + b'1,"2\n"\n' * 100
     assert len(record_cuts(io.BytesIO(rfc), 4, len(rfc), 20)) > 10
     assert record_cut(b'1,12" pipe\n2,x\n3', 16) == (15, False)
+
+
+def test_text_in_another_encoding_past_the_sniffed_head_is_a_clear_error():
+    data = b"a,b\n" + b"1,x\n" * 10 + "café,2\n".encode("cp1252")
+    with pytest.raises(ValidationError, match="not utf-8 text there .send the encoding"):
+        list(iter_chunks(io.BytesIO(data), "csv", {"b": pa.float64()}, ["a", "b"], 100))
+    chunks = list(iter_chunks(io.BytesIO(data), "csv", {"b": pa.float64()}, ["a", "b"], 100,
+                              dialect=CsvDialect(encoding="cp1252")))
+    assert chunks[0].table.column("a").to_pylist()[-1] == "café"

@@ -180,13 +180,18 @@ def parse_csv_block(block: Block, layout: CsvLayout,
     does not convert, re-parse as text to locate it."""
     parser = _BlockParser(block, layout)
     try:
-        table = parser.read(layout.column_types)
+        try:
+            table = parser.read(layout.column_types)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc).lower():
+                raise
+            # A value is not of its column's type: read as text, let validation name the rows.
+            table = _decimal_points(parser.read({}), layout)
     except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc).lower():
-            raise ValidationError(f"CSV parse error after row {start_row}: "
-                                  f"{_short(exc)}") from None
-        # Some value is not of its column's type: read as text, let validation name the rows.
-        table = _decimal_points(parser.read({}), layout)
+        hint = (f": the file is not {layout.dialect.encoding} text there (send the "
+                "encoding option)" if "invalid UTF8" in str(exc) else "")
+        raise ValidationError(f"CSV parse error after row {start_row}: "
+                              f"{_short(exc)}{hint}") from None
     return table, parser.bad_rows()
 
 
