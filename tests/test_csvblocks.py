@@ -189,3 +189,12 @@ def test_text_in_another_encoding_past_the_sniffed_head_is_a_clear_error():
     chunks = list(iter_chunks(io.BytesIO(data), "csv", {"b": pa.float64()}, ["a", "b"], 100,
                               dialect=CsvDialect(encoding="cp1252")))
     assert chunks[0].table.column("a").to_pylist()[-1] == "café"
+
+
+def test_a_line_break_in_a_quoted_column_name_is_refused():
+    from shared.errors import BadRequestError
+    from shared.jobs.csvblocks import read_header
+
+    with pytest.raises(BadRequestError, match="unclosed quote"):
+        read_header(io.BytesIO(b'a,"b\nc"\n1,2\n'))
+    assert read_header(io.BytesIO(b'a,"b,""c"""\n1,2\n')) == b'a,"b,""c"""\n'
