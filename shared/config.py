@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     chunk_rows: int = Field(25_000, ge=1)
+    max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # the longest CSV row a job reads
     part_rows: int = Field(500_000, ge=0)  # 0: never cut a job into parts
     worker_threads: int = Field(0, ge=0)
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)

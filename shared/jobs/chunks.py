@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,8 @@ _FALSE = {"0", "false", "False", "FALSE"}
 
 @dataclass
 class RowError:
-    """One bad value: row number (0-based, in the file), column and reason."""
+    """One bad value: row number (0-based, in the file), column ("" for a row that could
+    not be read at all) and reason."""
 
     row: int
     column: str
@@ -70,16 +72,28 @@ def _to_float(column: pa.ChunkedArray, spec: FeatureSpec) -> tuple[np.ndarray, n
     return values, np.zeros(len(values), dtype=bool)
 
 
-def check_chunk(table: pa.Table, start_row: int, features: list[FeatureSpec]) -> CheckedChunk:
-    """Validate every feature column; return the good rows typed, and each bad value."""
+def _row_numbers(n: int, start_row: int, unread: Sequence[tuple[int, str]]) -> np.ndarray:
+    """The file row numbers of a table's n rows, the chunk's unreadable rows left out."""
+    numbers = np.arange(start_row, start_row + n + len(unread), dtype=np.int64)
+    if unread:
+        numbers = np.delete(numbers, [offset for offset, _ in unread])
+    return numbers
+
+
+def check_chunk(table: pa.Table, start_row: int, features: list[FeatureSpec],
+                unread: Sequence[tuple[int, str]] = ()) -> CheckedChunk:
+    """Validate every feature column; return the good rows typed, and each bad value.
+    `unread` are the chunk's rows that could not be read (offset from start_row, reason):
+    not in the table, each reported as an error."""
     n = table.num_rows
     bad = np.zeros(n, dtype=bool)
-    errors: list[RowError] = []
+    errors = [RowError(start_row + offset, "", reason) for offset, reason in unread]
     typed: dict[str, Any] = {}
+    numbers = _row_numbers(n, start_row, unread)
 
     def flag(mask: np.ndarray, name: str, reason: str) -> None:
         for i in np.flatnonzero(mask):
-            errors.append(RowError(start_row + int(i), name, reason))
+            errors.append(RowError(int(numbers[i]), name, reason))
         bad[mask] = True
 
     for spec in features:
@@ -111,7 +125,7 @@ def check_chunk(table: pa.Table, start_row: int, features: list[FeatureSpec]) ->
     errors.sort(key=lambda e: e.row)
     keep = ~bad
     everything = bool(keep.all())
-    rows = np.arange(start_row, start_row + n, dtype=np.int64)
+    rows = numbers
     numeric = {}
     others = {}
     for name in table.column_names:

@@ -1,81 +1,84 @@
-"""CSV text in blocks: the header, line-aligned byte blocks parsed by pyarrow's
-multithreaded reader, and row counts of byte ranges (for jobs split into parts)."""
+"""CSV text in blocks: the dialect, the header, byte blocks cut at record ends (see
+shared.jobs.csvrecords) parsed by pyarrow's multithreaded reader, rows it cannot split set
+aside with their numbers."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from shared.errors import BadRequestError, ValidationError
+from shared.jobs.csvrecords import line_ends, read_into, record_cut
 
 SNIFF_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024
-# Counted a block at a time: 256 KiB keeps the block and its masks in L2 (583 MB of CSV in
-# ~0.20 s here; 4 MiB blocks and an index of every line end took ~0.29 s)
-COUNT_BLOCK_BYTES = 256 << 10
+# 1 MiB parse blocks: enough units for every core (measured faster than 4 or 16 MiB); a
+# block holding a longer row is parsed as one unit.
+PARSE_BLOCK_BYTES = 1 << 20
 NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 
 
-def read_header(fh: IO[bytes]) -> bytes:
+@dataclass(frozen=True)
+class CsvDialect:
+    """How a CSV file is written: its delimiter, its text encoding (ASCII-compatible, so line
+    ends and quotes are the same bytes whatever it is), the longest row allowed, and the
+    decimal mark of its numbers."""
+
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    max_line_bytes: int = MAX_LINE_BYTES
+    decimal: str = "."
+
+
+PLAIN = CsvDialect()
+
+
+def read_header(fh: IO[bytes], max_line_bytes: int = MAX_LINE_BYTES) -> bytes:
     """The first line of a CSV file, line end included."""
     fh.seek(0)
-    line = fh.readline(MAX_LINE_BYTES)
+    line = fh.readline(max_line_bytes)
     if not line.strip():
         raise BadRequestError("the CSV file has no header line")
-    if not line.endswith(b"\n") and len(line) >= MAX_LINE_BYTES:
-        raise BadRequestError("the CSV header line is too long")
+    if not line.endswith(b"\n") and len(line) >= max_line_bytes:
+        raise BadRequestError(f"the CSV header line is longer than the limit of "
+                              f"{max_line_bytes} bytes")
+    if line.count(b'"') % 2:
+        raise BadRequestError("the CSV header line has an unclosed quote (a line break inside "
+                              "a quoted column name?): column names must fit on one line")
     return line if line.endswith(b"\n") else line + b"\n"
 
 
-def header_columns(header: bytes) -> list[str]:
+def header_columns(header: bytes, dialect: CsvDialect = PLAIN) -> list[str]:
     """Column names of a CSV header line, parsed as pyarrow parses them."""
+    text = to_utf8(header, dialect.encoding, 0)
     try:
-        table = pacsv.read_csv(io.BytesIO(header), read_options=pacsv.ReadOptions(
-            autogenerate_column_names=True))
+        table = pacsv.read_csv(
+            io.BytesIO(text),
+            read_options=pacsv.ReadOptions(autogenerate_column_names=True,
+                                           block_size=max(len(text) + 1, 1 << 20)),
+            parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter))
     except pa.ArrowException as exc:
         raise BadRequestError(f"the CSV header cannot be parsed: {exc}") from None
     names = [str(v[0].as_py()) if len(v) else "" for v in table.columns]
     return names
 
 
-def count_csv_rows(fh: IO[bytes], start: int, end: int) -> int:
-    """Rows in CSV bytes [start, end) as pyarrow counts them: lines, less empty ones.
-
-    NumPy finds the line ends (passes that release the GIL, so a part counting its range in
-    a thread barely slows its own scoring); a line end right after another ends an empty
-    line, as does one after "\n\r" (looked for only in blocks that hold a carriage return).
-    """
-    fh.seek(start)
-    rows = 0
-    # buf[:2] holds the two bytes before each block: those before `start` end a line.
-    buf = bytearray(2 + min(COUNT_BLOCK_BYTES, max(end - start, 1)))
-    buf[:2] = b"x\n"
-    is_end, after_end = np.empty(len(buf), dtype=bool), np.empty(len(buf), dtype=bool)
-    remaining = end - start
-    while remaining > 0:
-        n = _read_into(fh, memoryview(buf)[2:2 + min(len(buf) - 2, remaining)])
-        if n == 0:
-            break
-        arr = np.frombuffer(buf, dtype=np.uint8, count=n + 2)
-        ends = np.equal(arr, 10, out=is_end[:n + 2])
-        if buf.find(b"\r", 0, n + 2) < 0:  # line feeds only: reused buffers, in cache
-            empty = np.count_nonzero(np.logical_and(ends[2:], ends[1:-1], out=after_end[:n]))
-        else:
-            at = np.flatnonzero(ends[2:]) + 2
-            before = arr[at - 1]
-            empty = np.count_nonzero((before == 10) | ((before == 13) & (arr[at - 2] == 10)))
-        rows += int(np.count_nonzero(ends[2:])) - int(empty)
-        buf[:2] = buf[n:n + 2]
-        remaining -= n
-    last = bytes(buf[:2])
-    if last[-1:] != b"\n" and last.strip():
-        rows += 1  # a last line without a line end
-    return rows
+def to_utf8(data: bytes | memoryview, encoding: str, offset: int) -> bytes | memoryview:
+    """CSV bytes as UTF-8 (what pyarrow reads); a byte the encoding lacks is a clear error."""
+    if encoding == "utf-8":
+        return data
+    try:
+        return bytes(data).decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"byte {offset + exc.start} of the file is not {encoding} text"
+                              ) from None
 
 
 def csv_block_bytes(fh: IO[bytes], chunk_rows: int) -> int:
@@ -88,88 +91,177 @@ def csv_block_bytes(fh: IO[bytes], chunk_rows: int) -> int:
     return max(int(per_row * chunk_rows), 64 * 1024)
 
 
-def read_blocks(fh: IO[bytes], block_bytes: int,
-                limit: int | None = None) -> Iterator[tuple[memoryview, int]]:
-    """Blocks of about block_bytes (up to `limit` bytes in all), each ending at a line end;
-    with the offset reached.
+class Block(NamedTuple):
+    """CSV bytes that end at a record's end: the offset reached in the file, and whether a
+    line end in them falls inside a quoted value (pyarrow must then look for quotes)."""
 
-    Each block is read straight into a fresh buffer (readinto), with the partial line left
+    data: memoryview
+    offset: int
+    multiline: bool
+
+    @property
+    def start(self) -> int:
+        return self.offset - len(self.data)
+
+
+def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
+                dialect: CsvDialect = PLAIN) -> Iterator[Block]:
+    """Blocks of about block_bytes (up to `limit` bytes in all), each ending at a record's
+    end (a line end outside quoted values); fh must be at a record's start.
+
+    Each block is read straight into a fresh buffer (readinto), with the partial record left
     over from the previous block copied in front: one copy of the file's bytes in all.
     """
     carry = b""
     offset = fh.tell()
-    left = limit
+    left, max_line_bytes, delimiter = limit, dialect.max_line_bytes, dialect.delimiter
     while True:
-        want = block_bytes if left is None else min(block_bytes, left)
+        # a record longer than a block: read as much again as is carried, not block by block
+        want = max(block_bytes, len(carry))
+        want = want if left is None else min(want, left)
         buf = bytearray(len(carry) + want)
         buf[: len(carry)] = carry
         view = memoryview(buf)
-        got = _read_into(fh, view[len(carry):]) if want else 0
+        got = read_into(fh, view[len(carry):]) if want else 0
         if left is not None:
             left -= got
         end = len(carry) + got
         offset += got
         if got == 0:
             if carry.strip():
-                yield view[:end], offset
+                yield Block(view[:end], offset, b'"' in carry)
             return
-        cut = buf.rfind(b"\n", 0, end) + 1
+        cut, multiline = record_cut(buf, end, delimiter)
         if cut == 0:
-            if end > MAX_LINE_BYTES:
-                raise ValidationError(f"a CSV line near byte {offset} is longer than "
-                                      f"{MAX_LINE_BYTES} bytes")
+            if end > max_line_bytes:
+                raise ValidationError(
+                    f"the CSV row starting at byte {offset - end} is longer than the limit of "
+                    f"{max_line_bytes} bytes, or a quote in it is never closed")
             carry = bytes(view[:end])
             continue
         carry = bytes(view[cut:end])
         if cut > 1024 or bytes(view[:cut]).strip():
-            block = view[:cut]
+            block = Block(view[:cut], offset - len(carry), multiline)
             del buf, view  # only the yielded block keeps the buffer alive
-            yield block, offset - len(carry)
+            yield block
             del block
 
 
-def _read_into(fh: IO[bytes], view: memoryview) -> int:
-    """Fill view from fh as far as the file allows."""
-    total = 0
-    readinto = getattr(fh, "readinto", None)
-    while total < len(view):
-        if readinto is not None:
-            n = readinto(view[total:])
-        else:
-            data = fh.read(len(view) - total)
-            n = len(data)
-            view[total:total + n] = data
-        if not n:
-            break
-        total += n
-    return total
-
-
 def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
-                        columns: list[str]) -> pacsv.ConvertOptions:
+                        columns: list[str], decimal: str = ".") -> pacsv.ConvertOptions:
     """Parse features into their Arrow types and every other kept column as text."""
     types = {n: column_types.get(n, pa.string()) for n in columns}
     return pacsv.ConvertOptions(column_types=types, include_columns=columns,
                                 null_values=NULL_VALUES, strings_can_be_null=True,
-                                quoted_strings_can_be_null=False)
+                                quoted_strings_can_be_null=False, decimal_point=decimal)
 
 
-def parse_csv_block(block: bytes | memoryview, names: list[str],
-                    column_types: dict[str, pa.DataType], columns: list[str],
-                    start_row: int) -> pa.Table:
-    """Parse one block; on a value that does not convert, re-parse as text to locate it."""
-    # 1 MiB parse blocks: enough units for every core (measured faster than 4 or 16 MiB).
-    read = pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 20)
+@dataclass(frozen=True)
+class CsvLayout:
+    """What every block of one file is parsed with: the header's names, the feature types,
+    the columns kept, and the file's dialect."""
+
+    names: list[str]
+    column_types: dict[str, pa.DataType]
+    columns: list[str]
+    dialect: CsvDialect = PLAIN
+
+
+class BadRow(NamedTuple):
+    """A row pyarrow could not split into the header's columns: its place in its block."""
+
+    offset: int
+    reason: str
+
+
+def parse_csv_block(block: Block, layout: CsvLayout,
+                    start_row: int) -> tuple[pa.Table, list[BadRow]]:
+    """Parse one block, setting aside rows with the wrong number of columns; on a value that
+    does not convert, re-parse as text to locate it."""
+    parser = _BlockParser(block, layout)
     try:
-        return pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
-                              convert_options=csv_convert_options(names, column_types, columns))
+        try:
+            table = parser.read(layout.column_types)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc).lower():
+                raise
+            # A value is not of its column's type: read as text, let validation name the rows.
+            table = _decimal_points(parser.read({}), layout)
     except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc).lower():
-            raise ValidationError(f"CSV parse error after row {start_row}: "
-                                  f"{_short(exc)}") from None
-    # Some value is not of its column's type: read as text, let validation name the rows.
-    return pacsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=read,
-                          convert_options=csv_convert_options(names, {}, columns))
+        hint = (f": the file is not {layout.dialect.encoding} text there (send the "
+                "encoding option)" if "invalid UTF8" in str(exc) else "")
+        raise ValidationError(f"CSV parse error after row {start_row}: "
+                              f"{_short(exc)}{hint}") from None
+    return table, parser.bad_rows()
+
+
+def _decimal_points(table: pa.Table, layout: CsvLayout) -> pa.Table:
+    """Numbers read as text with decimal points, as validation reads them."""
+    if layout.dialect.decimal == ".":
+        return table
+    for name, dtype in layout.column_types.items():
+        if pa.types.is_floating(dtype) and name in table.column_names:
+            column = pc.replace_substring(table.column(name), layout.dialect.decimal, ".")
+            table = table.set_column(table.column_names.index(name), name, column)
+    return table
+
+
+class _BlockParser:
+    """pyarrow's multithreaded reader over one block, noting the rows it could not split."""
+
+    def __init__(self, block: Block, layout: CsvLayout) -> None:
+        self.block, self.layout = block, layout
+        self.data = pa.py_buffer(to_utf8(block.data, layout.dialect.encoding, block.start))
+        self.types = layout.column_types
+        self.invalid: list[pacsv.InvalidRow] = []
+
+    def read(self, types: dict[str, pa.DataType], threads: bool = True) -> pa.Table:
+        self.types = types
+        size = PARSE_BLOCK_BYTES
+        if self.layout.dialect.max_line_bytes < size:  # pyarrow would not see a long row
+            _check_row_lengths(self.block, self.layout.dialect)
+        while True:
+            self.invalid.clear()
+            try:
+                return pacsv.read_csv(
+                    pa.BufferReader(self.data),
+                    read_options=pacsv.ReadOptions(column_names=self.layout.names,
+                                                   use_threads=threads, block_size=size),
+                    parse_options=pacsv.ParseOptions(
+                        delimiter=self.layout.dialect.delimiter,
+                        newlines_in_values=self.block.multiline,
+                        invalid_row_handler=self._note),
+                    convert_options=csv_convert_options(self.layout.names, types,
+                                                        self.layout.columns,
+                                                        self.layout.dialect.decimal))
+            except pa.ArrowInvalid as exc:
+                if "straddling" not in str(exc) or size > self.data.size:
+                    raise
+                _check_row_lengths(self.block, self.layout.dialect)
+                size = self.data.size + 1
+
+    def _note(self, row: pacsv.InvalidRow) -> str:
+        self.invalid.append(row)
+        return "skip"
+
+    def bad_rows(self) -> list[BadRow]:
+        if any(r.number is None for r in self.invalid):
+            self.read(self.types, threads=False)  # only one thread numbers the rows
+        return [BadRow(r.number - 1, f"expected {r.expected_columns} columns, got "
+                                     f"{r.actual_columns}") for r in self.invalid]
+
+
+def _check_row_lengths(block: Block, dialect: CsvDialect) -> None:
+    """Refuse a block holding a row longer than the limit (as read_blocks refuses a row that
+    does not fit in a block)."""
+    lines, inside = line_ends(np.frombuffer(block.data, dtype=np.uint8), dialect.delimiter)
+    ends = lines[~inside] + 1
+    starts = np.concatenate([[0], ends[:-1]])
+    longest = int(np.argmax(ends - starts)) if len(ends) else 0
+    if len(ends) and ends[longest] - starts[longest] > dialect.max_line_bytes:
+        raise ValidationError(
+            f"the CSV row starting at byte {block.start + int(starts[longest])} is longer "
+            f"than the limit of {dialect.max_line_bytes} bytes")
 
 
 def _short(exc: Exception) -> str:

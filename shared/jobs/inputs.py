@@ -1,42 +1,62 @@
 """Reading batch input files: format checks at submit, bounded-memory chunks at scoring time.
 
-CSV is read in byte blocks cut at line ends, each parsed by pyarrow's multithreaded reader
-(the streaming reader is single-threaded); Parquet in record batches. Memory is bounded by
-the block size whatever the file's size, and every chunk knows its first row number.
+CSV is read in byte blocks cut at record ends (line ends outside quoted values), each parsed
+by pyarrow's multithreaded reader (the streaming reader is single-threaded); Parquet in record
+batches. Memory is bounded by the block size whatever the file's size, and every chunk knows
+its first row number. A CSV file's delimiter is found at submit (or given), and its encoding
+given (UTF-8 by default, a BOM skipped).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import IO, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared.errors import BadRequestError, ValidationError
+from shared.errors import BadRequestError, TabserveError, ValidationError
 from shared.jobs.csvblocks import (
-    MAX_LINE_BYTES,
+    PLAIN,
     SNIFF_BYTES,
+    BadRow,
+    Block,
+    CsvDialect,
+    CsvLayout,
     csv_block_bytes,
     header_columns,
     parse_csv_block,
     read_blocks,
     read_header,
 )
+from shared.jobs.csvrecords import record_cut, record_cuts
 from shared.models.schema import FeatureSpec, Schema
 
 InputFormat = Literal["csv", "parquet"]
+DELIMITERS = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "pipes"}
+# A chunk's text is read whole: a file whose rows look long (a long first row) still gets
+# blocks of a bounded size.
+MAX_BLOCK_BYTES = 64 << 20
+DECIMAL_COMMA = r"^\s*[-+]?[0-9]*,[0-9]+\s*$"
 
 
 @dataclass
 class Chunk:
-    """A slice of the input: its first row's number, the rows, and bytes consumed so far."""
+    """A slice of the input: its first row's number, the rows, bytes consumed so far, and
+    the rows that could not be read (not in `table`; numbered from start_row)."""
 
     start_row: int
     table: pa.Table
     bytes_done: int
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+    @property
+    def span(self) -> int:
+        """The rows of the file the chunk covers, unreadable ones included."""
+        return self.table.num_rows + len(self.bad_rows)
 
 
 @dataclass
@@ -47,6 +67,7 @@ class InputInfo:
     columns: list[str]
     rows_total: int | None
     size_bytes: int
+    dialect: CsvDialect = PLAIN
 
 
 def arrow_type(spec: FeatureSpec) -> pa.DataType:
@@ -59,15 +80,21 @@ def arrow_type(spec: FeatureSpec) -> pa.DataType:
 
 
 def inspect_input(fh: IO[bytes], size: int, fmt: InputFormat, schema: Schema,
-                  id_column: str | None = None) -> InputInfo:
-    """Check an input (an open, seekable file) before it is queued: readable, has the columns."""
+                  id_column: str | None = None, dialect: CsvDialect = PLAIN,
+                  sniff: bool = True) -> InputInfo:
+    """Check an input (an open, seekable file) before it is queued: readable, has the columns.
+    A CSV file's delimiter is sniffed from its header unless `sniff` is False."""
     if size == 0:
         raise BadRequestError("the uploaded file is empty")
+    wanted = set(schema.names) | ({id_column} if id_column else set())
     if fmt == "parquet":
         info = _inspect_parquet(fh, size, schema)
     else:
-        info = _inspect_csv(fh, size)
-    _check_columns(info.columns, schema, id_column)
+        info = _inspect_csv(fh, size, dialect, wanted if sniff else None)
+    _check_columns(info.columns, schema, id_column, _delimiter_hint(info))
+    if fmt == "csv":
+        _check_decimal_marks(fh, info, [f.name for f in schema.features
+                                        if f.type in ("number", "integer")])
     return info
 
 
@@ -104,27 +131,90 @@ def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
     return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_null(dtype)
 
 
-def _inspect_csv(fh: IO[bytes], size: int) -> InputInfo:
+def _inspect_csv(fh: IO[bytes], size: int, dialect: CsvDialect,
+                 wanted: set[str] | None) -> InputInfo:
     fh.seek(0)
     head = fh.read(SNIFF_BYTES)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BadRequestError("the uploaded file is UTF-16 text (Excel's \"Unicode text\"): "
+                              "save it as CSV UTF-8")
     if b"\x00" in head:
         raise BadRequestError("the uploaded file is binary, not CSV text")
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
-            raise BadRequestError(
-                f"the uploaded file is not UTF-8 CSV text (bad byte at offset {exc.start})"
-            ) from None
-    header = read_header(fh)
-    columns = header_columns(header)
+    _check_encoding(head, dialect.encoding)
+    header = read_header(fh, dialect.max_line_bytes)
+    if wanted is not None:
+        dialect = _sniff_delimiter(header, dialect, wanted)
+    columns = header_columns(header, dialect)
     fh.seek(len(header))
     if not fh.read(SNIFF_BYTES).strip():
         raise BadRequestError("the CSV file has a header but no data rows")
-    return InputInfo("csv", columns, None, size)
+    return InputInfo("csv", columns, None, size, dialect)
 
 
-def _check_columns(columns: list[str], schema: Schema, id_column: str | None) -> None:
+def _check_encoding(head: bytes, encoding: str) -> None:
+    try:
+        head.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the sniff boundary
+            name = "UTF-8" if encoding == "utf-8" else encoding
+            hint = (": if Excel or another Windows program saved it, send encoding=cp1252"
+                    if encoding == "utf-8" else "")
+            raise BadRequestError(
+                f"the uploaded file is not {name} CSV text (bad byte at offset {exc.start})"
+                f"{hint}") from None
+
+
+def _sniff_delimiter(header: bytes, dialect: CsvDialect, wanted: set[str]) -> CsvDialect:
+    """The delimiter under which the header holds the most wanted columns (commas unless
+    another holds more)."""
+    best, found = dialect, -1
+    for delimiter in DELIMITERS:
+        candidate = replace(dialect, delimiter=delimiter)
+        try:
+            held = len(wanted.intersection(header_columns(header, candidate)))
+        except BadRequestError:
+            continue
+        if held > found:
+            best, found = candidate, held
+        if found == len(wanted):
+            break
+    return best
+
+
+def _check_decimal_marks(fh: IO[bytes], info: InputInfo, numeric: list[str]) -> None:
+    """Refuse numbers written with a decimal comma unless the decimal option says so: every
+    row would fail."""
+    if info.dialect.decimal != "." or not numeric:
+        return
+    start = len(read_header(fh, info.dialect.max_line_bytes))
+    head = fh.read(SNIFF_BYTES)
+    cut, multiline = record_cut(head, len(head)) if len(head) == SNIFF_BYTES else (
+        len(head), b'"' in head)
+    layout = CsvLayout(info.columns, {}, numeric, info.dialect)
+    try:
+        table, _ = parse_csv_block(Block(memoryview(head)[:cut], start + cut, multiline),
+                                   layout, 0)
+    except (TabserveError, pa.ArrowException):
+        return  # the rows are checked one by one when the job runs
+    for name in numeric:
+        hits = pc.fill_null(pc.match_substring_regex(table.column(name), DECIMAL_COMMA), False)
+        if pc.any(hits).as_py():
+            value = table.column(name).filter(hits)[0].as_py()
+            raise ValidationError(
+                f"column {name!r} holds {value!r}, a number with a decimal comma: send "
+                "decimal=, to read such numbers (or write the file with decimal points)",
+                details=[{"field": name, "message": "decimal comma"}])
+
+
+def _delimiter_hint(info: InputInfo) -> str:
+    if info.format != "csv" or len(info.columns) > 1:
+        return ""
+    return (f" (the header is one column when split at {DELIMITERS[info.dialect.delimiter]}: "
+            "if the file uses another delimiter, send the delimiter option)")
+
+
+def _check_columns(columns: list[str], schema: Schema, id_column: str | None,
+                   hint: str = "") -> None:
     seen: set[str] = set()
     dupes = sorted({c for c in columns if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
     if dupes:
@@ -134,10 +224,10 @@ def _check_columns(columns: list[str], schema: Schema, id_column: str | None) ->
     if missing:
         raise ValidationError(
             f"the file lacks {len(missing)} feature column(s) the model needs: "
-            + ", ".join(missing),
+            + ", ".join(missing) + hint,
             details=[{"field": n, "message": "missing column"} for n in missing])
     if id_column is not None and id_column not in seen:
-        raise ValidationError(f"id_column {id_column!r} is not a column of the file",
+        raise ValidationError(f"id_column {id_column!r} is not a column of the file{hint}",
                               details=[{"field": id_column, "message": "missing column"}])
 
 
@@ -152,8 +242,10 @@ class Part:
     first_row: int = 0
 
 
-def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int) -> list[Part]:
-    """Cut a file into parts of about part_rows rows (one part when it is small)."""
+def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int,
+               dialect: CsvDialect = PLAIN) -> list[Part]:
+    """Cut a file into parts of about part_rows rows (one part when it is small, or a CSV
+    file that quotes otherwise than RFC 4180)."""
     if fmt == "parquet":
         meta = pq.ParquetFile(fh).metadata
         parts: list[Part] = []
@@ -167,26 +259,20 @@ def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int) -> list[Part]:
     header = read_header(fh)
     size = fh.seek(0, io.SEEK_END)
     part_bytes = max(csv_block_bytes(fh, part_rows), 1 << 20)
-    cuts = [len(header)]
-    while cuts[-1] + part_bytes < size:
-        fh.seek(cuts[-1] + part_bytes)
-        fh.readline(MAX_LINE_BYTES)  # to the next line end
-        at = fh.tell()
-        if at >= size:
-            break
-        cuts.append(at)
-    cuts.append(size)
+    cuts = record_cuts(fh, len(header), size, part_bytes, dialect.delimiter)
     return [Part(i, a, b) for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False))]
 
 
 def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],
-                columns: list[str], chunk_rows: int, part: Part | None = None) -> Iterator[Chunk]:
+                columns: list[str], chunk_rows: int, part: Part | None = None,
+                dialect: CsvDialect = PLAIN) -> Iterator[Chunk]:
     """Yield the rows of an open, seekable file (or of one part of it) in order, chunk_rows
     at a time (about, for CSV)."""
     if fmt == "parquet":
         yield from _parquet_chunks(fh, column_types, columns, chunk_rows, part)
     else:
-        yield from _csv_chunks(fh, column_types, columns, chunk_rows, part)
+        yield from _csv_chunks(fh, CsvLayout([], column_types, columns, dialect), chunk_rows,
+                               part)
 
 
 def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
@@ -208,18 +294,18 @@ def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns
         yield Chunk(start - table.num_rows, table, int(size * start / total))
 
 
-def _csv_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
-                chunk_rows: int, part: Part | None) -> Iterator[Chunk]:
-    header = read_header(fh)
-    names = header_columns(header)
-    block_bytes = csv_block_bytes(fh, chunk_rows)
+def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
+                part: Part | None) -> Iterator[Chunk]:
+    dialect = layout.dialect
+    header = read_header(fh, dialect.max_line_bytes)
+    layout = replace(layout, names=header_columns(header, dialect))
+    block_bytes = min(csv_block_bytes(fh, chunk_rows), MAX_BLOCK_BYTES)
     start = part.first_row if part else 0
     fh.seek(part.start if part else len(header))
     limit = part.end - part.start if part else None
-    for block, offset in read_blocks(fh, block_bytes, limit):
-        table = parse_csv_block(block, names, column_types, columns, start)
+    for block in read_blocks(fh, block_bytes, limit, dialect):
+        table, bad = parse_csv_block(block, layout, start)
+        chunk = Chunk(start, table, block.offset, bad)
         del block  # the text is parsed: let its buffer go before the chunk is consumed
-        start += table.num_rows
-        yield Chunk(start - table.num_rows, table, offset)
-
-
+        start += chunk.span
+        yield chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from typing import IO, Literal
 
 import orjson
@@ -19,11 +20,22 @@ CONTENT_TYPES = {
     "parquet": "application/vnd.apache.parquet",
     "jsonl": "application/x-ndjson",
 }
-_FORMULA = r"^[=+\-@\t\r]"
+# A spreadsheet runs a cell as a formula when it starts with = + - @ (after any blanks or
+# line breaks, which it trims), and some treat a leading tab or carriage return alike.
+_FORMULA = r"^(?:[\t\r]|\s*[=+\-@])"
+
+
+def defuse_name(name: str) -> str:
+    """A column name as a CSV header may carry it: prefixed with a quote if a formula."""
+    return "'" + name if re.match(_FORMULA, name) else name
 
 
 def defuse_formulas(table: pa.Table) -> pa.Table:
-    """Prefix text cells that a spreadsheet would run as a formula with a quote."""
+    """Prefix text cells and column names that a spreadsheet would run as a formula with a
+    quote."""
+    names = [defuse_name(n) for n in table.column_names]
+    if names != table.column_names:
+        table = table.rename_columns(names)
     for i, f in enumerate(table.schema):
         if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             col = table.column(i)
@@ -53,7 +65,7 @@ class OutputWriter:
                 self._writer = pq.ParquetWriter(self.fh, table.schema, compression="snappy")
             elif self.fmt == "csv":
                 self._writer = pacsv.CSVWriter(
-                    self.fh, table.schema,
+                    self.fh, defuse_formulas(table.slice(0, 0)).schema,
                     write_options=pacsv.WriteOptions(quoting_style="needed",
                                                      include_header=self.header))
         elif table.schema != self._schema:

@@ -21,11 +21,19 @@ import pyarrow.parquet as pq
 
 from shared import keys
 from shared.jobs import paths
-from shared.jobs.csvblocks import count_csv_rows
+from shared.jobs.csvrecords import count_csv_rows
 from shared.jobs.inputs import Part, plan_parts
 from shared.jobs.queue import send_score_part
 from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
-from shared.jobs.run import JobOutcome, JobRun, JobStopped, error_of, fail_job, score_range
+from shared.jobs.run import (
+    JobOutcome,
+    JobRun,
+    JobStopped,
+    dialect_of,
+    error_of,
+    fail_job,
+    score_range,
+)
 from shared.jobs.store import JobStore
 from shared.monitoring.metrics import record_job_finished
 from shared.storage import Storage
@@ -49,7 +57,8 @@ def split_job(rt: Services, job: Job) -> bool:
     if rt.settings.part_rows <= 0 or jobs.counts().workers < 2:
         return False
     with rt.storage.open(job.input["key"]) as fh:
-        parts = plan_parts(fh, job.input["format"], rt.settings.part_rows)
+        parts = plan_parts(fh, job.input["format"], rt.settings.part_rows,
+                           dialect_of(job.input, rt.settings))
     if len(parts) < 2:
         return False
     job_id = job.id

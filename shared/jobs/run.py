@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from shared import keys
 from shared.errors import TabserveError
 from shared.jobs import paths
 from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
+from shared.jobs.csvblocks import CsvDialect
 from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
 from shared.jobs.pipeline import WriteBehind, prefetch
@@ -106,7 +107,7 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         writer = OutputWriter(out_fh, run.out_fmt, header=run.header)
         run.errors = ErrorsWriter(err_fh) if err_fh else None
         chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
-                             run.rt.settings.chunk_rows, part)
+                             run.rt.settings.chunk_rows, part, run.dialect)
         if run.rt.settings.worker_threads == 1:  # one core: the stages one after another
             for chunk in chunks:
                 writer.write(run.process(chunk))
@@ -139,6 +140,7 @@ class JobRun:
         extra = [self.id_column] if self.id_column and self.id_column not in names else []
         self.columns = list(job.input["columns"]) if self.include_input else names + extra
         self.types = {f.name: arrow_type(f) for f in features}
+        self.dialect = dialect_of(job.input, rt.settings)
         self.out_fmt = options["output_format"]
         self.skip = job.skips_rows
         self.output_key = paths.result(self.job_id, self.out_fmt)
@@ -154,8 +156,9 @@ class JobRun:
     def process(self, chunk: Chunk) -> pa.Table:
         """Validate and score one chunk, record it, and return its output rows."""
         if self.row_offset is not None:
-            chunk = Chunk(chunk.start_row + self.row_offset(), chunk.table, chunk.bytes_done)
-        checked = check_chunk(chunk.table, chunk.start_row, self.manifest.features)
+            chunk = replace(chunk, start_row=chunk.start_row + self.row_offset())
+        checked = check_chunk(chunk.table, chunk.start_row, self.manifest.features,
+                              chunk.bad_rows)
         if checked.errors:
             if self.errors is None:
                 raise _row_error(checked.errors[0], len(checked.errors))
@@ -167,8 +170,8 @@ class JobRun:
         self._observe(chunk, checked, X, result)
         table = output_table(self.loaded, checked, result, self.id_column,
                              self.columns if self.include_input else None, f"{self.job_id}.")
-        self.rows_done += chunk.table.num_rows
-        self.rows_failed += chunk.table.num_rows - checked.num_rows
+        self.rows_done += chunk.span
+        self.rows_failed += chunk.span - checked.num_rows
         self.chunks += 1
         if self.chunks % PROGRESS_LOG_CHUNKS == 0:
             logger.info("job %s: %d rows scored", self.job_id, self.rows_done)
@@ -183,11 +186,11 @@ class JobRun:
         X_sample = X[sample] if isinstance(X, np.ndarray) else X.iloc[sample]
         binned = self.drift.add(X_sample, result.labels[sample])
         self.rt.drift.observe_binned(self.manifest, binned)  # the process's window too
-        packed = pack_job_chunk(chunk.table.num_rows, checked.rows, chunk.start_row,
+        packed = pack_job_chunk(chunk.span, checked.rows, chunk.start_row,
                                 result.labels, self.loaded.classes)
         if not packed:
             return
-        width = len(packed) // chunk.table.num_rows
+        width = len(packed) // chunk.span
         pipe = self.rt.redis.pipeline()
         key = keys.job_predictions(self.job_id)
         pipe.setrange(key, chunk.start_row * width, packed)
@@ -200,8 +203,16 @@ class JobRun:
 
 def _row_error(first: RowError, count: int) -> RowsRejectedError:
     more = f" ({count - 1} more in this chunk)" if count > 1 else ""
+    if not first.column:  # the row itself could not be read
+        return RowsRejectedError(f"row {first.row}: {first.reason}{more}", first.row)
     return RowsRejectedError(f"row {first.row}, column {first.column!r}: {first.reason}{more}",
                              first.row, first.column)
+
+
+def dialect_of(source: dict[str, Any], settings: Any) -> CsvDialect:
+    """The CSV dialect a job's input was accepted with (records before it: plain CSV)."""
+    return CsvDialect(source.get("delimiter") or ",", source.get("encoding") or "utf-8",
+                      settings.max_line_bytes, source.get("decimal") or ".")
 
 
 def _empty_output(loaded: Any, id_column: str | None) -> pa.Table:

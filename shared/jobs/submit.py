@@ -3,6 +3,7 @@ the queue."""
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,8 +21,8 @@ from shared.errors import (
     ValidationError,
 )
 from shared.jobs import paths
-from shared.jobs.csvblocks import MAX_LINE_BYTES
-from shared.jobs.inputs import InputFormat, InputInfo, inspect_input
+from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
+from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, inspect_input
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import FINAL, Job, JobError, new_job
 from shared.jobs.store import new_job_id
@@ -40,6 +41,11 @@ MAX_HEADER_COLUMNS = 10_000  # or 4 per feature and 100 more, for models with ma
 CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
 PARQUET_TYPES = {"application/vnd.apache.parquet", "application/x-parquet",
                  "application/parquet"}
+DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|"}
+# Encodings whose line ends, quotes and delimiters are the ASCII bytes (blocks are cut on
+# bytes): Python codec name -> the name a job records.
+ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "ascii": "utf-8", "cp1252": "cp1252",
+             "iso8859-1": "latin-1", "iso8859-15": "iso-8859-15"}
 
 
 class JobOptions(BaseModel):
@@ -52,11 +58,38 @@ class JobOptions(BaseModel):
     include_input: bool = False
     id_column: str | None = None
     on_error: Literal["fail", "skip"] = "fail"
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    decimal: Literal[".", ","] = "."
 
-    @field_validator("id_column", "model")
+    @field_validator("id_column", "model", "delimiter")
     @classmethod
     def _non_empty(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str | None) -> str | None:
+        value = DELIMITER_NAMES.get(value.lower(), value) if value else None
+        if value is not None and value not in DELIMITERS:
+            raise ValueError("the delimiter must be one of , ; | or tab")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        try:
+            name = codecs.lookup(value).name
+        except LookupError:
+            name = ""
+        if name not in ENCODINGS:
+            raise ValueError("the encoding must be one of "
+                             + ", ".join(sorted(set(ENCODINGS.values()))))
+        return ENCODINGS[name]
+
+    def dialect(self, max_line_bytes: int) -> CsvDialect:
+        """The CSV dialect these options give (a comma unless the header says otherwise)."""
+        return CsvDialect(self.delimiter or ",", self.encoding, max_line_bytes, self.decimal)
 
 
 class InputSource(BaseModel):
@@ -158,7 +191,8 @@ def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | Non
     with open(staged, "rb") as fh:
         check_header_width(fh, fmt, manifest)
         info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
-                             options.id_column)
+                             options.id_column, options.dialect(rt.settings.max_line_bytes),
+                             sniff=options.delimiter is None)
     job_id = new_job_id()
     key = paths.upload(job_id, fmt)
     rt.storage.adopt(staged, key)
@@ -177,7 +211,9 @@ def submit_input_url(rt: Services, source: InputSource, options: JobOptions) -> 
         size = storage.size(url)
         with storage.open(url) as fh:
             check_header_width(fh, fmt, manifest)
-            info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column)
+            info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column,
+                                 options.dialect(rt.settings.max_line_bytes),
+                                 sniff=options.delimiter is None)
     except FileNotFoundError:
         raise InputNotFoundError(f"there is no file at input_url {url}") from None
     except PermissionError:
@@ -232,9 +268,11 @@ def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: Jo
     opts = options.model_dump()
     opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
+    dialect = {"delimiter": info.dialect.delimiter, "encoding": info.dialect.encoding,
+               "decimal": info.dialect.decimal} if info.format == "csv" else {}
     job = new_job(job_id, {"name": manifest.name, "version": manifest.version}, opts,
                   {**source, "format": info.format, "size_bytes": info.size_bytes,
-                   "columns": info.columns}, info.rows_total, info.size_bytes)
+                   "columns": info.columns, **dialect}, info.rows_total, info.size_bytes)
     try:
         rt.jobs.create(job)
     except QueueUnavailableError:
