@@ -217,7 +217,7 @@ def test_rows_with_the_wrong_column_count_are_skipped_by_number(api_server, work
     errors = pd.read_csv(io.StringIO(requests.get(
         f"{api_server.url}/jobs/{done['id']}/errors", timeout=10).text))
     assert errors["row"].tolist() == bad_rows
-    assert errors["reason"].tolist()[:2] == ["expected 31 columns, got 2",
+    assert errors["message"].tolist()[:2] == ["expected 31 columns, got 2",
                                              "expected 31 columns, got 32"]
     kept = frame.drop(index=frame.index[[5, 17, 60, 2500]])
     assert_rows_match(result, kept, model)

@@ -16,7 +16,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.monitoring import metrics
+from shared.monitoring import metrics, metricsdir
 from shared.monitoring.metrics import QueueCollector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ MULTIPROC_VARS = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 MULTIPROCESS_SCRIPT = r"""
 import json, multiprocessing, os
-from shared.monitoring import metrics
+from shared.monitoring import metrics, metricsdir
 
 def work(rows, memory, psi):
     metrics.ROWS_PREDICTED.labels("demo", "1", "batch").inc(rows)
@@ -33,7 +33,7 @@ def work(rows, memory, psi):
     metrics.update_process_metrics("worker")
 
 if __name__ == "__main__":
-    metrics.prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    metricsdir.clean(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     metrics.register_collector(
         metrics.QueueCollector(lambda: (5, 1, 2)))
     fork = multiprocessing.get_context("fork")
@@ -143,20 +143,16 @@ def test_job_statuses_are_the_final_statuses_of_jobs():
     assert got == set(FINAL)
 
 
-def test_prepare_multiprocess_dir_removes_previous_files(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+def test_cleaning_the_metrics_dir_removes_previous_files(tmp_path):
     directory = tmp_path / "prom"
     directory.mkdir()
     (directory / "counter_12345.db").write_bytes(b"stale")
-    with caplog.at_level(logging.WARNING, logger="shared.monitoring.metrics"):
-        assert metrics.prepare_multiprocess_dir(directory) == directory
+    assert metricsdir.clean(directory) == directory
     assert list(directory.iterdir()) == []
-    assert "PROMETHEUS_MULTIPROC_DIR" in caplog.text
 
 
-def test_prepare_multiprocess_dir_creates_missing_directory(tmp_path):
-    directory = metrics.prepare_multiprocess_dir(tmp_path / "a" / "b")
-    assert directory.is_dir()
+def test_cleaning_the_metrics_dir_creates_a_missing_one(tmp_path):
+    assert metricsdir.clean(tmp_path / "a" / "b").is_dir()
 
 
 def test_mark_process_dead_without_multiprocess_dir_is_harmless(monkeypatch):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -211,20 +210,6 @@ def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
 def multiprocess_active() -> bool:
     """Whether this process's metrics are written to the multiprocess directory."""
     return values.ValueClass is not values.MutexValue
-
-
-def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> Path:
-    """Create the multiprocess directory and delete a previous run's files; call before forking."""
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
-    configured = os.environ.get(MULTIPROC_ENV, "")
-    aligned = bool(configured) and Path(configured).resolve() == directory.resolve()
-    if not (aligned and multiprocess_active()):
-        logger.warning("metrics: %s must be %s in the environment before the process starts, "
-                       "or the processes' metrics are not aggregated", MULTIPROC_ENV, directory)
-    return directory
 
 
 def mark_process_dead(pid: int) -> None:
