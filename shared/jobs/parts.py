@@ -94,7 +94,7 @@ def run_part(rt: Services, job_id: str, index: int, worker: str) -> JobOutcome:
     except Exception as exc:  # every failure ends in the job's record
         return _fail(rt, job, error_of(exc, job_id))
     result = {"rows": rows, "rows_done": run.rows_done, "rows_failed": run.rows_failed,
-              "drift": run.drift.counts.tolist()}
+              "drift": run.drift.counts.tolist(), "worker": worker}
     done = jobs.part_done(job_id, index, attempt, result)
     logger.info("job %s part %d: %d rows scored (%s)", job_id, index, run.rows_done, done)
     if not isinstance(done, int):
