@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, g, request
 
 from api.errors import register_error_handlers
 from api.requestlog import install_request_logging
@@ -12,6 +12,7 @@ from api.upload import UploadRequest
 from shared.config import Settings
 from shared.logs import configure_logging
 from shared.monitoring.metrics import QueueCollector, register_collector
+from shared.security.gate import Gate
 from shared.services import Services
 
 logger = logging.getLogger(__name__)
@@ -24,10 +25,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_FORM_PARTS"] = settings.max_form_parts
     runtime = Services(settings)
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)
+    install_gate(app, runtime.gate)
 
     from api.views import feedback, health, jobs, metrics, models, predict
 
@@ -41,3 +44,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.preload_model:
         runtime.models.warm(settings.default_model)
     return app
+
+
+def install_gate(app: Flask, gate: Gate) -> None:
+    """Every request passes the gate before its view: a route is closed unless it is public
+    or its action is one the key's role allows (api.views.ROUTE_ACTIONS)."""
+    from api.views import route_action
+
+    if not gate.enabled:
+        logger.warning("authentication is off: no API key is configured, so anyone who "
+                       "reaches this port may use every endpoint; set TABSERVE_API_KEYS_FILE "
+                       "(see docs/security.md)")
+
+    @app.before_request
+    def _admit() -> None:
+        g.principal = gate.admit(request.headers.get("Authorization"), request.path,
+                                 route_action())

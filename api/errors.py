@@ -7,7 +7,7 @@ import logging
 
 import orjson
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from shared.errors import TabserveError
 from shared.monitoring.metrics import VALIDATION_ERRORS
@@ -35,9 +35,14 @@ def register_error_handlers(app: Flask) -> None:
         if exc.status >= 500:
             logger.error("%s: %s", exc.code, exc.message)
         elif exc.status in (400, 413, 415, 422):
-            path = "batch" if request.path.startswith("/jobs") else "online"
-            VALIDATION_ERRORS.labels(exc.code, path).inc()
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+            VALIDATION_ERRORS.labels(exc.code, _path_kind()).inc()
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return error_response(413, "request_entity_too_large", too_large_message())
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -51,3 +56,22 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         logger.exception("unhandled error")
         return error_response(500, "internal_error", "internal server error")
+
+
+def _path_kind() -> str:
+    return "batch" if request.path.startswith("/jobs") else "online"
+
+
+def too_large_message() -> str:
+    """Which limit a request Werkzeug refused with 413 passed, and the setting that sets it:
+    the body's size, or (a multipart body within it) the number of its parts."""
+    from api.views import body_limit, runtime
+
+    limit, setting = body_limit()
+    read = getattr(request.stream, "_pos", 0)  # werkzeug's LimitedStream: bytes read so far
+    within = limit is None or ((request.content_length or 0) <= limit and read < limit)
+    if within and request.mimetype == "multipart/form-data":
+        parts = runtime().settings.max_form_parts
+        return (f"the multipart body has more than {parts} parts (TABSERVE_MAX_FORM_PARTS), "
+                "or a form field over 500000 bytes")
+    return f"the request body is larger than the limit of {limit} bytes ({setting})"

@@ -1,4 +1,5 @@
-"""One JSON log line per request, and the X-Request-ID header."""
+"""One JSON log line per request, the X-Request-ID header, and the security headers every
+response carries."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from shared.monitoring.metrics import record_request
 
 access = LineLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The API answers JSON and file downloads, never a page: nothing is to be sniffed, framed,
+# run as a script or sent on as a referrer.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 
 
 def install_request_logging(app: Flask, metrics: bool = True, access_log: bool = True) -> None:
@@ -34,6 +43,9 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
         request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
         response.headers["X-Request-ID"] = request_id
+        response.headers.update(SECURITY_HEADERS)
+        if req.path.startswith("/jobs"):  # a job's record and files: another key's to see
+            response.headers["Cache-Control"] = "no-store"
         status, method, path = response.status_code, req.method, req.path
         if metrics and latency_ms is not None:
             route = req.url_rule.rule if req.url_rule is not None else "unmatched"

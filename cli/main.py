@@ -143,6 +143,53 @@ def run(settings: Settings, bind: str | None, port: int | None) -> None:
     sys.exit(run_all(_with_flags(settings, bind=bind)))
 
 
+@main.group()
+def keys() -> None:
+    """Manage the API keys of TABSERVE_API_KEYS_FILE (servers re-read it: no restart)."""
+
+
+def _keys_file(settings: Settings) -> Path:
+    if settings.api_keys_file is None:
+        raise click.UsageError("set TABSERVE_API_KEYS_FILE to the keys file to manage")
+    return settings.api_keys_file
+
+
+@keys.command(name="create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "submit", "predict", "read"]),
+              help="What the key may do (docs/security.md).")
+@click.pass_obj
+def create_key(settings: Settings, name: str, role: str) -> None:
+    """Create a key NAME and print it: it is shown this once, the file keeps its hash."""
+    from shared.security.keyfile import create_key as create
+
+    token = create(_keys_file(settings), name, role)
+    click.echo(token)
+    click.echo(f"created key {name!r} ({role}); store it now, it cannot be shown again",
+               err=True)
+
+
+@keys.command(name="list")
+@click.pass_obj
+def list_keys(settings: Settings) -> None:
+    """List the keys: name, role, created (never the key)."""
+    from shared.security.keyfile import list_keys as listed
+
+    for record in listed(_keys_file(settings)):
+        click.echo(f"{record.name}\t{record.role.value}\t{record.created_at or '-'}")
+
+
+@keys.command(name="revoke")
+@click.argument("name")
+@click.pass_obj
+def revoke_key(settings: Settings, name: str) -> None:
+    """Revoke the key NAME: servers refuse it from their next request."""
+    from shared.security.keyfile import revoke_key as revoke
+
+    revoke(_keys_file(settings), name)
+    click.echo(f"revoked key {name!r}")
+
+
 def _with_flags(settings: Settings, **flags: object) -> Settings:
     # A flag given on the command line wins over its TABSERVE_* variable, and is validated.
     given = {name: value for name, value in flags.items() if value is not None}

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     input_url_prefixes: str = ""
     staging_dir: str | None = None
+    # authentication (shared/security): on when either is set
+    api_keys: str = ""  # name:role:sha256-hex, comma-separated
+    api_keys_file: Path | None = None  # kept by `tabserve keys`, re-read when it changes
+    metrics_public: bool = False  # /metrics without a key (a Prometheus without a token)
+    rate_limit_requests: int = Field(6000, ge=0)  # per key per window; 0: no limit
+    rate_limit_window_seconds: int = Field(60, ge=1)
+    max_live_jobs_per_key: int = Field(20, ge=0)  # queued and running; 0: no cap
+    # limits on what a client sends
+    max_json_depth: int = Field(32, ge=2)
+    max_json_number_chars: int = Field(1000, ge=24)
+    max_form_parts: int = Field(32, ge=2)  # multipart parts of a job upload
+    max_job_rows: int = Field(5_000_000, ge=1)  # rows of one job's input
+    max_input_columns: int = Field(10_000, ge=1)  # or 4 per feature and 100 more
+    max_parquet_row_group_bytes: int = Field(1 << 30, ge=1)  # uncompressed, per row group
+    max_parquet_metadata_bytes: int = Field(16 << 20, ge=1024)  # a Parquet file's footer
     # gunicorn (api/gunicorn_conf.py)
     bind: str = "127.0.0.1:8000"
     web_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
@@ -135,6 +150,24 @@ class Settings(BaseSettings):
         if "://" in value:
             raise ValueError("use a directory or an s3:// URL")
         return os.path.abspath(value)
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_apart(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # The keys file holds credentials: never where models or job files are written.
+        if value is None:
+            return None
+        value = Path(os.path.abspath(value))
+        for name in ("artifacts_dir", "data_dir", "staging_dir"):
+            folder = info.data.get(name)
+            if folder and "://" not in str(folder) and value.is_relative_to(folder):
+                raise ValueError(f"keep the keys file outside {name} ({folder})")
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key (keys given, or a keys file named)."""
+        return bool(self.api_keys.strip()) or self.api_keys_file is not None
 
     @field_validator("log_level")
     @classmethod

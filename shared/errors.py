@@ -86,3 +86,36 @@ class ModelLoadError(ServiceUnavailableError):
 
 class ModelIntegrityError(ModelLoadError):
     code = "model_integrity"
+
+
+class UnauthorizedError(TabserveError):
+    """No API key, or one that is not (or no longer) valid: 401 with WWW-Authenticate."""
+
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="tabserve"'}
+
+
+class ForbiddenError(TabserveError):
+    """A valid key whose role lacks the right to this request."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequestsError(TabserveError):
+    """A key over its rate limit; Retry-After says when to come back."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None,
+                 retry_after: int = 1) -> None:
+        super().__init__(message, details)
+        self.headers = {"Retry-After": str(max(int(retry_after), 1))}
+
+
+class TooManyJobsError(TooManyRequestsError):
+    """A key with as many queued and running jobs as it may have."""
+
+    code = "too_many_jobs"

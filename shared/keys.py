@@ -82,3 +82,16 @@ def drift_members(model_ref: str) -> str:
 def drift_counts(model_ref: str, member: str) -> str:
     """One process's drift window counts for a model version: a string."""
     return f"{PREFIX}drift:{model_ref}:{member}"
+
+
+# --- security (shared.security) ---
+
+def rate_window(key_name: str, window: int) -> str:
+    """Requests an API key made in one fixed rate-limit window: a counter that expires."""
+    return f"{PREFIX}rate:{key_name}:{window}"
+
+
+def owner_jobs(key_name: str) -> str:
+    """Jobs an API key submitted that may still be live, scored by submit time: a sorted
+    set, trimmed of final jobs when the job cap is checked."""
+    return f"{PREFIX}owner:{key_name}:jobs"

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from shared.jobs.store import JobStore
     from shared.monitoring.drift import DriftTracker
     from shared.monitoring.predictions import PredictionLog
+    from shared.security.gate import Gate
+    from shared.security.jobcap import JobCap
     from shared.storage import Storage
 
 
@@ -83,3 +85,27 @@ class Services:
         from shared.jobs.queue import make_celery
 
         return make_celery(self.settings)
+
+    @cached_property
+    def gate(self) -> Gate:
+        """API keys, roles and the per-key rate limit (open when no key is configured)."""
+        from shared.security.gate import Gate
+        from shared.security.keystore import KeyStore
+        from shared.security.ratelimit import RateLimiter
+
+        settings = self.settings
+        if not settings.auth_enabled:
+            return Gate(None, None, settings.metrics_public)
+        limiter = RateLimiter(self.redis, settings.rate_limit_requests,
+                              settings.rate_limit_window_seconds)
+        return Gate(KeyStore(settings.api_keys, settings.api_keys_file), limiter,
+                    settings.metrics_public)
+
+    @cached_property
+    def job_cap(self) -> JobCap:
+        """The per-key cap on queued and running jobs."""
+        from shared.jobs.record import LIVE
+        from shared.security.jobcap import JobCap
+
+        return JobCap(self.redis, self.settings.max_live_jobs_per_key,
+                      [status.value for status in LIVE])

@@ -5,17 +5,76 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
 from shared.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from shared.online.predict import parse_json
+from shared.security.jsonlimits import check_json_depth, check_number_length
+from shared.security.roles import ANONYMOUS, Action, Principal, default_action
 from shared.services import Services
 
 READ_BYTES = 1024 * 1024
+
+# The action each route needs, in one table (docs/security.md shows it by role). A route not
+# listed needs default_action's: the protocol endpoints predict or read models, anything
+# else is for admin keys only, so a new route is closed until it is listed here.
+ROUTE_ACTIONS: dict[str, Action] = {
+    "predict.predict": Action.PREDICT,
+    "feedback.post_feedback": Action.FEEDBACK,
+    "models.list_models": Action.READ_MODELS,
+    "models.get_model": Action.READ_MODELS,
+    "jobs.create_job": Action.SUBMIT_JOBS,
+    "jobs.delete_job": Action.SUBMIT_JOBS,
+    "jobs.list_jobs": Action.READ_JOBS,
+    "jobs.get_job": Action.READ_JOBS,
+    "jobs.get_result": Action.READ_JOBS,
+    "jobs.get_errors": Action.READ_JOBS,
+    "metrics.metrics": Action.METRICS,
+}
 
 
 def runtime() -> Services:
     """The process's Services."""
     return current_app.extensions["tabserve"]
+
+
+def route_action() -> Action | None:
+    """The action this request needs; None when no route matches (any valid key may then
+    learn that it is a 404 or 405)."""
+    if request.endpoint is None:
+        return None
+    return ROUTE_ACTIONS.get(request.endpoint) or default_action(request.method, request.path)
+
+
+def principal() -> Principal:
+    """Who made this request (ANONYMOUS, allowed everything, when authentication is off)."""
+    return getattr(g, "principal", None) or ANONYMOUS
+
+
+def limit_body(limit: int, setting: str) -> None:
+    """Cap this request's body at `limit` bytes; a 413 names the setting that says so."""
+    request.max_content_length = limit
+    g.body_limit = (limit, setting)
+
+
+def body_limit() -> tuple[int | None, str]:
+    """The body limit of this request and the setting it comes from."""
+    return getattr(g, "body_limit", (request.max_content_length, "TABSERVE_MAX_BODY_BYTES"))
+
+
+def json_body() -> Any:
+    """The parsed JSON body, within the depth and number-length settings."""
+    settings = runtime().settings
+    raw = json_body_bytes()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # What orjson refuses goes to a lenient parser, which turns digits into ints at a
+        # cost that grows with their count.
+        check_number_length(raw, settings.max_json_number_chars)
+        body = parse_json(raw)
+    check_json_depth(body, settings.max_json_depth)
+    return body
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -53,4 +112,5 @@ def read_body(limit: int | None) -> bytes:
             return b"".join(pieces)
         pieces.append(piece)
         total += len(piece)
-    raise PayloadTooLargeError(f"the request body is larger than the limit of {limit} bytes")
+    raise PayloadTooLargeError(f"the request body is larger than the limit of {limit} bytes "
+                               f"({body_limit()[1]})")

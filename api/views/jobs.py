@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
 
-from api.views import json_response, runtime
+from api.views import json_body, json_response, limit_body, principal, runtime
 from shared.errors import ValidationError
 from shared.jobs.inputs import InputFormat
-from shared.jobs.lifecycle import cancel_or_delete, finished_file
+from shared.jobs.lifecycle import cancel_or_delete, finished_file, visible_job, visible_jobs
 from shared.jobs.outputs import CONTENT_TYPES
 from shared.jobs.record import Job, JobStatus
 from shared.jobs.store import redis_errors as queue_errors
@@ -24,7 +24,6 @@ from shared.jobs.submit import (
     submit_input_url,
     submit_job,
 )
-from shared.online.predict import parse_json
 from shared.services import Services
 
 bp = Blueprint("jobs", __name__)
@@ -41,22 +40,21 @@ def create_job() -> Response:
     rt = runtime()
     _ping_queue()
     if request.mimetype == "application/json":  # {"input_url": ...}: a file already stored
-        request.max_content_length = rt.settings.max_body_bytes
-        source, options = parse_url_request(parse_json(request.get_data(cache=False)),
-                                            request.args.to_dict())
-        job = submit_input_url(rt, source, options)
+        limit_body(rt.settings.max_body_bytes, "TABSERVE_MAX_BODY_BYTES")
+        source, options = parse_url_request(json_body(), request.args.to_dict())
+        job = submit_input_url(rt, source, options, owner=principal().owner)
     else:
         job = _submit_upload(rt)
     return json_response(job.public(), status=202, headers={"Location": f"/jobs/{job.id}"})
 
 
 def _submit_upload(rt: Services) -> Job:
-    request.max_content_length = rt.settings.max_upload_bytes
+    limit_body(rt.settings.max_upload_bytes, "TABSERVE_MAX_UPLOAD_BYTES")
     try:
         staged, fmt, filename = _stage_upload()
         values = {**request.args.to_dict(), **request.form.to_dict()}
         options = parse_options(values)
-        return submit_job(rt, staged, fmt, filename, options)
+        return submit_job(rt, staged, fmt, filename, options, owner=principal().owner)
     finally:
         for path in getattr(request, "staged", []):
             Path(path).unlink(missing_ok=True)  # already adopted into the store when accepted
@@ -96,18 +94,18 @@ def list_jobs() -> Response:
         raise ValidationError("invalid query: " + ", ".join(d["field"] for d in details),
                               details=details)
     status = JobStatus(status_raw) if status_raw else None
-    jobs = runtime().jobs.recent(limit=int(limit_raw), status=status)
+    jobs = visible_jobs(runtime(), principal(), limit=int(limit_raw), status=status)
     return json_response({"jobs": [j.public() for j in jobs]})
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    return json_response(runtime().jobs.get(job_id).public())
+    return json_response(visible_job(runtime(), job_id, principal()).public())
 
 
 @bp.get("/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
-    job = runtime().jobs.get(job_id)
+    job = visible_job(runtime(), job_id, principal())
     key = finished_file(job, "result")
     output = job.output or {}
     fmt = output["format"]
@@ -119,7 +117,7 @@ def get_result(job_id: str) -> Response:
 
 @bp.get("/jobs/<job_id>/errors")
 def get_errors(job_id: str) -> Response:
-    job = runtime().jobs.get(job_id)
+    job = visible_job(runtime(), job_id, principal())
     key = finished_file(job, "errors")
     assert key is not None
     return _send_stored(key, "text/csv", f"{_stem(job)}-errors.csv")
@@ -165,5 +163,5 @@ def _filename_params(name: str) -> dict[str, str]:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
-    job = cancel_or_delete(runtime(), job_id)
+    job = cancel_or_delete(runtime(), job_id, principal())
     return Response(status=204) if job is None else json_response(job.public())

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared.errors import BadRequestError, TabserveError, ValidationError
+from shared.errors import BadRequestError, PayloadTooLargeError, TabserveError, ValidationError
 from shared.jobs.csvblocks import (
     PLAIN,
     SNIFF_BYTES,
@@ -70,6 +70,20 @@ class InputInfo:
     dialect: CsvDialect = PLAIN
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """What a job's input may hold (settings): rows, columns, and for Parquet the bytes its
+    row groups say they hold uncompressed and the size of its footer (None: no limit)."""
+
+    max_rows: int | None = None
+    max_columns: int | None = None
+    max_row_group_bytes: int | None = None
+    max_metadata_bytes: int | None = None
+
+
+NO_LIMITS = InputLimits()
+
+
 def arrow_type(spec: FeatureSpec) -> pa.DataType:
     """The Arrow type a feature column is parsed into."""
     if spec.type == "category":
@@ -81,14 +95,16 @@ def arrow_type(spec: FeatureSpec) -> pa.DataType:
 
 def inspect_input(fh: IO[bytes], size: int, fmt: InputFormat, schema: Schema,
                   id_column: str | None = None, dialect: CsvDialect = PLAIN,
-                  sniff: bool = True) -> InputInfo:
-    """Check an input (an open, seekable file) before it is queued: readable, has the columns.
-    A CSV file's delimiter is sniffed from its header unless `sniff` is False."""
+                  sniff: bool = True, limits: InputLimits = NO_LIMITS) -> InputInfo:
+    """Check an input (an open, seekable file) before it is queued: readable, within the
+    limits, has the columns. A CSV file's delimiter is sniffed from its header unless `sniff`
+    is False."""
     if size == 0:
         raise BadRequestError("the uploaded file is empty")
     wanted = set(schema.names) | ({id_column} if id_column else set())
     if fmt == "parquet":
-        info = _inspect_parquet(fh, size, schema)
+        _check_footer_size(fh, size, limits.max_metadata_bytes)
+        info = _inspect_parquet(fh, size, schema, limits)
     else:
         info = _inspect_csv(fh, size, dialect, wanted if sniff else None)
     _check_columns(info.columns, schema, id_column, _delimiter_hint(info))
@@ -98,11 +114,51 @@ def inspect_input(fh: IO[bytes], size: int, fmt: InputFormat, schema: Schema,
     return info
 
 
-def _inspect_parquet(fh: IO[bytes], size: int, schema: Schema) -> InputInfo:
+def _check_footer_size(fh: IO[bytes], size: int, limit: int | None) -> None:
+    """413 for a Parquet footer (its metadata) over the limit, read from the file's last 8
+    bytes (footer length, then PAR1) before anything parses the footer."""
+    if limit is None or size < 12:
+        return  # too short for Parquet: the reader says so
+    fh.seek(size - 8)
+    tail = fh.read(8)
+    fh.seek(0)
+    footer = int.from_bytes(tail[:4], "little")
+    if tail[4:] == b"PAR1" and footer > limit:
+        raise PayloadTooLargeError(
+            f"the Parquet file's metadata is {footer} bytes, over the limit of {limit} "
+            "(TABSERVE_MAX_PARQUET_METADATA_BYTES)")
+
+
+def _check_parquet_limits(meta: pq.FileMetaData, limits: InputLimits) -> None:
+    """413 for a Parquet file with more rows or columns than a job may have, or a row group
+    that says it holds more bytes uncompressed than the budget, before a row is read."""
+    if limits.max_rows is not None and meta.num_rows > limits.max_rows:
+        raise PayloadTooLargeError(
+            f"the Parquet file has {meta.num_rows} rows, over the limit of {limits.max_rows} "
+            "rows per job (TABSERVE_MAX_JOB_ROWS): split it into several jobs")
+    if limits.max_columns is not None and meta.num_columns > limits.max_columns:
+        raise PayloadTooLargeError(
+            f"the Parquet file has {meta.num_columns} columns, over the limit of "
+            f"{limits.max_columns} (TABSERVE_MAX_INPUT_COLUMNS)")
+    budget = limits.max_row_group_bytes
+    for index in range(meta.num_row_groups if budget is not None else 0):
+        group = meta.row_group(index)
+        declared = max(group.total_byte_size, sum(
+            group.column(c).total_uncompressed_size for c in range(group.num_columns)))
+        if declared > budget:  # type: ignore[operator]
+            raise PayloadTooLargeError(
+                f"row group {index} of the Parquet file holds {declared} bytes uncompressed, "
+                f"over the budget of {budget} (TABSERVE_MAX_PARQUET_ROW_GROUP_BYTES): write "
+                "it with smaller row groups")
+
+
+def _inspect_parquet(fh: IO[bytes], size: int, schema: Schema,
+                     limits: InputLimits = NO_LIMITS) -> InputInfo:
     try:
         meta = pq.ParquetFile(fh)
     except (pa.ArrowException, OSError) as exc:
         raise BadRequestError(f"the uploaded file is not a readable Parquet file: {exc}") from None
+    _check_parquet_limits(meta.metadata, limits)
     arrow_schema = meta.schema_arrow
     rows = meta.metadata.num_rows
     if rows == 0:

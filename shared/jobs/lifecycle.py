@@ -1,17 +1,36 @@
-"""What a client may do with a job it submitted: download its files once it has succeeded,
-cancel it while it is live, or delete it once it is final."""
+"""What a client may do with a job it submitted: see it (only its own, unless an admin),
+download its files once it has succeeded, cancel it while it is live, or delete it once it is
+final."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.errors import JobNotFinishedError
+from shared.errors import JobNotFinishedError, JobNotFoundError
 from shared.jobs import paths
 from shared.jobs.record import LIVE, Job, JobStatus
 from shared.monitoring.metrics import record_job_finished
+from shared.security.roles import ANONYMOUS, Principal
 
 if TYPE_CHECKING:
     from shared.services import Services
+
+
+def visible_job(rt: Services, job_id: str, who: Principal) -> Job:
+    """The job's record, if `who` may see it. Another key's job answers exactly as an unknown
+    id does (JobStore.get's words; tests/test_auth.py compares the two bodies), so a key
+    cannot learn which ids exist."""
+    job = rt.jobs.get(job_id)
+    if not who.sees(job.owner):
+        raise JobNotFoundError(f"no job {job_id!r} (unknown, or expired)")
+    return job
+
+
+def visible_jobs(rt: Services, who: Principal, limit: int,
+                 status: JobStatus | None = None) -> list[Job]:
+    """Recent jobs `who` may see: its own, or every job for an admin."""
+    return rt.jobs.recent(limit=limit, status=status, owner=who.owner,
+                          any_owner=who.sees_all_jobs)
 
 
 def finished_file(job: Job, which: str) -> str | None:
@@ -30,10 +49,10 @@ def finished_file(job: Job, which: str) -> str | None:
     return job.output["key"]
 
 
-def cancel_or_delete(rt: Services, job_id: str) -> Job | None:
+def cancel_or_delete(rt: Services, job_id: str, who: Principal = ANONYMOUS) -> Job | None:
     """Cancel a live job (its record stays, cancelled), or forget a final one and its files
-    (None)."""
-    job = rt.jobs.get(job_id)
+    (None); only a job `who` may see."""
+    job = visible_job(rt, job_id, who)
     if job.status.final:
         rt.jobs.delete(job_id)
         rt.storage.delete_prefix(paths.job_dir(job_id))

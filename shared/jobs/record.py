@@ -112,6 +112,7 @@ class Job:
     parts_total: int = 0
     parts_done: int = 0
     parts_dispatched: bool = False
+    owner: str | None = None  # the name of the API key that submitted it, never the key
 
     @property
     def model_name(self) -> str:
@@ -221,10 +222,11 @@ def decode(raw: dict[bytes, bytes]) -> Job:
 
 
 def new_job(job_id: str, model: dict[str, Any], options: dict[str, Any],
-            source: dict[str, Any], rows_total: int | None, bytes_total: int) -> Job:
+            source: dict[str, Any], rows_total: int | None, bytes_total: int,
+            owner: str | None = None) -> Job:
     """A queued job's first record."""
     return Job(id=job_id, status=JobStatus.QUEUED, model=model, options=options, input=source,
-               created_at=now(), rows_total=rows_total, bytes_total=bytes_total)
+               created_at=now(), rows_total=rows_total, bytes_total=bytes_total, owner=owner)
 
 
 def job_fields(job: Job) -> dict[str, Any]:

@@ -9,6 +9,7 @@ worker was presumed dead) may no longer write.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ _RUNNING = keys.jobs_with_status(JobStatus.RUNNING)
 
 
 def new_job_id() -> str:
-    return str(uuid.uuid4())
+    # 128 random bits (uuid4 keeps 122), in the UUID's dashed form that clients know.
+    return str(uuid.UUID(bytes=secrets.token_bytes(16)))
 
 
 @contextmanager
@@ -95,8 +97,10 @@ class JobStore:
         """Whether the job still has a record."""
         return bool(self.r.exists(keys.job(job_id)))
 
-    def recent(self, limit: int = 50, status: JobStatus | None = None) -> list[Job]:
-        """Recent jobs, newest first, optionally of one status."""
+    def recent(self, limit: int = 50, status: JobStatus | None = None,
+               owner: str | None = None, any_owner: bool = True) -> list[Job]:
+        """Recent jobs, newest first, optionally of one status; only `owner`'s unless
+        any_owner."""
         out: list[Job] = []
         with redis_errors():
             start = 0
@@ -114,7 +118,8 @@ class JobStore:
                         expired.append(job_id)
                         continue
                     job = decode(raw)
-                    if status is None or job.status is status:
+                    if (status is None or job.status is status) and \
+                            (any_owner or job.owner == owner):
                         out.append(job)
                 if expired:
                     self.r.zrem(keys.jobs_index(), *expired)

@@ -22,10 +22,10 @@ from shared.errors import (
 )
 from shared.jobs import paths
 from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
-from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, inspect_input
+from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, InputLimits, inspect_input
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import FINAL, Job, JobError, new_job
-from shared.jobs.store import new_job_id
+from shared.jobs.store import new_job_id, redis_errors
 from shared.models.manifest import Manifest
 from shared.monitoring.metrics import JOBS_SUBMITTED, init_job_series
 from shared.storage import Storage
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 COPY_BYTES = 1024 * 1024
-MAX_HEADER_COLUMNS = 10_000  # or 4 per feature and 100 more, for models with many features
 CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
 PARQUET_TYPES = {"application/vnd.apache.parquet", "application/x-parquet",
                  "application/parquet"}
@@ -153,7 +152,7 @@ def format_of(content_type: str | None, filename: str | None) -> InputFormat:
 
 
 def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
-    """Copy a stream in 1 MiB pieces; 413 once it passes limit bytes."""
+    """Copy a stream in 1 MiB pieces; 413 once it passes limit bytes (max_upload_bytes)."""
     total = 0
     while True:
         piece = src.read(COPY_BYTES)
@@ -161,11 +160,25 @@ def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
             return total
         total += len(piece)
         if total > limit:
-            raise PayloadTooLargeError(f"the upload is larger than the limit of {limit} bytes")
+            raise PayloadTooLargeError(f"the upload is larger than the limit of {limit} bytes "
+                                       "(TABSERVE_MAX_UPLOAD_BYTES)")
         dst.write(piece)
 
 
-def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest) -> None:
+def column_limit(max_columns: int, manifest: Manifest) -> int:
+    """The most columns an input may have: the setting, or for a model with many features 4
+    per feature and 100 more."""
+    return max(max_columns, 4 * len(manifest.features) + 100)
+
+
+def input_limits(rt: Services, manifest: Manifest) -> InputLimits:
+    settings = rt.settings
+    return InputLimits(settings.max_job_rows, column_limit(settings.max_input_columns, manifest),
+                       settings.max_parquet_row_group_bytes, settings.max_parquet_metadata_bytes)
+
+
+def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest,
+                       max_columns: int) -> None:
     """422 for a CSV header with far more columns than the model has features, counted on
     the raw line before anything parses it (parsing a header costs per column: a 100,000
     column one held an API worker for seconds). The count is that of the most frequent
@@ -176,31 +189,42 @@ def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest) -> N
     header = fh.readline(MAX_LINE_BYTES)  # the file's other faults are inspect_input's
     fh.seek(0)
     columns = max(header.count(d) for d in (b",", b";", b"\t", b"|")) + 1
-    limit = max(MAX_HEADER_COLUMNS, 4 * len(manifest.features) + 100)
+    limit = column_limit(max_columns, manifest)
     if columns > limit:
         raise ValidationError(
             f"the CSV header has {columns} columns; model {manifest.ref} accepts at most "
-            f"{limit} ({len(manifest.features)} features and other columns)",
+            f"{limit} ({len(manifest.features)} features and other columns; "
+            "TABSERVE_MAX_INPUT_COLUMNS)",
             details=[{"field": "header", "message": f"{columns} columns, at most {limit}"}])
 
 
 def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | None,
-               options: JobOptions) -> Job:
-    """Check a staged upload against the pinned model, store it, record and queue the job."""
+               options: JobOptions, owner: str | None = None) -> Job:
+    """Check a staged upload against the pinned model, store it, record and queue the job
+    (as `owner`'s: the name of the key that sent it)."""
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
-        check_header_width(fh, fmt, manifest)
+        check_header_width(fh, fmt, manifest, rt.settings.max_input_columns)
         info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
                              options.id_column, options.dialect(rt.settings.max_line_bytes),
-                             sniff=options.delimiter is None)
+                             sniff=options.delimiter is None,
+                             limits=input_limits(rt, manifest))
     job_id = new_job_id()
+    _reserve(rt, owner, job_id)
     key = paths.upload(job_id, fmt)
     rt.storage.adopt(staged, key)
     source = {"name": filename or f"input.{fmt}", "key": key}
-    return _record_and_queue(rt, job_id, manifest, options, info, source)
+    return _record_and_queue(rt, job_id, manifest, options, info, source, owner)
 
 
-def submit_input_url(rt: Services, source: InputSource, options: JobOptions) -> Job:
+def _reserve(rt: Services, owner: str | None, job_id: str) -> None:
+    # Counted against the key's cap before the job exists: 429 rather than a queued job.
+    with redis_errors():
+        rt.job_cap.reserve(owner, job_id)
+
+
+def submit_input_url(rt: Services, source: InputSource, options: JobOptions,
+                     owner: str | None = None) -> Job:
     """Check a file already in the store (an allowed input_url), record and queue the job."""
     storage = rt.storage
     url = source.input_url
@@ -210,18 +234,21 @@ def submit_input_url(rt: Services, source: InputSource, options: JobOptions) -> 
     try:
         size = storage.size(url)
         with storage.open(url) as fh:
-            check_header_width(fh, fmt, manifest)
+            check_header_width(fh, fmt, manifest, rt.settings.max_input_columns)
             info = inspect_input(fh, size, fmt, manifest.schema_, options.id_column,
                                  options.dialect(rt.settings.max_line_bytes),
-                                 sniff=options.delimiter is None)
+                                 sniff=options.delimiter is None,
+                                 limits=input_limits(rt, manifest))
     except FileNotFoundError:
         raise InputNotFoundError(f"there is no file at input_url {url}") from None
     except PermissionError:
         raise InputURLForbiddenError(f"the store refused to read input_url {url}") from None
     name = url.rsplit("/", 1)[-1] or f"input.{fmt}"
+    job_id = new_job_id()
+    _reserve(rt, owner, job_id)
     # "url" marks an input the job does not own: it is never deleted with the job.
-    return _record_and_queue(rt, new_job_id(), manifest, options, info,
-                             {"name": name, "key": url, "url": url})
+    return _record_and_queue(rt, job_id, manifest, options, info,
+                             {"name": name, "key": url, "url": url}, owner)
 
 
 def check_input_url(url: str, allowed: str, storage: Storage) -> None:
@@ -264,7 +291,7 @@ def _format_of_url(url: str) -> InputFormat:
 
 
 def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: JobOptions,
-                      info: InputInfo, source: dict[str, Any]) -> Job:
+                      info: InputInfo, source: dict[str, Any], owner: str | None) -> Job:
     opts = options.model_dump()
     opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
@@ -272,7 +299,8 @@ def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: Jo
                "decimal": info.dialect.decimal} if info.format == "csv" else {}
     job = new_job(job_id, {"name": manifest.name, "version": manifest.version}, opts,
                   {**source, "format": info.format, "size_bytes": info.size_bytes,
-                   "columns": info.columns, **dialect}, info.rows_total, info.size_bytes)
+                   "columns": info.columns, **dialect}, info.rows_total, info.size_bytes,
+                  owner)
     try:
         rt.jobs.create(job)
     except QueueUnavailableError:
