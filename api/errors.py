@@ -68,7 +68,9 @@ def too_large_message() -> str:
     from api.views import body_limit, runtime
 
     limit, setting = body_limit()
-    read = getattr(request.stream, "_pos", 0)  # werkzeug's LimitedStream: bytes read so far
+    # Werkzeug's LimitedStream, if the body was read: bytes read so far (not request.stream,
+    # which raises again for a Content-Length over the limit).
+    read = getattr(request.__dict__.get("stream"), "_pos", 0)
     within = limit is None or ((request.content_length or 0) <= limit and read < limit)
     if within and request.mimetype == "multipart/form-data":
         parts = runtime().settings.max_form_parts

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from api.views import json_body_bytes, json_response, runtime
+from api.views import json_body, json_response, runtime
 from shared.monitoring.feedback import FeedbackStore, parse_feedback
 from shared.monitoring.metrics import record_feedback
-from shared.online.predict import parse_json
 
 bp = Blueprint("feedback", __name__)
 
@@ -15,7 +14,7 @@ bp = Blueprint("feedback", __name__)
 @bp.post("/feedback")
 def post_feedback() -> Response:
     rt = runtime()
-    items = parse_feedback(parse_json(json_body_bytes()))
+    items = parse_feedback(json_body())
     settings = rt.settings
     # A label is claimed for as long as its prediction can be found.
     seen_ttl = max(settings.prediction_ttl_seconds, settings.job_ttl_seconds)

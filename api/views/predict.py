@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from api.views import json_body_bytes, json_response, runtime
-from shared.online.predict import extract_rows, parse_json, predict_rows
+from api.views import json_body, json_response, runtime
+from shared.online.predict import extract_rows, predict_rows
 
 bp = Blueprint("predict", __name__)
 
@@ -13,7 +13,7 @@ bp = Blueprint("predict", __name__)
 @bp.post("/predict")
 def predict() -> Response:
     rt = runtime()
-    body = parse_json(json_body_bytes())
+    body = json_body()
     rows, single = extract_rows(body, rt.settings.max_online_rows)
     ref = request.args.get("model") if request.query_string else None
     loaded = rt.models.resolve(ref, rt.settings.default_model)
