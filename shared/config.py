@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     api_keys: str = ""  # name:role:sha256-hex, comma-separated
     api_keys_file: Path | None = None  # kept by `tabserve keys`, re-read when it changes
     metrics_public: bool = False  # /metrics without a key (a Prometheus without a token)
-    rate_limit_requests: int = Field(6000, ge=0)  # per key per window; 0: no limit
+    rate_limit_requests: int = Field(60_000, ge=0)  # per key per window; 0: no limit
     rate_limit_window_seconds: int = Field(60, ge=1)
     max_live_jobs_per_key: int = Field(20, ge=0)  # queued and running; 0: no cap
     # limits on what a client sends
