@@ -337,4 +337,29 @@ def test_the_job_cap_and_the_rate_limit_hold_across_two_workers(limited_server, 
     assert limited.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(limited.headers["Retry-After"]) <= 3600
     assert "TABSERVE_RATE_LIMIT_REQUESTS" in limited.json()["error"]["message"]
+    # One count in Redis for both processes, every request in it; health checks uncounted.
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    counters = redis_client.keys(keys.rate_window("limited", 0).rsplit(":", 1)[0] + ":*")
+    assert [int(redis_client.get(k)) for k in counters] == [50]
+    assert redis_client.zcard(keys.owner_jobs("limited")) == 3
+
+
+def test_the_keys_command_creates_lists_and_revokes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    path = tmp_path / "cli-keys.json"
+    monkeypatch.setenv("TABSERVE_API_KEYS_FILE", str(path))
+    runner = CliRunner()
+    created = runner.invoke(main, ["keys", "create", "ops", "--role", "admin"])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    assert token.startswith("tsk_") and token not in path.read_text()
+    assert hash_key(token) in path.read_text()
+    listed = runner.invoke(main, ["keys", "list"])
+    assert listed.stdout.startswith("ops\tadmin\t") and token not in listed.stdout
+    assert runner.invoke(main, ["keys", "revoke", "ops"]).exit_code == 0
+    assert runner.invoke(main, ["keys", "list"]).stdout == ""
+    again = runner.invoke(main, ["keys", "revoke", "ops"])
+    assert again.exit_code == 2 and "no key named 'ops'" in again.output
