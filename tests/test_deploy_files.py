@@ -361,6 +361,97 @@ def test_compose_services_share_redis_and_volumes(compose: dict) -> None:
     assert {m[2] for m in mounts["api"]} == {"/app/artifacts", "/app/data"}
     assert {m[0] for m in mounts["api"]} == {"volume"}
     assert services["api"]["ports"][0]["published"] == "8000"
+    assert services["api"]["ports"][0]["host_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("name", ["redis", "api", "worker", "prometheus", "grafana"])
+def test_compose_services_are_hardened(compose: dict, name: str) -> None:
+    service = compose["services"][name]
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"] and not service.get("cap_add")
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert not service.get("privileged")
+    assert any(t.startswith("/tmp:") for t in service["tmpfs"])
+    limits = service["deploy"]["resources"]["limits"]
+    assert int(limits["memory"]) > 0 and float(limits["cpus"]) > 0 and limits["pids"] > 0
+    logging_ = service["logging"]
+    assert logging_["driver"] == "json-file"
+    assert logging_["options"]["max-size"] and int(logging_["options"]["max-file"]) >= 1
+    assert service.get("user", "") not in ("root", "0", "0:0")
+    if "build" not in service:
+        assert_pinned_or_explained(service["image"], (ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_publishes_nothing_on_every_interface(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports") or []:
+            assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port}"
+
+
+def test_redis_password_is_off_command_lines_and_environments(compose: dict) -> None:
+    redis = compose["services"]["redis"]
+    text = json.dumps({k: redis.get(k) for k in ("command", "environment", "healthcheck")})
+    assert REDIS_PASSWORD not in text
+    command = redis["command"]
+    assert "--requirepass" not in command
+    assert command[command.index("--aclfile") + 1] == "/run/secrets/redis_users"
+    assert [s["source"] for s in redis["secrets"]] == ["redis_users"]
+    secret_file = Path(compose["secrets"]["redis_users"]["file"])
+    assert secret_file.relative_to(ROOT).parts[:2] == ("deploy", "secrets")
+    assert dockerignore_excludes(secret_file.relative_to(ROOT).as_posix())
+
+
+def test_models_are_signed_in_compose(compose: dict) -> None:
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        key = service["environment"]["TABSERVE_MODEL_SIGNING_KEY_FILE"]
+        assert key == "/run/secrets/model_signing_key"
+        assert [s["source"] for s in service["secrets"]] == ["model_signing_key"]
+        assert not key.startswith(service["environment"]["TABSERVE_ARTIFACTS_DIR"])
+
+
+def test_grafana_has_no_default_password(compose: dict, tmp_path: Path) -> None:
+    grafana = compose["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == GRAFANA_PASSWORD
+    result = compose_config(tmp_path, {"TABSERVE_REDIS_PASSWORD": REDIS_PASSWORD})
+    assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+def test_the_documented_redis_acl_recipe_works(tmp_path: Path) -> None:
+    """docs/deploy.md's ACL line, given to a real redis-server as its --aclfile: the password
+    opens it, no password does not, and `ps` shows no password."""
+    import redis as redis_py
+
+    from tests.servers import Process, free_port, wait_until
+
+    text = (ROOT / "docs/deploy.md").read_text()
+    recipe = re.search(r"^(printf 'user default on #%s .*redis-users\.acl)$", text, re.M)
+    assert recipe, "docs/deploy.md lost the ACL recipe"
+    acl = tmp_path / "deploy/secrets/redis-users.acl"
+    acl.parent.mkdir(parents=True)
+    subprocess.run(["sh", "-c", recipe.group(1)], cwd=tmp_path, check=True, timeout=30,
+                   env={"PATH": os.environ["PATH"], "TABSERVE_REDIS_PASSWORD": REDIS_PASSWORD})
+    assert REDIS_PASSWORD not in acl.read_text()
+    port = free_port()
+    server = Process(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                      "--aclfile", str(acl)], dict(os.environ), tmp_path / "redis.log")
+    try:
+        opened = redis_py.Redis(port=port, password=REDIS_PASSWORD)
+        wait_until(lambda: _answers(opened), 10, "redis-server with an ACL file")
+        assert opened.ping()
+        with pytest.raises(redis_py.AuthenticationError):
+            redis_py.Redis(port=port).get("x")
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert REDIS_PASSWORD.encode() not in cmdline
+    finally:
+        server.stop()
+
+
+def _answers(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # not listening yet
+        return False
 
 
 def test_compose_mounts_monitoring_config(compose: dict) -> None:
