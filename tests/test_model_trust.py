@@ -373,3 +373,31 @@ def test_a_refused_default_model_makes_the_service_not_ready(signed, tmp_path, r
                    30, "/readyz after signing")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_every_pickle_protocol_loads_through_the_allow_list(demo_data, protocol):
+    names, X = demo_data
+    y = (X[:, 0] > 14).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X[:100], y[:100])
+    loaded = restricted_loads(pickle.dumps(model, protocol=protocol))
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_tabserve_sign_all_signs_every_version(store, tmp_path):
+    train_demo(store, "logistic")  # version 2
+    settings = Settings(artifacts_dir=store.root,
+                        model_signing_key_file=key_file(tmp_path / "keys.txt", KEY))
+    env = tabserve_env(settings.as_env())
+    run = [sys.executable, "-m", "cli", "sign"]
+    both = subprocess.run([*run, "--all", "breast-cancer"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert both.returncode == 2 and "not both" in both.stderr
+    result = subprocess.run([*run, "--all"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"signed breast-cancer:{v} (key {key_id(KEY.encode())})" for v in (1, 2)]
+    strict = ModelStore.from_settings(settings)
+    for version in (1, 2):
+        assert load_model(strict, "breast-cancer", version).model is not None

@@ -15,6 +15,7 @@ manifest's HMAC (shared/models/signing.py) is what says who wrote the file.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from typing import Any
@@ -56,6 +57,10 @@ HELPERS = frozenset({
     ("pandas._libs.tslibs.timestamps", "_unpickle_timestamp"),
     ("pandas._libs.tslibs.timedeltas", "_timedelta_unpickle"),
     ("pandas._libs.tslibs.nattype", "__nat_unpickle"),
+    ("pandas._libs.tslibs.nattype", "_nat_unpickle"),
+    ("pandas.core.indexes.datetimes", "_new_DatetimeIndex"),
+    ("pandas.core.indexes.period", "_new_PeriodIndex"),
+    ("pandas", "NA"), ("pandas._libs.missing", "NA"),
 })
 
 
@@ -86,6 +91,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler that resolves only the globals `allowed` accepts."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (protocol 2's __builtin__.slice), mapped as pickle maps them, so
+        # that what is checked is what is resolved.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             obj = super().find_class(module, name) if _importable(module) else None
         except (ImportError, AttributeError):
