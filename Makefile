@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test-stamp
 SYSTEM_PACKAGES := redis-server prometheus
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup setup-test system-deps run test lint bench bench-quick bench-batch bench-overhead bench-deps clean
+.PHONY: setup setup-test system-deps run test lint audit lock bench bench-quick bench-batch bench-overhead bench-deps clean
 
 setup: $(STAMP) system-deps
 
@@ -64,6 +64,19 @@ bench-deps:
 lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Security audits (also run by `make test`, tests/test_deploy_files.py): bandit on the code at
+# medium severity and above; pip-audit on the pins (needs the network; findings are fixed or
+# explained in docs/security.md, "Audit findings").
+audit: setup-test
+	$(BIN)/bandit -q -r shared api worker cli -ll
+	$(BIN)/pip-audit -r constraints.txt --no-deps --disable-pip --progress-spinner off
+
+# The images' hashed lock, after a change to constraints.txt or setup.cfg install_requires.
+lock: setup-test
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -c constraints.txt \
+		-o constraints-hashes.txt deploy/requirements-image.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

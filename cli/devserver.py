@@ -122,7 +122,7 @@ def _run(settings: Settings, stop: threading.Event) -> int:
 def _ensure_model(settings: Settings) -> None:
     from shared.models.store import ModelStore
 
-    store = ModelStore(settings.artifacts_dir)
+    store = ModelStore.from_settings(settings)
     if not store.list_models(fresh=True):
         from shared.models.training import train_demo
 

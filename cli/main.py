@@ -33,7 +33,7 @@ def main(ctx: click.Context) -> None:
 def _store(settings: Settings):  # noqa: ANN202 - keeps heavy imports out of `--help`
     from shared.models.store import ModelStore
 
-    return ModelStore(settings.artifacts_dir)
+    return ModelStore.from_settings(settings)
 
 
 @main.command()
@@ -88,6 +88,34 @@ def list_models(settings: Settings) -> None:
     """List the models and versions in the artifacts directory."""
     for name, versions in _store(settings).list_models(fresh=True).items():
         click.echo(f"{name}: versions {', '.join(map(str, versions))}")
+
+
+@main.command()
+@click.argument("refs", nargs=-1)
+@click.option("--all", "sign_all", is_flag=True, help="Sign every version of every model.")
+@click.pass_obj
+def sign(settings: Settings, refs: tuple[str, ...], sign_all: bool) -> None:
+    """Sign models' manifests with the first key of TABSERVE_MODEL_SIGNING_KEY_FILE.
+
+    REFS are NAME (every version) or NAME:VERSION. Sign only models you trust: a signed
+    model is loaded by every server that holds the key.
+    """
+    from shared.models.store import parse_ref
+
+    if sign_all == bool(refs):
+        raise click.UsageError("give model references or --all, not both")
+    store = _store(settings)
+    listing = store.list_models(fresh=True)
+    targets: list[tuple[str, int]] = []
+    for ref in refs or listing:
+        name, version = parse_ref(ref)
+        versions = listing.get(name, [])
+        if version is not None and version not in versions or not versions:
+            raise click.UsageError(f"no model {ref!r} in the artifacts directory")
+        targets += [(name, v) for v in ([version] if version is not None else versions)]
+    for name, version in targets:
+        manifest = store.sign(name, version)
+        click.echo(f"signed {manifest.ref} (key {manifest.signing_key_id})")
 
 
 @main.command()

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     data_dir: str = "./data"
     redis_url: str = "redis://127.0.0.1:6379/0"
     default_model: str | None = None
+    # Models: an HMAC key file outside the artifacts directory (docs/security.md), and whether
+    # a model pickled by another scikit-learn/XGBoost version than installed may be loaded.
+    model_signing_key_file: Path | None = None
+    allow_version_mismatch: bool = False
     max_online_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_upload_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1)
@@ -135,9 +139,11 @@ class Settings(BaseSettings):
             return 1.0
         return min(max(float(raw), 0.0), 1.0)
 
-    @field_validator("artifacts_dir")
+    @field_validator("artifacts_dir", "model_signing_key_file")
     @classmethod
-    def _absolute_path(cls, value: Path) -> Path:
+    def _absolute_path(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
         # Resolved once, here: a server's cwd (Flask's send_file resolves against the app's
         # package) and a worker's may differ from the one the relative path was written for.
         return Path(os.path.abspath(value))

@@ -26,7 +26,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.artifacts_dir)
+        self.store = ModelStore.from_settings(settings)
         self.models = ModelCache(self.store, threads=settings.model_threads)
 
     @cached_property

@@ -29,6 +29,7 @@ import pytest
 import redis
 import requests
 
+from shared.models.signing import SigningKeys
 from shared.models.store import ModelStore
 from shared.models.training import train_demo
 from tests import test_deploy_files as deploy
@@ -144,8 +145,27 @@ class Local:
     healthcheck_timeout: float
 
 
+def write_secrets(compose: dict, root: Path) -> dict[str, str]:
+    """The compose secrets as files, as docs/deploy.md makes them: container path -> file."""
+    import hashlib
+    import secrets
+
+    root.mkdir()
+    content = {
+        "redis_users": "user default on #"
+        + hashlib.sha256(deploy.REDIS_PASSWORD.encode()).hexdigest() + " ~* &* +@all\n",
+        "model_signing_key": secrets.token_hex(32) + "\n",
+    }
+    assert set(compose["secrets"]) == set(content)
+    paths = {}
+    for name, text in content.items():
+        (root / name).write_text(text)
+        paths[f"/run/secrets/{name}"] = str(root / name)
+    return paths
+
+
 def localize(compose: dict, service_name: str, name: str, hosts: dict[str, dict[int, int]],
-             volumes: dict[str, Path], root: Path) -> Local:
+             volumes: dict[str, Path], root: Path, secrets: dict[str, str]) -> Local:
     """One replica of a built service, mapped to this host."""
     service = compose["services"][service_name]
     image = read_image(Path(service["build"]["context"]) / service["build"]["dockerfile"])
@@ -155,6 +175,7 @@ def localize(compose: dict, service_name: str, name: str, hosts: dict[str, dict[
              if v["type"] == "volume"}
     paths[image.env["VIRTUAL_ENV"]] = sys.prefix
     paths[image.workdir] = str(ROOT)  # the Dockerfile copies the sources there
+    paths.update(secrets)
     mapping = Mapping(hosts, paths, {port: free_port() for port in listens})
     (root / "home").mkdir(parents=True)
     (root / "cwd").mkdir()  # the container's WORKDIR, but holding nothing
@@ -189,14 +210,15 @@ def wait_for(proc: Process, check: Callable[[], object], what: str) -> None:
     assert proc.alive(), f"{what}: exited {proc.proc.returncode}:\n{proc.log()}"
 
 
-def start_redis(compose: dict, stack: contextlib.ExitStack, root: Path) -> int:
-    """The redis service's command (its password included) on a loopback port."""
-    command = compose["services"]["redis"]["command"]
+def start_redis(compose: dict, stack: contextlib.ExitStack, root: Path,
+                secrets: dict[str, str]) -> int:
+    """The redis service's command (its ACL file as a secret) on a loopback port."""
+    command = [secrets.get(a, a) for a in compose["services"]["redis"]["command"]]
     assert command[0] == "redis-server"
     assert shutil.which(command[0]), "redis-server is not installed: run 'make setup'"
     port = free_port()
     root.mkdir()
-    env = {"PATH": os.environ["PATH"], **compose["services"]["redis"]["environment"]}
+    env = {"PATH": os.environ["PATH"], **(compose["services"]["redis"].get("environment") or {})}
     proc = start(stack, [*command, "--bind", LOOPBACK, "--port", str(port), "--dir", str(root)],
                  env, root, root / "redis.log")
     client = redis.Redis(port=port, password=deploy.REDIS_PASSWORD)
@@ -248,11 +270,14 @@ def start_services(compose: dict, stack: contextlib.ExitStack, tmp: Path) -> tup
     volumes = {name: tmp / "volumes" / name for name in compose["volumes"]}
     for directory in volumes.values():
         directory.mkdir(parents=True)
-    hosts = {"redis": {REDIS_IMAGE_PORT: start_redis(compose, stack, tmp / "redis")}}
-    api = localize(compose, "api", "api", hosts, volumes, tmp / "api")
-    train_demo(ModelStore(Path(api.env["TABSERVE_ARTIFACTS_DIR"])))
-    workers = [localize(compose, "worker", f"worker-{i + 1}", hosts, volumes, tmp / f"w{i + 1}")
-               for i in range(WORKER_REPLICAS)]
+    secrets = write_secrets(compose, tmp / "secrets")
+    hosts = {"redis": {REDIS_IMAGE_PORT: start_redis(compose, stack, tmp / "redis", secrets)}}
+    api = localize(compose, "api", "api", hosts, volumes, tmp / "api", secrets)
+    artifacts = Path(api.env["TABSERVE_ARTIFACTS_DIR"])
+    keys = SigningKeys.from_file(Path(api.env["TABSERVE_MODEL_SIGNING_KEY_FILE"]), artifacts)
+    train_demo(ModelStore(artifacts, keys=keys))  # signed, as `tabserve train` signs it
+    workers = [localize(compose, "worker", f"worker-{i + 1}", hosts, volumes, tmp / f"w{i + 1}",
+                        secrets) for i in range(WORKER_REPLICAS)]
     procs = {local.name: start(stack, local.argv, local.env, local.cwd, tmp / f"{local.name}.log")
              for local in (api, *workers)}
     api_url = f"http://{LOOPBACK}:{next(iter(api.ports.values()))}"

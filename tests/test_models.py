@@ -77,7 +77,8 @@ def test_one_flipped_byte_is_refused(store):
     assert exc.value.status == 503 and "breast-cancer:1" in exc.value.message
 
 
-def test_library_version_mismatch_is_a_warning(store, caplog):
+def test_library_version_mismatch_is_a_warning_when_allowed(store, caplog):
+    store.allow_version_mismatch = True  # refused otherwise: tests/test_model_trust.py
     directory = store.version_dir("breast-cancer", 1)
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["library_versions"]["scikit-learn"] = "0.0.1"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from shared.errors import ModelIntegrityError, ModelLoadError
 from shared.models.fastpredict import FastPath, compile_fast_path
 from shared.models.manifest import Manifest
 from shared.models.store import ModelStore, describe_error, sha256_bytes
+from shared.models.unpickler import restricted_loads
 from shared.models.validation import RowValidator
 from shared.models.versions import version_mismatches
 from shared.monitoring.metrics import record_model_loaded
@@ -94,6 +94,7 @@ def probe_rows(manifest: Manifest, count: int = 64) -> np.ndarray:
 def read_verified(store: ModelStore, manifest: Manifest) -> bytes:
     """The model file's bytes, after checking their sha256 against the manifest."""
     path = store.version_dir(manifest.name, manifest.version) / manifest.model_file
+    store.check_inside(path, manifest.ref)
     try:
         payload = path.read_bytes()
     except OSError as exc:
@@ -111,14 +112,16 @@ def read_verified(store: ModelStore, manifest: Manifest) -> bytes:
 
 
 def load_model(store: ModelStore, name: str, version: int, threads: int = 1) -> LoadedModel:
-    """Verify, unpickle and prepare one model version."""
+    """Verify (signature, then checksum, then library versions), unpickle with the
+    allow-list and prepare one model version."""
     started = time.perf_counter()
-    manifest = store.manifest(name, version)  # ModelLoadError when unreadable
+    manifest = store.trusted_manifest(name, version)  # ModelLoadError when unreadable
     payload = read_verified(store, manifest)
-    for mismatch in version_mismatches(manifest.library_versions):
-        logger.warning("model %s: %s", manifest.ref, mismatch)
+    check_versions(manifest, store.allow_version_mismatch)
     try:
-        model = pickle.loads(payload)
+        model = restricted_loads(payload)
+    except ModelIntegrityError as exc:
+        raise ModelIntegrityError(f"model {manifest.ref}: {exc.message}") from None
     except Exception as exc:  # a corrupt pickle can raise anything
         raise ModelLoadError(f"model {manifest.ref}: cannot unpickle: "
                              f"{describe_error(exc)}") from None
@@ -126,6 +129,17 @@ def load_model(store: ModelStore, name: str, version: int, threads: int = 1) -> 
     seconds = time.perf_counter() - started
     logger.info("model %s: loaded in %.3f s", manifest.ref, seconds)
     return LoadedModel(manifest, model, seconds)
+
+
+def check_versions(manifest: Manifest, allow_mismatch: bool) -> None:
+    """Refuse a model pickled by another scikit-learn or XGBoost than the installed one
+    (its classes may unpickle into wrong predictions), unless mismatches are allowed."""
+    mismatches = version_mismatches(manifest.library_versions)
+    if mismatches and not allow_mismatch:
+        raise ModelLoadError(f"model {manifest.ref}: {'; '.join(mismatches)}; refusing to "
+                             "load it (retrain it, or set TABSERVE_ALLOW_VERSION_MISMATCH=true)")
+    for mismatch in mismatches:
+        logger.warning("model %s: %s", manifest.ref, mismatch)
 
 
 def limit_threads(model: Any, threads: int) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.models.schema import FeatureSpec, Schema
 
 MANIFEST_FILE = "manifest.json"
+# A model file is a plain name inside its version directory: no "/", no "..", no dot file.
+MODEL_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 
 
 class Manifest(BaseModel):
@@ -36,6 +39,16 @@ class Manifest(BaseModel):
     library_versions: dict[str, str | None] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     reference: dict[str, Any] = Field(default_factory=dict)
+    # HMAC-SHA256 of the other fields and the id of the key that made it (shared/models/signing.py).
+    signature: str | None = None
+    signing_key_id: str | None = None
+
+    @field_validator("model_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not MODEL_FILE_RE.fullmatch(value) or len(value) > 64:
+            raise ValueError(f"model_file {value[:64]!r} is not a plain file name")
+        return value
 
     @property
     def schema_(self) -> Schema:
@@ -52,10 +65,17 @@ class Manifest(BaseModel):
         return self.model_dump(mode="json")
 
 
+def read_manifest_data(directory: Path) -> dict[str, Any]:
+    """A version directory's manifest.json as read, before validation (what is signed)."""
+    data = json.loads((directory / MANIFEST_FILE).read_text())
+    if not isinstance(data, dict):
+        raise ValueError("manifest.json is not a JSON object")
+    return data
+
+
 def read_manifest(directory: Path) -> Manifest:
     """Read and validate a version directory's manifest.json."""
-    data = json.loads((directory / MANIFEST_FILE).read_text())
-    return Manifest.model_validate(data)
+    return Manifest.model_validate(read_manifest_data(directory))
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

@@ -11,10 +11,21 @@ import pickle
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import ModelLoadError, ModelNotFoundError, ValidationError
-from shared.models.manifest import Manifest, read_manifest, write_manifest
+from pydantic import ValidationError as PydanticValidationError
+
+from shared.errors import ModelIntegrityError, ModelLoadError, ModelNotFoundError, ValidationError
+from shared.models.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    read_manifest_data,
+    write_manifest,
+)
+from shared.models.signing import SigningKeys
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,8 @@ def describe_error(exc: BaseException) -> str:
     the server's directories)."""
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
+    if isinstance(exc, PydanticValidationError):  # the field and the reason, not a summary
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
@@ -54,13 +67,30 @@ def sha256_bytes(data: bytes) -> str:
 class ModelStore:
     """Reads the layout artifacts/<name>/<version>/{manifest.json, model.pkl[.gz]}."""
 
-    def __init__(self, root: Path, refresh_seconds: float = 2.0) -> None:
+    def __init__(self, root: Path, refresh_seconds: float = 2.0,
+                 keys: SigningKeys | None = None, allow_version_mismatch: bool = False) -> None:
         self.root = Path(root)
         self.refresh_seconds = refresh_seconds
+        # With keys, every model's manifest must carry a valid HMAC before it is loaded, and
+        # saved models are signed.
+        self.keys = keys
+        self.allow_version_mismatch = allow_version_mismatch
         self._listing: dict[str, list[int]] = {}
         self._listed_at = -1e18
         self._default: str | None = None
         self._default_read_at = -1e18
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStore:
+        """The store of settings.artifacts_dir with its signing keys and version policy."""
+        keys = None
+        if settings.model_signing_key_file is not None:
+            keys = SigningKeys.from_file(settings.model_signing_key_file, settings.artifacts_dir)
+        else:
+            logger.info("no model signing key (TABSERVE_MODEL_SIGNING_KEY_FILE): models "
+                           "are checked by checksum and unpickling allow-list only")
+        return cls(settings.artifacts_dir, keys=keys,
+                   allow_version_mismatch=settings.allow_version_mismatch)
 
     def list_models(self, fresh: bool = False) -> dict[str, list[int]]:
         """Model names mapped to their versions (ascending); cached for refresh_seconds."""
@@ -163,16 +193,64 @@ class ModelStore:
         return name
 
     def version_dir(self, name: str, version: int) -> Path:
-        """Directory of one model version."""
-        return self.root / name / str(version)
+        """Directory of one model version; ModelIntegrityError when the name is not a model
+        name or a symbolic link leads out of the artifacts directory."""
+        parse_ref(name)
+        directory = self.root / name / str(int(version))
+        self.check_inside(directory, f"{name}:{version}")
+        return directory
+
+    def check_inside(self, path: Path, ref: str) -> None:
+        """Refuse a path that resolves (through links) outside the artifacts directory."""
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ModelIntegrityError(f"model {ref}: a link leads out of the artifacts "
+                                      "directory; refusing to read it")
 
     def manifest(self, name: str, version: int) -> Manifest:
         """The manifest of one model version; 503 (ModelLoadError) when it cannot be read."""
+        return self._manifest(name, version)[0]
+
+    def trusted_manifest(self, name: str, version: int) -> Manifest:
+        """The manifest, its HMAC verified when signing keys are set (ModelIntegrityError)."""
+        manifest, data = self._manifest(name, version)
+        if self.keys is not None:
+            self.keys.verify(data, f"{name}:{version}")
+        return manifest
+
+    def _manifest(self, name: str, version: int) -> tuple[Manifest, dict[str, Any]]:
+        directory = self.version_dir(name, version)
         try:
-            return read_manifest(self.version_dir(name, version))
+            self.check_inside(directory / MANIFEST_FILE, f"{name}:{version}")
+            data = read_manifest_data(directory)
+            manifest = Manifest.model_validate(data)
         except (OSError, ValueError) as exc:  # ValueError: bad JSON or a field out of shape
             raise ModelLoadError(f"model {name}:{version}: unreadable manifest: "
                                  f"{describe_error(exc)}") from None
+        if (manifest.name, manifest.version) != (name, version):
+            raise ModelIntegrityError(f"model {name}:{version}: its manifest describes "
+                                      f"{manifest.ref}; refusing to load")
+        return manifest, data
+
+    def sign(self, name: str, version: int) -> Manifest:
+        """Sign one version's manifest with the first key, after checking the model file
+        still has the manifest's checksum."""
+        if self.keys is None:
+            raise ValidationError("no signing key: set TABSERVE_MODEL_SIGNING_KEY_FILE")
+        manifest = self.manifest(name, version)
+        path = self.version_dir(name, version) / manifest.model_file
+        self.check_inside(path, manifest.ref)
+        if sha256_bytes(path.read_bytes()) != manifest.sha256:
+            raise ModelIntegrityError(f"model {manifest.ref}: the model file does not match "
+                                      "its manifest's checksum; not signing it")
+        signed = self._signed(manifest)
+        write_manifest(self.version_dir(name, version), signed)
+        return signed
+
+    def _signed(self, manifest: Manifest) -> Manifest:
+        if self.keys is None:
+            return manifest
+        data = manifest.model_dump(mode="json")
+        return Manifest.model_validate({**data, **self.keys.sign(data)})
 
     def catalog(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every model with its versions and latest manifest; apart, the models whose latest
@@ -217,6 +295,7 @@ class ModelStore:
             sha256=sha256_bytes(payload),
             size_bytes=len(payload),
         )
+        manifest = self._signed(manifest)
         write_manifest(directory, manifest)
         self.list_models(fresh=True)
         self.default_name()

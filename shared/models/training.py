@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from datetime import UTC, datetime
@@ -13,11 +14,12 @@ import pandas as pd
 from sklearn import metrics
 from sklearn.model_selection import train_test_split
 
-from shared.errors import ValidationError
+from shared.errors import ModelIntegrityError, ValidationError
 from shared.models.manifest import Manifest
 from shared.models.reference import feature_reference, prediction_reference
 from shared.models.schema import Schema, infer_schema
 from shared.models.store import ModelStore
+from shared.models.unpickler import RestrictedUnpickler
 from shared.models.versions import library_versions
 
 logger = logging.getLogger(__name__)
@@ -106,8 +108,9 @@ def train_from_file(
 def import_model(
     store: ModelStore, model_path: Path, name: str, sample: Path, target: str | None = None
 ) -> Manifest:
-    """Register a pickled model the user already has, with schema from a sample file."""
-    model = _unpickle(model_path)
+    """Register a model the user already has (XGBoost JSON/UBJSON, or a pickle read with the
+    allow-list), with schema from a sample file."""
+    model = _read_model_file(Path(model_path))
     if not hasattr(model, "predict"):
         raise ValidationError(f"{model_path}: the object has no predict method")
     frame = read_table(sample)
@@ -138,10 +141,37 @@ def _check_classes(y: pd.Series, target: str) -> None:
                               "distinct values): use --task regression")
 
 
+XGBOOST_FORMATS = (".json", ".ubj")
+
+
+def _read_model_file(model_path: Path) -> Any:
+    # XGBoost's own formats need no pickle: preferred, nothing in them runs code.
+    if model_path.suffix.lower() in XGBOOST_FORMATS:
+        return _load_xgboost(model_path)
+    return _unpickle(model_path)
+
+
+def _load_xgboost(model_path: Path) -> Any:
+    import xgboost
+
+    try:
+        booster = xgboost.Booster(model_file=str(model_path))
+        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+        classify = objective.startswith(("binary:", "multi:"))
+        model = (xgboost.XGBClassifier if classify else xgboost.XGBRegressor)()
+        model.load_model(str(model_path))
+    except (xgboost.core.XGBoostError, ValueError, KeyError) as exc:
+        raise ValidationError(f"{model_path}: not an XGBoost model file "
+                              f"({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
+    return model
+
+
 def _unpickle(model_path: Path) -> Any:
     try:
         with open(model_path, "rb") as fh:
-            return pickle.load(fh)  # the user's own file, imported on purpose
+            return RestrictedUnpickler(fh).load()
+    except ModelIntegrityError as exc:
+        raise ValidationError(f"{model_path}: {exc.message}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
             AttributeError, ImportError) as exc:
         raise ValidationError(f"{model_path}: not a pickled model ({type(exc).__name__}: "
