@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    runtime = Services(settings)
+    runtime = Services(settings, fail_fast=True)
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)
