@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from shared.config import Settings
+from shared.redisguard import CircuitBreaker, CircuitOpenError
 from tests.servers import ApiServer, RedisServer, tabserve_env, wait_until
 
 MIN_RATE = 64 * 1024
@@ -218,3 +219,41 @@ def _poll_job(url: str) -> tuple[int, str, float]:
         slowest = max(slowest, time.monotonic() - t0)
     assert r is not None
     return r.status_code, r.json()["error"]["code"], slowest
+
+
+def test_the_circuit_opens_after_failures_in_a_row_and_lets_one_probe_through():
+    now = [0.0]
+    breaker = CircuitBreaker(3, 5.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.before_call()
+        breaker.record_failure()
+    breaker.record_success()  # failures must come in a row
+    for _ in range(3):
+        breaker.before_call()
+        breaker.record_failure()
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpenError):
+        breaker.before_call()
+    now[0] = 5.0
+    assert breaker.state == "half-open"
+    breaker.before_call()  # this thread probes; any other fails fast meanwhile
+    others: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(breaker.before_call, others))
+    thread.start()
+    thread.join()
+    assert [type(e) for e in others] == [CircuitOpenError]
+    breaker.record_failure()  # the probe failed: open for another interval
+    with pytest.raises(CircuitOpenError):
+        breaker.before_call()
+    now[0] = 10.0
+    breaker.before_call()
+    breaker.record_success()
+    assert breaker.state == "closed"
+    breaker.before_call()
+
+
+def _capture(call, errors: list[BaseException]) -> None:
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - kept for the assertion
+        errors.append(exc)
