@@ -81,8 +81,9 @@ class PacedInput:
         self.cut = False
 
     def read(self, size: int | None = -1) -> bytes:
-        size = PIECE_BYTES if size is None or size < 0 else min(size, PIECE_BYTES)
-        return self._paced(self._stream.read, size)
+        if size is None or size < 0:  # all of it, still piece by piece
+            return b"".join(iter(lambda: self._paced(self._stream.read, PIECE_BYTES), b""))
+        return self._paced(self._stream.read, min(size, PIECE_BYTES))
 
     def readline(self, size: int | None = -1) -> bytes:
         size = PIECE_BYTES if size is None or size < 0 else min(size, PIECE_BYTES)
