@@ -38,7 +38,8 @@ test: setup-test
 
 # Benchmarks write their sections of docs/benchmarks.md; run them on an otherwise idle machine.
 # bench: online (15 s per load run) + batch + monitoring overhead + one model call in and out
-# of a server's rhythm; bench-quick: a short pass.
+# of a server's rhythm + /predict beside slow clients and a hung Redis; bench-quick: a short
+# pass.
 BENCH_ARGS ?=
 
 bench: setup-test bench-deps
@@ -46,6 +47,7 @@ bench: setup-test bench-deps
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.modelcall
+	$(BIN)/python -m bench.isolation
 
 bench-quick: setup-test bench-deps
 	$(BIN)/python -m bench.online --quick $(BENCH_ARGS)

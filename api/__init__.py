@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.request_class = UploadRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_form_parts
-    runtime = Services(settings)
+    runtime = Services(settings, fail_fast=True)
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)

@@ -19,7 +19,16 @@ except ConfigError as exc:
 
 bind = settings.bind
 workers = settings.web_workers
-worker_class = "sync"
+# Threads, so that a slow client (a body trickling in, a long upload) holds one thread and not
+# the process that also answers /predict; the worker's main loop keeps its heartbeat going
+# meanwhile, so `timeout` restarts a hung worker, not one receiving a long upload. Request
+# bodies are paced by api/upload.py (a minimum rate); docs/deploy.md says what a front proxy
+# adds.
+worker_class = "gthread"
+threads = settings.web_threads
+# Connections a worker holds at once (in requests, or kept alive between them); beyond it, the
+# listening socket's backlog waits for the other workers.
+worker_connections = max(4 * settings.web_threads, 256)
 timeout = settings.web_timeout
 graceful_timeout = 30
 keepalive = 5

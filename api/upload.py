@@ -1,17 +1,56 @@
-"""A Request whose multipart file parts stream straight into the storage's local staging
-file, instead of a temporary copy that would then be copied again."""
+"""The request class: multipart file parts stream straight into the storage's local staging
+file, and every request body is read at a minimum rate.
+
+A client that sends its body slower than TABSERVE_UPLOAD_MIN_BYTES_PER_SECOND on average, once
+TABSERVE_UPLOAD_GRACE_SECONDS have passed, gets a JSON 408: a body may take as long as its
+size needs at that rate, and a trickling client cannot hold a server thread for longer. A read
+blocked past its deadline (a client sending a byte a second, or nothing) is cut by a watchdog
+thread, which shuts the read side of the socket; the view's clean-up then removes whatever was
+staged.
+"""
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from typing import IO, Any
 
 from flask import Request, current_app
+from werkzeug.utils import cached_property
+
+from shared.errors import RequestTimeoutError
+
+logger = logging.getLogger(__name__)
+# Largest piece asked of the server's stream at once: the watchdog can only bound a read by the
+# bytes it asked for, so a smaller piece lets it cut a slow client sooner.
+PIECE_BYTES = 64 * 1024
 
 
 class UploadRequest(Request):
-    """Flask request class; file parts go to storage.staging_file()."""
+    """Flask request class; file parts go to storage.staging_file(), bodies are paced."""
 
     staged: list[Any]
+
+    @cached_property
+    def stream(self) -> IO[bytes]:  # type: ignore[override]
+        self._pace_input()
+        return super().stream
+
+    @property
+    def input_stream(self) -> IO[bytes]:  # type: ignore[override]
+        self._pace_input()
+        return self.environ["wsgi.input"]
+
+    def _pace_input(self) -> None:
+        body = self.environ["wsgi.input"]
+        settings = current_app.extensions["tabserve"].settings
+        if isinstance(body, PacedInput) or not settings.upload_min_bytes_per_second:
+            return
+        self.environ["wsgi.input"] = PacedInput(
+            body, settings.upload_min_bytes_per_second, settings.upload_grace_seconds,
+            self.environ.get("gunicorn.socket"))
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None,
@@ -22,3 +61,111 @@ class UploadRequest(Request):
             self.staged = []
         self.staged.append(path)
         return fh
+
+
+class PacedInput:
+    """wsgi.input, read no slower than `rate` bytes/s on average after `grace` seconds."""
+
+    def __init__(self, stream: Any, rate: int, grace: float,
+                 sock: socket.socket | None) -> None:
+        self._stream = stream
+        self.rate = rate
+        self._start = time.monotonic() + grace  # the rate is owed from then on
+        self._sock = sock
+        self.received = 0
+        self.cut = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:  # all of it, still piece by piece
+            return b"".join(iter(lambda: self._paced(self._stream.read, PIECE_BYTES), b""))
+        return self._paced(self._stream.read, min(size, PIECE_BYTES))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        size = PIECE_BYTES if size is None or size < 0 else min(size, PIECE_BYTES)
+        return self._paced(self._stream.readline, size)
+
+    def __iter__(self) -> PacedInput:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def deadline(self, wanted: int) -> float:
+        """When `wanted` more bytes are due, at the minimum rate."""
+        return self._start + (self.received + wanted) / self.rate
+
+    def cut_off(self) -> None:
+        """End the body: a blocked read returns, and the connection is not reused."""
+        self.cut = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # the client went away already
+
+    def _paced(self, read: Any, size: int) -> bytes:
+        if self.cut or time.monotonic() > self.deadline(0):
+            self._refuse()
+        WATCHDOG.watch(self, self.deadline(size))
+        try:
+            data = read(size)
+        except Exception:
+            if self.cut:  # the server's reader saw the socket end
+                self._refuse()
+            raise
+        finally:
+            WATCHDOG.unwatch(self)
+        self.received += len(data)
+        if self.cut or data and time.monotonic() > self.deadline(0):
+            self._refuse()
+        return data
+
+    def _refuse(self) -> None:
+        if not self.cut:
+            self.cut_off()
+        raise RequestTimeoutError(
+            f"the request body arrived slower than the minimum of {self.rate} bytes/s "
+            f"({self.received} bytes received)")
+
+
+class _Watchdog:
+    """One daemon thread per process: cuts off reads still blocked at their deadline."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, tuple[float, PacedInput]] = {}
+        self._wake_at = float("inf")
+        self._thread: threading.Thread | None = None
+
+    def watch(self, body: PacedInput, deadline: float) -> None:
+        with self._cond:
+            self._due[id(body)] = (deadline, body)
+            if self._thread is None:  # started in the process that serves
+                self._thread = threading.Thread(target=self._run, name="body-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            if deadline < self._wake_at:  # a body's deadlines only grow: rarely woken
+                self._cond.notify()
+
+    def unwatch(self, body: PacedInput) -> None:
+        with self._cond:
+            self._due.pop(id(body), None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, body) in list(self._due.items()):
+                    if deadline <= now:
+                        del self._due[key]
+                        logger.info("request body slower than %d bytes/s: cut off",
+                                    body.rate)
+                        body.cut_off()
+                self._wake_at = min((d for d, _ in self._due.values()), default=now + 60.0)
+                self._cond.wait(timeout=max(self._wake_at - now, 0.01))
+
+
+WATCHDOG = _Watchdog()

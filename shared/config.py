@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1:8000"
     web_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     web_timeout: int = Field(60, ge=0)  # 0: no timeout, as in gunicorn
+    # Threads per gunicorn worker: a slow client holds one thread, not the process.
+    web_threads: int = Field(64, ge=1, le=1024)
+    # A request body slower than this, once upload_grace_seconds have passed, is cut with a 408.
+    upload_min_bytes_per_second: int = Field(64 * 1024, ge=0)  # 0: no minimum
+    upload_grace_seconds: float = Field(10.0, gt=0)
+    # The API's Redis calls: short timeouts, and a circuit that opens after so many failures
+    # in a row and lets one probe through after redis_circuit_open_seconds (workers keep 5 s).
+    api_redis_timeout_seconds: float = Field(0.5, gt=0)
+    redis_circuit_failures: int = Field(3, ge=1)
+    redis_circuit_open_seconds: float = Field(5.0, gt=0)
     extra: Mapping[str, str] = Field(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:

@@ -44,6 +44,13 @@ class PayloadTooLargeError(TabserveError):
     code = "payload_too_large"
 
 
+class RequestTimeoutError(TabserveError):
+    """A request body arrived slower than the minimum rate (a slow client)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ValidationError(TabserveError):
     status = 422
     code = "validation_error"

@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 class Services:
     """What a process (API worker or Celery worker) holds for its lifetime; built lazily."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fail_fast: bool = False) -> None:
         self.settings = settings
+        # The API's Redis calls fail fast (shared.redisguard): they share threads with
+        # /predict. A worker's block the job they serve anyway, so they wait longer.
+        self.fail_fast = fail_fast
         self.store = ModelStore.from_settings(settings)
         self.models = ModelCache(self.store, threads=settings.model_threads)
 
@@ -34,6 +37,12 @@ class Services:
         """A Redis client; it connects on first command."""
         import redis as redis_py
 
+        if self.fail_fast:
+            from shared.redisguard import CircuitBreaker, guarded_client
+
+            s = self.settings
+            breaker = CircuitBreaker(s.redis_circuit_failures, s.redis_circuit_open_seconds)
+            return guarded_client(s.redis_url, s.api_redis_timeout_seconds, breaker)
         return redis_py.Redis.from_url(
             self.settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0,
             health_check_interval=30,

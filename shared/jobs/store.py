@@ -52,7 +52,8 @@ def new_job_id() -> str:
 
 @contextmanager
 def redis_errors() -> Iterator[None]:
-    """Turn an unreachable Redis into a 503 with a clear message."""
+    """Turn an unreachable Redis into a 503 with a clear message (a timeout, a refused
+    connection, or the API's open circuit: shared.redisguard)."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -1,0 +1,387 @@
+"""/predict while other clients misbehave: a steady /predict rate, measured in phases, each
+beside one disruption; then /predict throughput of the gthread workers against sync ones.
+
+    .venv/bin/python -m bench.isolation [--duration 15] [--rate 100] [--no-write]
+
+Phases (tabserve's defaults, 2 gunicorn workers, a local redis-server, no Celery worker):
+idle; (a) 50 connections trickling a /predict body at 1 byte/s, reconnecting when cut off;
+(b) 10 multipart uploads of a 6 MB CSV at 300 KB/s each, one after another per client;
+(c) Redis SIGSTOPped for 30 s while 8 clients poll GET /jobs/<id>; (d) 2 clients posting a
+CSV whose header has 100,000 columns, back to back. The disruptions run in a child process,
+the /predict client (4 threads, open loop, keep-alive, 5 s timeout) in this one. Writes (or
+replaces) its section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from sklearn.datasets import load_breast_cancer
+
+from bench.common import machine
+from bench.loadgen import run_load, wrk_version
+from bench.online_report import write_section
+from shared.config import Settings
+from shared.models.store import ModelStore
+from shared.models.training import train_demo
+from tests.servers import ApiServer, RedisServer, tabserve_env, wait_until
+
+TITLE = "/predict isolation: slow clients, large uploads, a hung Redis, wide headers"
+CLIENT_THREADS = 4
+UPLOAD_BYTES = 6 * 1024 * 1024
+UPLOAD_RATE = 300 * 1000
+REDIS_STOP_SECONDS = 30.0
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    latencies: list[float]
+    errors: int
+    side: dict[str, int]  # what the disruptive clients got: status (or error) -> count
+    load: float  # the machine's 1-minute load average at the end
+
+
+def _features() -> list[dict[str, float]]:
+    data = load_breast_cancer()
+    return [dict(zip(map(str, data.feature_names), row.tolist(), strict=True))
+            for row in data.data[:100]]
+
+
+def steady_predict(url: str, rate: float, seconds: float) -> tuple[list[float], int]:
+    """/predict at `rate` requests/s for `seconds`, from CLIENT_THREADS keep-alive clients."""
+    rows = _features()
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        interval = CLIENT_THREADS / rate
+        start = time.monotonic() + k * interval / CLIENT_THREADS
+        for i in range(int(seconds / interval)):
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t0 = time.monotonic()
+            try:
+                ok = session.post(url + "/predict", json={"features": rows[i % len(rows)]},
+                                  timeout=5).status_code == 200
+            except requests.RequestException:
+                ok = False
+            with lock:
+                if ok:
+                    latencies.append(time.monotonic() - t0)
+                else:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENT_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors[0]
+
+
+# Disruptions: each runs in a child process until `stop` is set, and counts what it got.
+
+def _count(side: dict[str, int], key: object) -> None:
+    side[str(key)] = side.get(str(key), 0) + 1
+
+
+def trickle(port: int, stop: mp.Event, side: dict[str, int]) -> None:
+    """50 connections sending a /predict body a byte a second; reopened when cut off."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{")
+
+    def opened() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(head)
+        return sock
+
+    socks = [opened() for _ in range(50)]
+    while not stop.wait(1.0):
+        for i, sock in enumerate(socks):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                _count(side, _status_of(sock))
+                sock.close()
+                socks[i] = opened()
+    for sock in socks:
+        sock.close()
+
+
+def _status_of(sock: socket.socket, timeout: float = 1.0) -> str:
+    """The status code of the answer on sock, or "cut" when none comes within timeout."""
+    sock.settimeout(timeout)
+    try:
+        line = sock.recv(64).split(b"\r\n", 1)[0].decode(errors="replace")
+        return line.split(" ")[1] if line.startswith("HTTP/") else "cut"
+    except OSError:
+        return "cut"
+
+
+def uploads(port: int, stop: mp.Event, side: dict[str, int]) -> None:
+    """10 clients, each uploading a 6 MB CSV at 300 KB/s, again and again."""
+    data = load_breast_cancer()
+    header = ",".join(map(str, data.feature_names)).encode() + b"\n"
+    line = ",".join(map(str, data.data[0])).encode() + b"\n"
+    csv = header + line * (UPLOAD_BYTES // len(line))
+    boundary = "benchboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"in.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode() + csv + \
+        f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                sock.sendall(head)
+                piece = UPLOAD_RATE // 10
+                for start in range(0, len(body), piece):
+                    if stop.is_set():
+                        break
+                    t0 = time.monotonic()
+                    sock.sendall(body[start:start + piece])
+                    time.sleep(max(0.1 - (time.monotonic() - t0), 0))
+                else:  # the checks of a 6 MB CSV take a while on a busy machine
+                    _count(side, _status_of(sock, 30.0))
+                sock.close()
+            except OSError as exc:
+                _count(side, type(exc).__name__)
+
+    _threads(client, 10, stop)
+
+
+def poll_jobs(url: str, stop: mp.Event, side: dict[str, int]) -> None:
+    """8 clients polling GET /jobs/<id> every 0.1 s."""
+    def client() -> None:
+        session = requests.Session()
+        while not stop.wait(0.1):
+            try:
+                r = session.get(url + "/jobs/0f0c0d0e-0000-4000-8000-000000000000", timeout=10)
+                _count(side, r.status_code)
+            except requests.RequestException as exc:
+                _count(side, type(exc).__name__)
+
+    _threads(client, 8, stop)
+
+
+def wide_headers(url: str, stop: mp.Event, side: dict[str, int]) -> None:
+    """2 clients posting a CSV whose header has 100,000 columns, back to back."""
+    header = ",".join(f"c{i}" for i in range(100_000)).encode() + b"\n"
+    csv = header + b",".join(b"1" for _ in range(100_000)) + b"\n"
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                r = session.post(url + "/jobs", files={"file": ("wide.csv", csv, "text/csv")},
+                                 timeout=30)
+                _count(side, r.status_code)
+            except requests.RequestException as exc:
+                _count(side, type(exc).__name__)
+
+    _threads(client, 2, stop)
+
+
+def _threads(client: Callable[[], None], n: int, stop: mp.Event) -> None:
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(timeout=35)
+
+
+def run_phase(name: str, api: ApiServer, target: Callable | None, args: tuple, rate: float,
+              seconds: float, settle: float = 3.0,
+              around: tuple[Callable[[], None], Callable[[], None]] | None = None) -> Phase:
+    """The steady /predict load for `seconds` beside one disruption, after `settle` s of it."""
+    manager = mp.Manager()
+    side = manager.dict()
+    stop = mp.Event()
+    child = mp.Process(target=_disrupt, args=(target, args, stop, side)) if target else None
+    if child:
+        child.start()
+        time.sleep(settle)
+    if around:
+        around[0]()
+    try:
+        latencies, errors = steady_predict(api.url, rate, seconds)
+    finally:
+        if around:
+            around[1]()
+        stop.set()
+        if child:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
+    result = Phase(name, seconds, latencies, errors, dict(side), os.getloadavg()[0])
+    manager.shutdown()
+    print(name, _row(result, None), flush=True)
+    return result
+
+
+def _disrupt(target: Callable, args: tuple, stop: mp.Event, side: dict) -> None:
+    counts: dict[str, int] = {}
+    syncer = threading.Thread(target=_sync_counts, args=(counts, side, stop), daemon=True)
+    syncer.start()
+    target(*args, stop, counts)
+    side.update(counts)
+
+
+def _sync_counts(counts: dict[str, int], side: dict, stop: mp.Event) -> None:
+    while not stop.wait(1.0):
+        side.update(dict(counts))
+
+
+def _row(phase: Phase, idle_p99: float | None) -> str:
+    ms = np.asarray(phase.latencies) * 1e3 if phase.latencies else np.zeros(1)
+    p50, p99 = np.percentile(ms, [50, 99])
+    ratio = f"{p99 / idle_p99:.2f}" if idle_p99 else "1.00"
+    side = ", ".join(f"{k}: {v}" for k, v in sorted(phase.side.items())) or "-"
+    return (f"| {phase.name} | {len(phase.latencies) + phase.errors} | {phase.errors} | "
+            f"{p50:.2f} | {p99:.2f} | {ms.max():.1f} | {ratio} | {phase.load:.1f} | {side} |")
+
+
+def throughput(work: Path, redis: RedisServer, seconds: float) -> list[str]:
+    """Closed-loop /predict req/s at 16 connections: gthread (keep-alive, close), sync."""
+    tool = "wrk" if wrk_version() else "python"
+    bodies = work / "bodies.jsonl"
+    import json
+
+    bodies.write_text("".join(json.dumps({"features": f}) + "\n" for f in _features()))
+    lines = []
+    for label, threads, close in (("gthread, keep-alive", 64, False),
+                                  ("gthread, Connection: close", 64, True),
+                                  ("sync (web_threads=1), Connection: close", 1, True)):
+        settings = _settings(work, redis).with_overrides(web_threads=threads)
+        api = ApiServer(tabserve_env(settings.as_env()), work, workers=2)
+        try:
+            run_load(tool, api.url + "/predict", bodies, 16, 2, close)  # warm-up
+            r = run_load(tool, api.url + "/predict", bodies, 16, seconds, close)
+        finally:
+            api.stop()
+        lines.append(f"| {label} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                     f"{r.errors} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def _settings(work: Path, redis: RedisServer) -> Settings:
+    return Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
+                    redis_url=redis.url, worker_metrics_port=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--rate", type=float, default=100.0, help="/predict requests/s")
+    parser.add_argument("--redis-stop", type=float, default=REDIS_STOP_SECONDS,
+                        help="seconds Redis stays stopped in phase (c)")
+    parser.add_argument("--throughput-seconds", type=float, default=10.0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tabserve-isolation-"))
+    train_demo(ModelStore(work / "artifacts"))
+    redis = RedisServer(work / "redis")
+    try:
+        api = ApiServer(tabserve_env(_settings(work, redis).as_env()), work, workers=2)
+        try:
+            phases = _phases(api, redis, args.rate, args.duration, args.redis_stop)
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+            api.stop()
+        speed = throughput(work, redis, args.throughput_seconds)
+    finally:
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    text = _report(args, phases, speed)
+    print(text)
+    if not args.no_write:
+        write_section(f"## {TITLE}", text)
+
+
+def _phases(api: ApiServer, redis: RedisServer, rate: float, seconds: float,
+            redis_stop: float) -> list[Phase]:
+    requests.post(api.url + "/predict", json={"features": _features()[0]}, timeout=30)
+    hang = (lambda: os.kill(redis.pid, signal.SIGSTOP),
+            lambda: os.kill(redis.pid, signal.SIGCONT))
+    phases = [
+        run_phase("idle", api, None, (), rate, seconds),
+        run_phase("(a) 50 bodies at 1 byte/s", api, trickle, (api.port,), rate, seconds),
+        run_phase("(b) 10 uploads at 300 KB/s", api, uploads, (api.port,), rate,
+                  seconds + 5),
+        run_phase("(c) Redis stopped, 8 pollers", api, poll_jobs, (api.url,), rate,
+                  redis_stop, settle=1.0, around=hang),
+    ]
+    _after_redis(api)
+    phases.append(run_phase("(d) 100,000-column headers", api, wide_headers, (api.url,),
+                            rate, seconds))
+    return phases
+
+
+def _after_redis(api: ApiServer) -> None:
+    """Wait for every API worker's circuit to close again (a probe after the open interval):
+    ten readiness answers in a row, on new connections spread over the workers, see Redis."""
+    in_a_row = [0]
+
+    def redis_ok() -> bool:
+        ok = requests.get(api.url + "/readyz", timeout=5).json()["checks"]["redis"]["status"]
+        in_a_row[0] = in_a_row[0] + 1 if ok == "ok" else 0
+        return in_a_row[0] >= 10
+
+    wait_until(redis_ok, 30, "Redis back", interval=0.2)
+
+
+def _report(args: argparse.Namespace, phases: list[Phase], speed: list[str]) -> str:
+    idle_p99 = float(np.percentile(np.asarray(phases[0].latencies) * 1e3, 99))
+    worst = max(float(np.percentile(np.asarray(p.latencies) * 1e3, 99)) for p in phases)
+    errors = sum(p.errors for p in phases)
+    lines = [f"## {TITLE}", "",
+             f"Command: `python -m bench.isolation --duration {args.duration:g} --rate "
+             f"{args.rate:g} --redis-stop {args.redis_stop:g}` "
+             f"({time.strftime('%Y-%m-%d')})", "",
+             f"Machine: {machine()}. Server, load and disruptions share the two cores, with "
+             "whatever else runs (the load average column: 2.0 is both cores busy).", "",
+             f"tabserve's defaults (gthread, `TABSERVE_WEB_THREADS=64`, body minimum "
+             f"64 KiB/s after 10 s, Redis calls 0.5 s and a circuit after 3 failures), "
+             f"2 gunicorn workers. /predict: {args.rate:g} requests/s, open loop, from "
+             f"{CLIENT_THREADS} keep-alive clients (5 s timeout), one breast-cancer row each; "
+             "each disruption runs a few seconds before the /predict load starts and until it "
+             "ends. Errors: any answer but 200, or no answer within 5 s.", "",
+             "| phase | /predict requests | errors | p50 ms | p99 ms | max ms | p99 / idle p99 "
+             "| load avg | the disruptive clients got |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(p, idle_p99) for p in phases]
+    lines += ["", f"- every /predict answered: {'PASS' if errors == 0 else 'FAIL'} "
+              f"({errors} errors); p99 within 2x of idle in every phase: "
+              f"{'PASS' if worst <= 2 * idle_p99 else 'FAIL'} (worst {worst:.2f} ms against "
+              f"{idle_p99:.2f} ms)", "",
+              f"Closed-loop throughput, 16 connections, {args.throughput_seconds:g} s, "
+              "2 workers (the cost of threads):",
+              "", "| workers | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|",
+              *speed]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
