@@ -126,10 +126,29 @@ def sign(settings: Settings, refs: tuple[str, ...], sign_all: bool) -> None:
 def api(settings: Settings, bind: str | None, workers: int | None) -> None:
     """Run the HTTP API under gunicorn."""
     settings = _with_flags(settings, bind=bind, web_workers=workers)
-    env = {**os.environ, **settings.as_env()}
-    metricsdir.prepare(env, "api")
-    _exec([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"],
-          env)
+    _run_api(settings)
+
+
+# SageMaker's inference container contract: `docker run IMAGE serve`, port 8080, the model
+# unpacked under /opt/ml/model.
+SAGEMAKER_BIND = "0.0.0.0:8080"
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+
+
+@main.command()
+@click.option("--bind", default=None,
+              help="HOST:PORT (default: TABSERVE_BIND if set, else 0.0.0.0:8080).")
+@click.pass_obj
+def serve(settings: Settings, bind: str | None) -> None:
+    """Run the API as a SageMaker inference container (/ping, /invocations on port 8080)."""
+    if bind is None and "TABSERVE_BIND" not in os.environ:
+        port = os.environ.get("SAGEMAKER_BIND_TO_PORT")
+        bind = f"0.0.0.0:{port}" if port else SAGEMAKER_BIND
+    artifacts = None
+    if "TABSERVE_ARTIFACTS_DIR" not in os.environ and SAGEMAKER_MODEL_DIR.is_dir():
+        artifacts = SAGEMAKER_MODEL_DIR
+    settings = _with_flags(settings, bind=bind, artifacts_dir=artifacts)
+    _run_api(settings)
 
 
 @main.command()
@@ -222,6 +241,13 @@ def _with_flags(settings: Settings, **flags: object) -> Settings:
     # A flag given on the command line wins over its TABSERVE_* variable, and is validated.
     given = {name: value for name, value in flags.items() if value is not None}
     return settings.with_overrides(**given) if given else settings
+
+
+def _run_api(settings: Settings) -> None:
+    env = {**os.environ, **settings.as_env()}
+    metricsdir.prepare(env, "api")
+    _exec([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"],
+          env)
 
 
 def _exec(args: list[str], env: dict[str, str]) -> None:

@@ -20,6 +20,9 @@ READ_BYTES = 1024 * 1024
 # else is for admin keys only, so a new route is closed until it is listed here.
 ROUTE_ACTIONS: dict[str, Action] = {
     "predict.predict": Action.PREDICT,
+    "mlflow.invocations": Action.PREDICT,
+    "mlflow.ping": Action.READ_MODELS,     # public paths (roles.PUBLIC_PATHS), like /healthz
+    "mlflow.version": Action.READ_MODELS,
     "feedback.post_feedback": Action.FEEDBACK,
     "models.list_models": Action.READ_MODELS,
     "models.get_model": Action.READ_MODELS,

@@ -30,6 +30,8 @@ class Manifest(BaseModel):
     classes: list[Any] | None = None
     input_kind: Literal["numpy", "dataframe"] = "numpy"
     label_from_proba: bool = False
+    # What /invocations answers by default, as MLflow's log_model(pyfunc_predict_fn=...).
+    pyfunc_predict_fn: Literal["predict", "predict_proba"] = "predict"
     model_file: str
     compression: Literal["gzip"] | None = None
     sha256: str

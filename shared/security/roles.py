@@ -31,9 +31,10 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.READ: frozenset({Action.READ_MODELS, Action.METRICS}),
 }
 
-# Routes answered without a key: liveness and readiness, ours and the protocols'.
+# Routes answered without a key: liveness and readiness, ours and the protocols', and the
+# version MLflow's scoring server tells anyone.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
-                          "/ping"})
+                          "/ping", "/health", "/version"})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""MLflow's scoring server routes, which are also SageMaker's container contract:
+POST /invocations, GET /ping and /health (the default model is ready), GET /version."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api.errors import too_large_message
+from api.views import json_body, json_response, read_body, runtime
+from shared.errors import TabserveError, UnsupportedMediaTypeError
+from shared.monitoring.health import check_model
+from shared.monitoring.metrics import VALIDATION_ERRORS
+from shared.online.mlflow import (
+    error_body,
+    invoke,
+    parse_csv_input,
+    parse_json_input,
+    tabserve_version,
+)
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("mlflow", __name__)
+
+
+@bp.post("/invocations")
+def invocations() -> Response:
+    rt = runtime()
+    if request.mimetype not in ("application/json", "text/csv"):
+        raise UnsupportedMediaTypeError("Content-Type must be application/json or text/csv, "
+                                        f"got {request.mimetype or 'none'}")
+    ref = request.args.get("model") if request.query_string else None
+    loaded = rt.models.resolve(ref, rt.settings.default_model)
+    g.model_ref = loaded.manifest.ref
+    params: dict[str, Any] = {}
+    if request.mimetype == "text/csv":
+        rows = parse_csv_input(read_body(request.max_content_length), loaded)
+    else:
+        rows, params = parse_json_input(json_body(), loaded.validator.names)
+    body, prediction_id = invoke(rt, loaded, rows, params)
+    return json_response(body, headers={"X-Prediction-Id": prediction_id})
+
+
+@bp.get("/ping")
+@bp.get("/health")
+def ping() -> Response:
+    check = check_model(runtime())
+    return json_response(check, status=200 if check["status"] == "ok" else 503)
+
+
+@bp.get("/version")
+def version() -> Response:
+    return Response(tabserve_version(), mimetype="text/plain")
+
+
+# Errors on these routes answer in MLflow's shape, with the status tabserve gives them.
+@bp.errorhandler(TabserveError)
+def _domain_error(exc: TabserveError) -> Response:
+    if exc.status >= 500:
+        logger.error("%s: %s", exc.code, exc.message)
+    elif exc.status in (400, 413, 415, 422):
+        VALIDATION_ERRORS.labels(exc.code, "online").inc()
+    response = json_response(error_body(exc.status, exc.message), exc.status)
+    response.headers.update(getattr(exc, "headers", None) or {})
+    return response
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(exc: RequestEntityTooLarge) -> Response:
+    return json_response(error_body(413, too_large_message()), 413)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    return json_response(error_body(status, exc.description or exc.name), status)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return json_response(error_body(500, "internal server error"), 500)
