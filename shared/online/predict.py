@@ -6,12 +6,14 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationError
-from shared.models.loading import LoadedModel
+from shared.models.loading import LoadedModel, Prediction
+from shared.models.manifest import Manifest
 from shared.monitoring.metrics import record_prediction
 from shared.monitoring.predictions import new_prediction_id
 
@@ -76,9 +78,18 @@ def extract_rows(body: Any, max_rows: int) -> tuple[list[Any], bool]:
     return rows, False
 
 
-def predict_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
-                 single: bool) -> dict[str, Any]:
-    """Validate rows, predict, and build the JSON response body."""
+@dataclass
+class Scored:
+    """Rows scored by a model: its output, the labels as JSON values, the prediction id."""
+
+    result: Prediction
+    labels: list[Any]
+    prediction_id: str
+
+
+def score_rows(rt: Services, loaded: LoadedModel, rows: list[Any], single: bool) -> Scored:
+    """Validate rows, predict (fast path when the model has one) and record the prediction
+    (metrics, drift, prediction log): what every online protocol does with its rows."""
     manifest = loaded.manifest
     X = loaded.validator.validate(rows, single=single)
     started = time.perf_counter()
@@ -90,6 +101,24 @@ def predict_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
         rt.drift.observe(manifest, X, result.labels)
         rt.predictions.add(prediction_id, manifest.name, manifest.version, manifest.task,
                            labels)
+    return Scored(result, labels, prediction_id)
+
+
+def log_payload(rt: Services, prediction_id: str, manifest: Manifest, rows: list[Any],
+                outputs: dict[str, Any]) -> None:
+    """The sampled audit log of a request's inputs and outputs (TABSERVE_LOG_PAYLOADS)."""
+    if rt.payload_sample_rate and random.random() < rt.payload_sample_rate:
+        payload_logger.info("payload %s", prediction_id, extra={
+            "prediction_id": prediction_id, "model_version": manifest.ref, "inputs": rows,
+            "outputs": outputs})
+
+
+def predict_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
+                 single: bool) -> dict[str, Any]:
+    """Validate rows, predict, and build the JSON response body."""
+    manifest = loaded.manifest
+    scored = score_rows(rt, loaded, rows, single)
+    result, labels, prediction_id = scored.result, scored.labels, scored.prediction_id
     body: dict[str, Any] = {}
     keys = loaded.class_keys
     probabilities = None
@@ -106,8 +135,6 @@ def predict_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
             body["probabilities"] = probabilities
         body["prediction_ids"] = [f"{prediction_id}.{i}" for i in range(len(labels))]
     body["model"] = {"name": manifest.name, "version": manifest.version}
-    if rt.payload_sample_rate and random.random() < rt.payload_sample_rate:
-        payload_logger.info("payload %s", prediction_id, extra={
-            "prediction_id": prediction_id, "model_version": manifest.ref, "inputs": rows,
-            "outputs": {k: v for k, v in body.items() if k != "model"}})
+    log_payload(rt, prediction_id, manifest, rows,
+                {k: v for k, v in body.items() if k != "model"})
     return body
