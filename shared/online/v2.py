@@ -240,7 +240,9 @@ def infer(rt: Services, loaded: LoadedModel, header: Any, buffers: bytes) -> Inf
     arrays = {"predict": scored.result.labels, "predict_proba": scored.result.probabilities}
     tensors, pieces = [], []
     for name, binary in chosen:
-        tensor, data = output_tensor(name, arrays[name], binary)
+        array = arrays[name]
+        assert array is not None  # predict_proba is offered only when the model has it
+        tensor, data = output_tensor(name, array, binary)
         tensors.append(tensor)
         pieces.append(data)
     answer: dict[str, Any] = {"model_name": manifest.name, "model_version": str(manifest.version)}
