@@ -128,6 +128,7 @@ def test_unknown_models_and_versions_are_404_in_v2_shape(client):
     assert "no version 7" in _error(client.get(f"/v2/models/{MODEL}/versions/7/ready"), 404)
     _error(client.post("/v2/models/nope/infer", data=b"{}"), 404)
     _error(client.get(f"/v2/models/{MODEL}/versions/x1"), 422)
+    assert "is not served" in _error(client.get(f"/v2/models/{MODEL}/config"), 404)
 
 
 def test_matrix_and_per_feature_tensors_equal_predict(client, demo_data, demo_rows):
@@ -288,6 +289,7 @@ def test_the_online_metrics_count_v2_rows(client, demo_data, demo_rows):
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_against_gunicorn(api_server, demo_data, demo_rows, binary):
     import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     names, X = demo_data
     url = api_server.url.removeprefix("http://")
@@ -299,6 +301,8 @@ def test_tritonclient_against_gunicorn(api_server, demo_data, demo_rows, binary)
         assert [i["name"] for i in meta["inputs"]] == names
         assert MODEL in {m["name"] for m in client.get_model_repository_index()}
         assert not client.is_model_ready("nope")
+        with pytest.raises(InferenceServerException, match="is not served"):
+            client.get_model_config(MODEL)
 
         rows = X[:200]
         matrix = httpclient.InferInput("input-0", list(rows.shape), "FP64")

@@ -40,6 +40,7 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "v2.repository_index": Action.READ_MODELS,
     "v2.load_model": Action.ADMIN,
     "v2.unload_model": Action.ADMIN,
+    "v2.unknown": Action.READ_MODELS,
 }
 
 

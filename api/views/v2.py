@@ -15,7 +15,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.errors import too_large_message
 from api.views import json_response, read_body, runtime
-from shared.errors import BadRequestError, TabserveError, UnsupportedMediaTypeError
+from shared.errors import (
+    BadRequestError,
+    NotFoundError,
+    TabserveError,
+    UnsupportedMediaTypeError,
+)
 from shared.models.loading import LoadedModel
 from shared.models.store import parse_ref
 from shared.monitoring.health import check_readiness
@@ -127,6 +132,14 @@ def unload_model(name: str) -> Response:
     raise BadRequestError(f"model {name!r} cannot be unloaded: every worker loads a model on "
                           "its first request and serves it while it is in the artifacts "
                           "directory")
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST"])
+def unknown(rest: str) -> Response:
+    # In V2's shape, so that a client's call this server lacks (model config, statistics,
+    # shared memory, tracing) fails with a message it can show.
+    raise NotFoundError(f"/v2/{rest} is not served: tabserve implements V2's health, "
+                        "metadata, ready, infer and model repository endpoints")
 
 
 def model_ref(name: str, version: str | None) -> str:
