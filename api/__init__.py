@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)
     install_gate(app, runtime.gate)
 
-    from api.views import feedback, health, jobs, metrics, mlflow, models, predict
+    from api.views import feedback, health, jobs, metrics, mlflow, models, predict, v2
 
     app.register_blueprint(predict.bp)
     app.register_blueprint(models.bp)
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(mlflow.bp)
+    app.register_blueprint(v2.bp)
     register_collector(QueueCollector(runtime.jobs.counts))
     if settings.preload_model:
         runtime.models.warm(settings.default_model)

@@ -33,6 +33,17 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "jobs.get_result": Action.READ_JOBS,
     "jobs.get_errors": Action.READ_JOBS,
     "metrics.metrics": Action.METRICS,
+    # Open Inference Protocol V2; its health routes are public (roles.PUBLIC_PATHS).
+    "v2.infer": Action.PREDICT,
+    "v2.server_metadata": Action.READ_MODELS,
+    "v2.live": Action.READ_MODELS,
+    "v2.ready": Action.READ_MODELS,
+    "v2.model_metadata": Action.READ_MODELS,
+    "v2.model_ready": Action.READ_MODELS,
+    "v2.repository_index": Action.READ_MODELS,
+    "v2.load_model": Action.ADMIN,
+    "v2.unload_model": Action.ADMIN,
+    "v2.unknown": Action.READ_MODELS,
 }
 
 

@@ -1,0 +1,155 @@
+"""Open Inference Protocol V2 over REST (shared/online/v2.py), as tritonclient.http speaks it.
+
+Errors on these routes answer V2's shape, {"error": "message"}, with the status of the
+domain error (the rest of the API keeps its own shape).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import orjson
+from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api.errors import too_large_message
+from api.views import json_response, read_body, runtime
+from shared.errors import (
+    BadRequestError,
+    NotFoundError,
+    TabserveError,
+    UnsupportedMediaTypeError,
+)
+from shared.models.loading import LoadedModel
+from shared.models.store import parse_ref
+from shared.monitoring.health import check_readiness
+from shared.monitoring.metrics import VALIDATION_ERRORS
+from shared.online import v2
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+BODY_TYPES = frozenset({"", "application/json", "application/octet-stream"})
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = json_response({"error": message}, status=status)
+    response.headers.update(headers or {})
+    return response
+
+
+@bp.errorhandler(TabserveError)
+def _domain_error(exc: TabserveError) -> Response:
+    if exc.status >= 500:
+        logger.error("%s: %s", exc.code, exc.message)
+    elif exc.status in (400, 413, 415, 422):
+        VALIDATION_ERRORS.labels(exc.code, "online").inc()
+    return error(exc.status, exc.message, getattr(exc, "headers", None))
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, RequestEntityTooLarge):
+        return error(413, too_large_message())
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+@bp.get("")
+def server_metadata() -> Response:
+    try:
+        ours = version("tabserve")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return json_response({"name": "tabserve", "version": ours,
+                          "extensions": ["binary_tensor_data", "model_repository"]})
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    return json_response({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    report = check_readiness(runtime())
+    return json_response({"ready": report["ready"]}, status=200 if report["ready"] else 503)
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> Response:
+    store = runtime().store
+    resolved_name, resolved = store.resolve(model_ref(name, version))
+    versions = [resolved] if version is not None else store.list_models()[resolved_name]
+    return json_response(v2.model_metadata(store.manifest(resolved_name, resolved), versions))
+
+
+@bp.get("/models/<name>/ready")
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> Response:
+    loaded = load(name, version)
+    return json_response({"name": loaded.manifest.name,
+                          "version": str(loaded.manifest.version), "ready": True})
+
+
+@bp.post("/models/<name>/infer")
+@bp.post("/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Response:
+    rt = runtime()
+    if request.headers.get("Content-Encoding", "identity") != "identity":
+        raise UnsupportedMediaTypeError("Content-Encoding is not supported: send the body "
+                                        "uncompressed")
+    if request.mimetype not in BODY_TYPES and not request.mimetype.endswith("+json"):
+        raise UnsupportedMediaTypeError(f"Content-Type must be application/json or none, got "
+                                        f"{request.mimetype}")
+    raw = read_body(request.max_content_length)
+    header, buffers = v2.split_body(raw, request.headers.get("Inference-Header-Content-Length"))
+    body = v2.parse_header(header, rt.settings)
+    loaded = load(name, version)
+    answer = v2.infer(rt, loaded, body, buffers)
+    if not answer.buffers:
+        return json_response(answer.header)
+    head = orjson.dumps(answer.header)
+    return Response(head + answer.buffers, mimetype="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+@bp.post("/repository/index")
+def repository_index() -> Response:
+    return json_response(v2.repository_index(runtime()))
+
+
+@bp.post("/repository/models/<name>/load")
+def load_model(name: str) -> Response:
+    load(name, None)
+    return json_response({})
+
+
+@bp.post("/repository/models/<name>/unload")
+def unload_model(name: str) -> Response:
+    raise BadRequestError(f"model {name!r} cannot be unloaded: every worker loads a model on "
+                          "its first request and serves it while it is in the artifacts "
+                          "directory")
+
+
+@bp.route("/<path:rest>", methods=["GET", "POST"])
+def unknown(rest: str) -> Response:
+    # In V2's shape, so that a client's call this server lacks (model config, statistics,
+    # shared memory, tracing) fails with a message it can show.
+    raise NotFoundError(f"/v2/{rest} is not served: tabserve implements V2's health, "
+                        "metadata, ready, infer and model repository endpoints")
+
+
+def model_ref(name: str, version: str | None) -> str:
+    ref = name if version is None else f"{name}:{version}"
+    parse_ref(ref)  # a 422 naming a bad name or version
+    return ref
+
+
+def load(name: str, version: str | None) -> LoadedModel:
+    """The model version, loaded in this process (a load failure is its error)."""
+    loaded = runtime().models.resolve(model_ref(name, version))
+    g.model_ref = loaded.manifest.ref
+    return loaded
