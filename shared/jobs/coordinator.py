@@ -57,7 +57,7 @@ def run_job(rt: Services, job_id: str, worker: str, attempt: int | None = None) 
     lease = rt.settings.job_lease_seconds
     state = jobs.start(job_id, attempt, worker, lease, time_limit(job, rt.settings))
     if state is not JobStatus.RUNNING:
-        logger.info("job %s: message for attempt %d dropped: the job is %s (attempt %d)",
+        logger.info("job %s: message for attempt %d dropped (%s; the job was at attempt %d)",
                     job_id, attempt, state, job.attempt)
         return JobOutcome(state)
     JOB_ATTEMPTS.labels("job").inc()

@@ -109,10 +109,10 @@ return '$queued'
 # started attempt), `<i>:running` (set while an attempt runs), `<i>:done` (its result).
 # KEYS: job, parts hash, part lease. ARGV: index, message attempt ('' = next), lease ms.
 PART_START = _lua("""
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= '$running' then return {status or '$missing', 0} end
 local i = ARGV[1]
 if redis.call('HEXISTS', KEYS[2], i .. ':done') == 1 then return {'$duplicate', 0} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '$running' then return {status or '$missing', 0} end
 if redis.call('HEXISTS', KEYS[2], i .. ':running') == 1 then return {'$stale', 0} end
 local want = tonumber(redis.call('HGET', KEYS[2], i .. ':attempt') or '0') + 1
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= want then return {'$stale', 0} end
