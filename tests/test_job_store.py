@@ -152,3 +152,57 @@ def test_celery_is_configured_not_to_lose_jobs(base_settings):
     assert conf.broker_transport_options["visibility_timeout"] > 7200
     assert conf.broker_connection_retry_on_startup is True
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+
+
+def _messages(client, queue: str) -> list[list]:
+    """The args of every Celery message waiting in a queue (kombu's JSON envelope)."""
+    import base64
+
+    out = []
+    for raw in client.lrange(queue, 0, -1):
+        body = orjson.loads(raw)["body"]
+        out.append(orjson.loads(base64.b64decode(body))[0])
+    return out
+
+
+def test_the_reaper_sends_lost_attempts_on_and_times_jobs_out(base_settings, redis_server,
+                                                              tmp_path):
+    import redis
+
+    from shared.jobs.reaper import Reaper
+    from shared.services import Services
+
+    settings = base_settings.with_overrides(
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/5", queue_name="reaper",
+        job_lease_seconds=1, data_dir=str(tmp_path))
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    rt = Services(settings)
+    jobs, reaper = rt.jobs, Reaper(rt, "me")
+    for job_id in ("lost", "slow", "late", "waiting"):
+        jobs.create(_job(job_id))
+    for job_id in ("lost", "slow", "late"):
+        assert jobs.start(job_id, 1, "w", lease_seconds=60) == "running"
+    client.delete(keys.job_lease("lost"))
+    client.hset(keys.job("late"), "deadline_at", time.time() - 1)
+    reaper.tick()
+    assert _messages(client, "reaper") == [["lost", 2]]
+    assert jobs.get("lost").status is JobStatus.QUEUED
+    assert jobs.get("lost").public()["retry"]["reason"] == "worker lost"
+    assert jobs.get("slow").status is JobStatus.RUNNING  # its lease lives
+    late = jobs.get("late")
+    assert late.status is JobStatus.FAILED and late.error.code == "timeout"
+    assert jobs.retrying() == 1
+    # Another worker's reaper waits for the lock.
+    assert not jobs.hold_lock(keys.reaper_lock(), "other", 1)
+    # A queued job whose message is long gone while the broker's queue is short: sent again.
+    client.delete("reaper")
+    client.hset(keys.job("waiting"), "sent_at", time.time() - 3600)
+    reaper.tick()
+    assert sorted(_messages(client, "reaper")) == [["waiting", 1]]
+    # Redis restarted (a new run id): every queued job's message is sent again.
+    client.delete("reaper")
+    client.set(keys.reaper_redis_run_id(), "an earlier server")
+    reaper.tick()
+    assert sorted(_messages(client, "reaper")) == [["lost", 2], ["waiting", 1]]
+    client.close()

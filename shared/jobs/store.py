@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -45,7 +46,8 @@ _RUNNING = keys.jobs_with_status(JobStatus.RUNNING)
 _RETRYING = keys.jobs_retrying()
 
 
-class PartState(NamedTuple):
+@dataclass(frozen=True)
+class PartState:
     """One part of a split job as the reaper sees it."""
 
     index: int
