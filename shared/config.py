@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     worker_threads: int = Field(0, ge=0)
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     visibility_timeout_seconds: int = Field(300, ge=1)
+    # A running attempt renews its lease every third of this; a lease gone for this long
+    # sends the job (or part) to its next attempt.
+    job_lease_seconds: int = Field(30, ge=1)
+    job_max_attempts: int = Field(3, ge=1)
+    job_time_limit_seconds: int = Field(6 * 3600, ge=1)  # a job's option may ask for another
+    job_time_limit_max_seconds: int = Field(24 * 3600, ge=1)
     queue_name: str = Field("tabserve", min_length=1)
     model_threads: int = Field(1, ge=1)
     preload_model: bool = True

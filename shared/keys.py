@@ -1,6 +1,7 @@
 """Every Redis key tabserve uses, one function each, so a key is built in one place only.
 
-Celery's own keys (the broker queue, kombu's unacked index) are Celery's and not here.
+Celery's own keys (the broker queue, kombu's unacked index) are Celery's and not here: tabserve
+reads the queue's length (its name is `settings.queue_name`) and never writes Celery's keys.
 """
 
 from __future__ import annotations
@@ -28,6 +29,31 @@ def jobs_index() -> str:
 def jobs_with_status(status: str) -> str:
     """Ids of the jobs in one live status (queued, running): a set, so depth is one SCARD."""
     return f"{PREFIX}jobs:{status}"
+
+
+def jobs_retrying() -> str:
+    """Ids of queued jobs waiting for their next attempt after a lost one: a set."""
+    return f"{PREFIX}jobs:retrying"
+
+
+def job_lease(job_id: str) -> str:
+    """Held by the running attempt of a job (value: its attempt), with a TTL it renews."""
+    return f"{PREFIX}job:{job_id}:lease"
+
+
+def part_lease(job_id: str, index: int) -> str:
+    """Held by the running attempt of one part of a split job, like job_lease."""
+    return f"{PREFIX}job:{job_id}:lease:{index}"
+
+
+def reaper_lock() -> str:
+    """Held by the one worker whose reaper looks for lost attempts now."""
+    return f"{PREFIX}reaper:lock"
+
+
+def reaper_redis_run_id() -> str:
+    """The Redis server run id the reaper last saw: a new one means Redis restarted."""
+    return f"{PREFIX}reaper:run_id"
 
 
 def workers() -> str:

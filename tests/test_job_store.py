@@ -26,8 +26,14 @@ def test_transitions_are_guarded(redis_client):
     assert jobs.finish("a", "cancelled") == "cancelled"
     assert jobs.start("a", 1, "w1") == "cancelled"  # a cancelled queued job never runs
     jobs.create(_job("b"))
+    assert jobs.start("b", 2, "w1") == "stale"  # not the next attempt
     assert jobs.start("b", 1, "w1") == "running"
-    assert jobs.start("b", 2, "w2") == "running"  # re-delivery supersedes attempt 1
+    assert jobs.start("b", 1, "w2") == "stale"  # a duplicate never starts it twice
+    assert jobs.start("b", 2, "w2") == "stale"  # a running job is not taken over by a message
+    redis_client.delete(keys.job_lease("b"))  # its worker died: the reaper sends attempt 2
+    assert jobs.requeue("b", 1, 3, "worker lost", JobError("worker_lost", "x")) == "queued"
+    assert jobs.get("b").public()["retry"]["attempt"] == 2
+    assert jobs.start("b", 2, "w2") == "running"
     assert jobs.progress("b", 1, rows_done=5) == "stale"
     assert jobs.finish("b", "succeeded", 1) == "stale"
     assert jobs.progress("b", 2, rows_done=5) == "running"
@@ -37,6 +43,53 @@ def test_transitions_are_guarded(redis_client):
     assert 0 < redis_client.ttl(keys.job("b")) <= 60
     assert jobs.get("b").public()["attempts"] == 2
     assert jobs.get("b").status is JobStatus.SUCCEEDED
+
+
+def test_the_reaper_takes_only_an_attempt_whose_lease_is_gone(redis_client):
+    jobs = JobStore(redis_client, ttl_seconds=60)
+    jobs.create(_job("r"))
+    lost = JobError("worker_lost", "lost")
+    assert jobs.start("r", 1, "w1", lease_seconds=30) == "running"
+    assert redis_client.get(keys.job_lease("r")) == b"1"
+    assert jobs.requeue("r", 1, 3, "worker lost", lost) == "running"  # lease alive
+    assert jobs.renew_lease(keys.job_lease("r"), 1, 30)
+    assert not jobs.renew_lease(keys.job_lease("r"), 2, 30)  # not attempt 2's
+    assert jobs.live_running() == 1 and jobs.counts().running == 1
+    redis_client.delete(keys.job_lease("r"))
+    assert jobs.live_running() == 0  # its worker is gone: not counted as running
+    assert jobs.requeue("r", 2, 3, "worker lost", lost) == "stale"  # not the current attempt
+    assert jobs.requeue("r", 1, 3, "worker lost", lost) == "queued"
+    assert jobs.requeue("r", 1, 3, "worker lost", lost) == "stale"  # once
+    assert jobs.retrying() == 1
+    for attempt in (2, 3):
+        assert jobs.start("r", attempt, "w") == "running"
+        redis_client.delete(keys.job_lease("r"))
+        expected = "queued" if attempt < 3 else "failed"
+        assert jobs.requeue("r", attempt, 3, "worker lost", lost) == expected
+    job = jobs.get("r")
+    assert job.status is JobStatus.FAILED and job.error == lost and job.attempt == 3
+    assert jobs.retrying() == 0 and jobs.counts().queued == 0
+
+
+def test_a_part_runs_once_per_attempt_and_a_done_part_is_a_duplicate(redis_client):
+    jobs = JobStore(redis_client, ttl_seconds=60)
+    jobs.create(_job("p"))
+    jobs.start("p", 1, "w")
+    jobs.set_parts("p", [{"start": 0, "end": 10, "first_row": 0}] * 2)
+    assert jobs.part_start("p", 0, 1) == ("running", 1)
+    assert jobs.part_start("p", 0, 1)[0] == "stale"  # the same message twice
+    assert jobs.part_start("p", 0, None)[0] == "stale"  # running: never taken over
+    assert jobs.part_requeue("p", 0, 1, 3) == "running"  # its lease lives
+    redis_client.delete(keys.part_lease("p", 0))
+    assert [s.leased for s in jobs.part_states("p", 2)] == [False, False]
+    assert jobs.part_requeue("p", 0, 1, 3) == "queued"
+    assert jobs.part_start("p", 0, 1)[0] == "stale"  # the lost attempt's message, late
+    assert jobs.part_start("p", 0, 2) == ("running", 2)
+    assert jobs.part_progress("p", 0, 1, 5, 5, 0) == "stale"
+    assert jobs.part_done("p", 0, 2, {"rows": 1}) == 1
+    assert jobs.part_start("p", 0, 3)[0] == "duplicate"  # done: nothing runs, nothing deleted
+    assert jobs.part_done("p", 0, 2, {"rows": 1}) == "stale"
+    assert jobs.part_start("p", 1, None) == ("running", 1)  # a message without an attempt
 
 
 def test_a_record_reads_back_as_written(redis_client):
@@ -90,9 +143,66 @@ def test_files_of_expired_jobs_are_removed(redis_client, tmp_path):
 
 
 def test_celery_is_configured_not_to_lose_jobs(base_settings):
-    conf = make_celery(base_settings.with_overrides(visibility_timeout_seconds=120)).conf
+    settings = base_settings.with_overrides(visibility_timeout_seconds=120,
+                                            job_time_limit_max_seconds=7200)
+    conf = make_celery(settings).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.broker_transport_options["visibility_timeout"] == 120
+    # The reaper finds lost attempts; the broker never re-delivers a job that may still run.
+    assert conf.broker_transport_options["visibility_timeout"] > 7200
     assert conf.broker_connection_retry_on_startup is True
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+
+
+def _messages(client, queue: str) -> list[list]:
+    """The args of every Celery message waiting in a queue (kombu's JSON envelope)."""
+    import base64
+
+    out = []
+    for raw in client.lrange(queue, 0, -1):
+        body = orjson.loads(raw)["body"]
+        out.append(orjson.loads(base64.b64decode(body))[0])
+    return out
+
+
+def test_the_reaper_sends_lost_attempts_on_and_times_jobs_out(base_settings, redis_server,
+                                                              tmp_path):
+    import redis
+
+    from shared.jobs.reaper import Reaper
+    from shared.services import Services
+
+    settings = base_settings.with_overrides(
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/5", queue_name="reaper",
+        job_lease_seconds=1, data_dir=str(tmp_path))
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    rt = Services(settings)
+    jobs, reaper = rt.jobs, Reaper(rt, "me")
+    for job_id in ("lost", "slow", "late", "waiting"):
+        jobs.create(_job(job_id))
+    for job_id in ("lost", "slow", "late"):
+        assert jobs.start(job_id, 1, "w", lease_seconds=60) == "running"
+    client.delete(keys.job_lease("lost"))
+    client.hset(keys.job("late"), "deadline_at", time.time() - 1)
+    reaper.tick()
+    assert _messages(client, "reaper") == [["lost", 2]]
+    assert jobs.get("lost").status is JobStatus.QUEUED
+    assert jobs.get("lost").public()["retry"]["reason"] == "worker lost"
+    assert jobs.get("slow").status is JobStatus.RUNNING  # its lease lives
+    late = jobs.get("late")
+    assert late.status is JobStatus.FAILED and late.error.code == "timeout"
+    assert jobs.retrying() == 1
+    # Another worker's reaper waits for the lock.
+    assert not jobs.hold_lock(keys.reaper_lock(), "other", 1)
+    # A queued job whose message is long gone while the broker's queue is short: sent again.
+    client.delete("reaper")
+    client.hset(keys.job("waiting"), "sent_at", time.time() - 3600)
+    reaper.tick()
+    assert sorted(_messages(client, "reaper")) == [["waiting", 1]]
+    # Redis restarted (a new run id): every queued job's message is sent again.
+    client.delete("reaper")
+    client.set(keys.reaper_redis_run_id(), "an earlier server")
+    reaper.tick()
+    assert sorted(_messages(client, "reaper")) == [["lost", 2], ["waiting", 1]]
+    client.close()

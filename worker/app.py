@@ -77,6 +77,15 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
     threading.Thread(target=_heartbeat, args=(name, processes), name="heartbeat",
                      daemon=True).start()
+    threading.Thread(target=_reap, args=(name,), name="reaper", daemon=True).start()
+
+
+def _reap(name: str) -> None:
+    # Finds jobs whose attempt lost its worker (here or in any other worker) and sends them
+    # on; one worker at a time does the work, under a lock in Redis.
+    from shared.jobs.reaper import Reaper
+
+    Reaper(Services(settings), f"{name}#{os.getpid()}").run(_stopping)
 
 
 def _heartbeat(name: str, processes: int) -> None:

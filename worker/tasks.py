@@ -1,4 +1,8 @@
-"""Celery tasks, named by the constants in shared.jobs.queue: thin adapters over shared/."""
+"""Celery tasks, named by the constants in shared.jobs.queue: thin adapters over shared/.
+
+Each message names the attempt it is for; messages sent before attempts were numbered have
+none and are taken for the next attempt.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,31 @@ from contextlib import contextmanager
 from typing import Any
 
 from shared.jobs.coordinator import run_job
-from shared.jobs.lease import MessageLease
 from shared.jobs.parts import run_part
 from shared.jobs.queue import SCORE_JOB, SCORE_PART
 from shared.jobs.retention import purge_expired
 from shared.logs import log_context
 from shared.services import Services
-from worker.app import celery_app, runtime, settings
+from worker.app import celery_app, runtime
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def _leased(task: Any, **context: Any) -> Iterator[Services]:
-    """Keep the task's broker message leased and tag the logs while the work runs."""
-    rt = runtime()
-    tag = (task.request.properties or {}).get("delivery_tag")
+def _logged(**context: Any) -> Iterator[Services]:
+    """Tag the logs while the work runs (its lease is kept by shared.jobs.lease)."""
     token = log_context.set(context)
     try:
-        interval = max(0.2, settings.visibility_timeout_seconds / 5)
-        with MessageLease(rt.redis, tag, interval):
-            yield rt
+        yield runtime()
     finally:
         log_context.reset(token)
 
 
 @celery_app.task(name=SCORE_JOB, bind=True)
-def score_job(self: Any, job_id: str) -> str:
+def score_job(self: Any, job_id: str, attempt: int | None = None) -> str:
     """Score one batch job (or cut it into parts); its outcome is in the job record."""
-    with _leased(self, job_id=job_id) as rt:
-        outcome = run_job(rt, job_id, self.request.hostname)
+    with _logged(job_id=job_id) as rt:
+        outcome = run_job(rt, job_id, self.request.hostname, attempt)
         try:
             purge_expired(rt.jobs, rt.storage)
         except Exception:  # retention is best effort; the job is done
@@ -46,8 +45,8 @@ def score_job(self: Any, job_id: str) -> str:
 
 
 @celery_app.task(name=SCORE_PART, bind=True)
-def score_part(self: Any, job_id: str, index: int) -> str:
+def score_part(self: Any, job_id: str, index: int, attempt: int | None = None) -> str:
     """Score one part of a job spread over the workers."""
-    with _leased(self, job_id=job_id, part=index) as rt:
-        outcome = run_part(rt, job_id, index, self.request.hostname)
+    with _logged(job_id=job_id, part=index) as rt:
+        outcome = run_part(rt, job_id, index, self.request.hostname, attempt)
     return outcome.status.value

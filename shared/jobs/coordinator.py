@@ -1,7 +1,10 @@
 """Running a job: scored whole, or cut into parts for many workers (shared.jobs.parts).
 
-A re-delivered job starts again from the first row with a new attempt number, and the
-superseded attempt stops at its next chunk.
+Each message is for one attempt. Only a queued job whose next attempt is the message's
+starts; a running one is never taken over by a delivery, so a late or duplicate message is
+acknowledged and dropped. A dead or frozen attempt is found by its lease (shared.jobs.lease)
+and sent to its next attempt by the reaper (shared.jobs.reaper), which starts again from the
+first row; the superseded attempt stops at its next chunk.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from typing import TYPE_CHECKING
 from shared import keys
 from shared.errors import TabserveError
 from shared.jobs.inputs import Chunk
+from shared.jobs.lease import Lease
 from shared.jobs.parts import split_job
 from shared.jobs.record import Answer, Job, JobStatus, Outcome
 from shared.jobs.run import (
+    REDIS_LOST,
     JobOutcome,
     JobRun,
     JobStopped,
@@ -24,32 +29,46 @@ from shared.jobs.run import (
     fail_job,
     score_range,
 )
-from shared.monitoring.metrics import record_job_finished
+from shared.monitoring.metrics import JOB_ATTEMPTS, record_job_finished
 
 if TYPE_CHECKING:
+    from shared.config import Settings
     from shared.services import Services
 
 logger = logging.getLogger(__name__)
 
 
-def run_job(rt: Services, job_id: str, worker: str) -> JobOutcome:
-    """Score one job end to end; every failure ends in the job's record, never raised."""
+def time_limit(job: Job, settings: Settings) -> int:
+    """The job's time limit: its option, else the setting, never past the maximum."""
+    asked = job.options.get("time_limit_seconds") or settings.job_time_limit_seconds
+    return min(int(asked), settings.job_time_limit_max_seconds)
+
+
+def run_job(rt: Services, job_id: str, worker: str, attempt: int | None = None) -> JobOutcome:
+    """Run one attempt at a job (None: a message from before attempts were numbered, for
+    the next one); every failure ends in the job's record, never raised."""
     jobs = rt.jobs
     try:
         job = jobs.get(job_id)
     except TabserveError:
         logger.warning("job %s: no record (expired or deleted); dropping", job_id)
         return JobOutcome(Outcome.MISSING)
-    if job.status is JobStatus.RUNNING and job.parts_dispatched:
-        logger.info("job %s: its parts are queued already", job_id)  # a re-delivered split
-        return JobOutcome(Outcome.SPLIT)
-    attempt = job.attempt + 1
-    state = jobs.start(job_id, attempt, worker)
+    attempt = attempt or job.attempt + 1
+    lease = rt.settings.job_lease_seconds
+    state = jobs.start(job_id, attempt, worker, lease, time_limit(job, rt.settings))
     if state is not JobStatus.RUNNING:
-        logger.info("job %s: not started, status is %s", job_id, state)
+        logger.info("job %s: message for attempt %d dropped (%s; the job was at attempt %d)",
+                    job_id, attempt, state, job.attempt)
         return JobOutcome(state)
+    JOB_ATTEMPTS.labels("job").inc()
     if attempt > 1:
-        logger.warning("job %s: attempt %d (an earlier worker stopped mid-job)", job_id, attempt)
+        logger.warning("job %s: attempt %d (an earlier attempt was lost)", job_id, attempt)
+    with Lease(jobs, keys.job_lease(job_id), attempt, lease):
+        return _run(rt, job, attempt, worker)
+
+
+def _run(rt: Services, job: Job, attempt: int, worker: str) -> JobOutcome:
+    jobs, job_id = rt.jobs, job.id
     ref = f"{job.model_name}:{job.model_version}"
     logger.info("job %s: started on %s (model %s, attempt %d)", job_id, worker, ref, attempt,
                 extra={"job_id": job_id, "model_version": ref})
@@ -61,6 +80,9 @@ def run_job(rt: Services, job_id: str, worker: str) -> JobOutcome:
     except JobStopped as stop:
         logger.info("job %s: stopped (%s)", job_id, stop)
         return JobOutcome(stop.answer)
+    except REDIS_LOST as exc:
+        logger.warning("job %s: attempt %d abandoned, Redis lost: %s", job_id, attempt, exc)
+        return JobOutcome(Outcome.STALE)
     except Exception as exc:  # every failure ends in the job's record
         return fail_job(jobs, job, attempt, error_of(exc, job_id))
     seconds = time.perf_counter() - started
@@ -78,7 +100,7 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
         return jobs.progress(job_id, attempt, rows_done=run.rows_done,
                              rows_failed=run.rows_failed, bytes_done=chunk.bytes_done)
 
-    run = JobRun(rt, job, report)
+    run = JobRun(rt, job, report, attempt)
     rt.redis.delete(keys.job_predictions(job_id))  # a re-delivered job starts them afresh
     rows = score_range(storage, job, run, None, run.output_key, run.errors_key)
     if run.rows_done == 0:
@@ -91,7 +113,7 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
                         bytes_done=job.input["size_bytes"], output=output,
                         errors_key=run.errors_key if run.skip else None,
                         drift=run.drift.result())
-    if final is JobStatus.CANCELLED:
+    if final is not JobStatus.SUCCEEDED:  # this attempt's own files: no other's
         storage.delete(run.output_key)
         storage.delete(run.errors_key)
     if final is not JobStatus.SUCCEEDED:

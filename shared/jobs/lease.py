@@ -1,57 +1,55 @@
-"""Keeping a running job's broker message leased while the job is alive.
+"""A running attempt's lease: a Redis key owned by the job (or part), not by the broker.
 
-Celery acknowledges our messages late; until then kombu's Redis transport keeps each in its
-`unacked_index` sorted set, scored by delivery time, and hands it to another worker once
-the score is older than the visibility timeout. A job that heartbeats the score keeps its
-message for as long as its worker lives, so the timeout only has to cover a dead worker's
-silence, not the longest job: a SIGKILLed worker's job is re-delivered within about one
-visibility timeout, and a long job is never re-delivered while it runs.
+The attempt that starts a job sets `keys.job_lease(job_id)` (a part: `keys.part_lease`) to its
+attempt number with a TTL of `job_lease_seconds`, in the same script that marks it running.
+While the attempt runs, a thread in the process that scores it renews the TTL every third of
+that, only while the value is still this attempt's. When the process dies or freezes, the
+key expires and the reaper (shared.jobs.reaper) sends the job to its next attempt; a frozen
+attempt that wakes up finds its lease gone and its status changed, and stops at its next
+chunk.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from types import TracebackType
-from typing import Any
+
+from shared.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-UNACKED_INDEX = "unacked_index"  # kombu.transport.redis.Channel.unacked_index_key
 
+class Lease:
+    """Context manager: renew a lease (set when the attempt started) until the work ends,
+    then release it if it is still this attempt's."""
 
-class MessageLease:
-    """Context manager: re-stamp a delivery tag's unacked score every `interval` seconds."""
-
-    def __init__(self, client: Any, delivery_tag: str | None, interval: float) -> None:
-        self.client = client
-        self.tag = delivery_tag
-        self.interval = interval
+    def __init__(self, jobs: JobStore, key: str, attempt: int, seconds: float) -> None:
+        self.jobs, self.key, self.attempt, self.seconds = jobs, key, attempt, seconds
+        self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def renew(self) -> bool:
-        """Stamp the message as delivered now; False when it is no longer leased."""
-        if not self.tag:
-            return False
-        return bool(self.client.zadd(UNACKED_INDEX, {self.tag: time.time()}, xx=True, ch=True))
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.seconds / 3):
             try:
-                self.renew()
-            except Exception as exc:  # Redis hiccup: try again next interval
-                logger.warning("lease %s: renewal failed: %s", self.tag, exc)
+                if not self.jobs.renew_lease(self.key, self.attempt, self.seconds):
+                    logger.warning("lease %s: attempt %d no longer holds it", self.key,
+                                   self.attempt)
+                    self.lost.set()
+                    return
+            except Exception as exc:  # Redis away for a moment: try again next time
+                logger.warning("lease %s: renewal failed: %s", self.key, exc)
 
-    def __enter__(self) -> MessageLease:
-        if self.tag:
-            self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
-            self._thread.start()
+    def __enter__(self) -> Lease:
+        self._thread.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)
+        try:
+            self.jobs.release_lease(self.key, self.attempt)
+        except Exception as exc:  # it expires by itself
+            logger.warning("lease %s: not released: %s", self.key, exc)

@@ -23,9 +23,11 @@ from shared import keys
 from shared.jobs import paths
 from shared.jobs.csvrecords import count_csv_rows
 from shared.jobs.inputs import Part, plan_parts
+from shared.jobs.lease import Lease
 from shared.jobs.queue import send_score_part
 from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
 from shared.jobs.run import (
+    REDIS_LOST,
     JobOutcome,
     JobRun,
     JobStopped,
@@ -35,7 +37,7 @@ from shared.jobs.run import (
     score_range,
 )
 from shared.jobs.store import JobStore
-from shared.monitoring.metrics import record_job_finished
+from shared.monitoring.metrics import JOB_ATTEMPTS, record_job_finished
 from shared.storage import Storage
 
 if TYPE_CHECKING:
@@ -72,18 +74,32 @@ def split_job(rt: Services, job: Job) -> bool:
     return True
 
 
-def run_part(rt: Services, job_id: str, index: int, worker: str) -> JobOutcome:
-    """Score one part; the part that completes the set assembles the result."""
-    jobs, storage = rt.jobs, rt.storage
-    status, attempt = jobs.part_start(job_id, index)
+def run_part(rt: Services, job_id: str, index: int, worker: str,
+             attempt: int | None = None) -> JobOutcome:
+    """Run one attempt at a part (None: its next); the part that completes the set
+    assembles the result. A part already done, or running, is left alone."""
+    jobs, lease = rt.jobs, rt.settings.job_lease_seconds
+    status, started = jobs.part_start(job_id, index, attempt, lease)
     if status is not JobStatus.RUNNING:
-        logger.info("job %s part %d: not run, job is %s", job_id, index, status)
+        logger.info("job %s part %d: message for attempt %s dropped (%s)", job_id, index,
+                    attempt, status)
         return JobOutcome(status)
+    JOB_ATTEMPTS.labels("part").inc()
+    if started > 1:
+        logger.warning("job %s part %d: attempt %d (an earlier attempt was lost)", job_id,
+                       index, started)
+    with Lease(jobs, keys.part_lease(job_id, index), started, lease):
+        return _run_part(rt, job_id, index, started, worker)
+
+
+def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str) -> JobOutcome:
+    jobs, storage = rt.jobs, rt.storage
     job = jobs.get(job_id)
     spec = jobs.part_spec(job_id, index)
-    run = JobRun(rt, job, _PartProgress(jobs, job, index, attempt, spec["start"]))
+    run = JobRun(rt, job, _PartProgress(jobs, job, index, attempt, spec["start"]), attempt)
     run.header = index == 0 or run.out_fmt not in CONCATENATED
-    output, errors = paths.part_result(job_id, index, run.out_fmt), paths.part_errors(job_id, index)
+    output = paths.part_result(job_id, index, run.out_fmt, attempt)
+    errors = paths.part_errors(job_id, index, attempt)
     try:
         first_row = _first_row(jobs, storage, job, index, spec)
         run.row_offset = first_row.result  # waited for at the first chunk, after its parse
@@ -91,16 +107,20 @@ def run_part(rt: Services, job_id: str, index: int, worker: str) -> JobOutcome:
         rows = score_range(storage, job, run, part, output, errors)
     except JobStopped as stop:
         return JobOutcome(stop.answer)
+    except REDIS_LOST as exc:
+        logger.warning("job %s part %d: attempt %d abandoned, Redis lost: %s", job_id, index,
+                       attempt, exc)
+        return JobOutcome(Outcome.STALE)
     except Exception as exc:  # every failure ends in the job's record
         return _fail(rt, job, error_of(exc, job_id))
     result = {"rows": rows, "rows_done": run.rows_done, "rows_failed": run.rows_failed,
-              "drift": run.drift.counts.tolist(), "worker": worker}
+              "drift": run.drift.counts.tolist(), "output": output, "errors": errors,
+              "worker": worker}
     done = jobs.part_done(job_id, index, attempt, result)
     logger.info("job %s part %d: %d rows scored (%s)", job_id, index, run.rows_done, done)
-    if not isinstance(done, int):
-        if done is not Outcome.STALE:
-            storage.delete(output)
-            storage.delete(errors)
+    if not isinstance(done, int):  # this attempt's own files, named for it: no other's
+        storage.delete(output)
+        storage.delete(errors)
         return JobOutcome(done)
     if done < job.parts_total:
         return JobOutcome(Outcome.PART_DONE, run.rows_done)
@@ -199,7 +219,9 @@ def _assemble(rt: Services, job: Job, run: JobRun) -> JobOutcome:
     job_id, total = job.id, job.parts_total
     results = jobs.part_results(job_id, total)
     fmt = run.out_fmt
-    outputs = [paths.part_result(job_id, i, fmt) for i in range(total)]
+    # Results written before parts named their files are where the first attempt's are.
+    outputs = [r.get("output") or paths.part_result(job_id, i, fmt)
+               for i, r in enumerate(results)]
     output: dict[str, Any] = {"format": fmt, "rows": sum(r["rows"] for r in results)}
     if fmt in CONCATENATED:  # the parts are the result: no second copy of every byte
         output.update(key=None, parts=outputs, size_bytes=sum(map(storage.size, outputs)))
@@ -207,7 +229,8 @@ def _assemble(rt: Services, job: Job, run: JobRun) -> JobOutcome:
         _join(storage, outputs, run.output_key, fmt)
         output.update(key=run.output_key, size_bytes=storage.size(run.output_key))
     if run.skip:
-        errors = [paths.part_errors(job_id, i) for i in range(total)]
+        errors = [r.get("errors") or paths.part_errors(job_id, i)
+                  for i, r in enumerate(results)]
         _join(storage, errors, run.errors_key, "csv")
     for counts in results:
         run.drift.merge(counts["drift"])
@@ -225,8 +248,8 @@ def _assemble(rt: Services, job: Job, run: JobRun) -> JobOutcome:
     if output["key"] is not None:
         storage.delete_prefix(paths.parts_dir(job_id))
     else:  # only the parts' errors files go
-        for i in range(total):
-            storage.delete(paths.part_errors(job_id, i))
+        for i, r in enumerate(results):
+            storage.delete(r.get("errors") or paths.part_errors(job_id, i))
     seconds = time.time() - (job.started_at or time.time())
     record_job_finished(job.model_name, job.model_version, final, seconds, rows)
     logger.info("job %s: succeeded: %d rows in %d parts, %.2f s (%.0f rows/s)", job_id, rows,

@@ -19,21 +19,27 @@ def upload(job_id: str, fmt: str) -> str:
     return f"{ROOT}/{job_id}/input.{fmt}"
 
 
-def result(job_id: str, fmt: str) -> str:
-    return f"{ROOT}/{job_id}/result.{fmt}"
+def _attempt(attempt: int) -> str:
+    # Each attempt writes its own files, so a late attempt never touches another's; the
+    # first keeps the names files had before attempts were numbered.
+    return "" if attempt <= 1 else f".a{attempt}"
 
 
-def errors(job_id: str) -> str:
-    return f"{ROOT}/{job_id}/errors.csv"
+def result(job_id: str, fmt: str, attempt: int = 1) -> str:
+    return f"{ROOT}/{job_id}/result{_attempt(attempt)}.{fmt}"
+
+
+def errors(job_id: str, attempt: int = 1) -> str:
+    return f"{ROOT}/{job_id}/errors{_attempt(attempt)}.csv"
 
 
 def parts_dir(job_id: str) -> str:
     return f"{ROOT}/{job_id}/parts"
 
 
-def part_result(job_id: str, index: int, fmt: str) -> str:
-    return f"{ROOT}/{job_id}/parts/{index:05d}.{fmt}"
+def part_result(job_id: str, index: int, fmt: str, attempt: int = 1) -> str:
+    return f"{ROOT}/{job_id}/parts/{index:05d}{_attempt(attempt)}.{fmt}"
 
 
-def part_errors(job_id: str, index: int) -> str:
-    return f"{ROOT}/{job_id}/parts/{index:05d}.errors.csv"
+def part_errors(job_id: str, index: int, attempt: int = 1) -> str:
+    return f"{ROOT}/{job_id}/parts/{index:05d}{_attempt(attempt)}.errors.csv"

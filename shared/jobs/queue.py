@@ -38,25 +38,35 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
-    """Redis transport: visibility timeout and how often abandoned jobs are looked for."""
+    """Redis transport options.
+
+    A dead or frozen worker's job is found by its lease (shared.jobs.reaper), not by the
+    broker: the visibility timeout outlasts the longest job allowed, so the broker never
+    hands a live job's message to a second worker (and a message it does hand out again is
+    dropped by the attempt check).
+    """
+    visibility = max(settings.visibility_timeout_seconds,
+                     settings.job_time_limit_max_seconds + 3600)
     return {
-        "visibility_timeout": settings.visibility_timeout_seconds,
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 4)),
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
     }
 
 
-def send_score_job(app: Celery, settings: Settings, job_id: str) -> None:
-    """Queue a job for the workers; raises when the broker cannot be reached."""
-    app.send_task(SCORE_JOB, args=[job_id], queue=settings.queue_name, retry=True,
+def send_score_job(app: Celery, settings: Settings, job_id: str, attempt: int = 1) -> None:
+    """Queue an attempt at a job for the workers; raises when the broker cannot be reached."""
+    app.send_task(SCORE_JOB, args=[job_id, attempt], queue=settings.queue_name, retry=True,
                   retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                 "interval_max": 0.5})
 
 
-def send_score_part(app: Celery, settings: Settings, job_id: str, index: int) -> None:
-    """Queue one part of a job split across workers."""
-    app.send_task(SCORE_PART, args=[job_id, index], queue=settings.queue_name, retry=True,
+def send_score_part(app: Celery, settings: Settings, job_id: str, index: int,
+                    attempt: int = 1) -> None:
+    """Queue an attempt at one part of a job split across workers."""
+    app.send_task(SCORE_PART, args=[job_id, index, attempt], queue=settings.queue_name,
+                  retry=True,
                   retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
                                 "interval_max": 2})

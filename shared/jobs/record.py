@@ -45,6 +45,10 @@ class Outcome(StrEnum):
 
 Answer = JobStatus | Outcome
 
+# Error codes of a job that no attempt could finish.
+WORKER_LOST = "worker_lost"  # every attempt's worker died or froze (job_max_attempts)
+TIMEOUT = "timeout"          # over its time limit; never retried
+
 
 def answer(raw: bytes | str) -> Answer:
     """A state change's answer (as Redis returns it) as a JobStatus or an Outcome."""
@@ -113,6 +117,9 @@ class Job:
     parts_done: int = 0
     parts_dispatched: bool = False
     owner: str | None = None  # the name of the API key that submitted it, never the key
+    retry: dict[str, Any] | None = None  # why and when the last attempt was lost
+    deadline_at: float | None = None     # set at the first start: started + time limit
+    sent_at: float | None = None         # when the job's message was last sent
 
     @property
     def model_name(self) -> str:
@@ -152,6 +159,8 @@ class Job:
         }
         if self.drift is not None:
             out["drift"] = self.drift
+        if self.retry is not None:
+            out["retry"] = {**self.retry, "at": iso(self.retry.get("at"))}
         if self.parts_total:
             out["parts"] = {"total": self.parts_total, "done": self.parts_done}
         return out
@@ -173,10 +182,10 @@ def _without_keys(part: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # --- the record as a Redis hash ---
 
-_JSON = ("model", "options", "input", "output", "drift")
+_JSON = ("model", "options", "input", "output", "drift", "retry")
 _INT = ("attempt", "rows_done", "rows_failed", "rows_total", "bytes_done", "bytes_total",
         "parts_total", "parts_done")
-_FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at")
+_FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at", "deadline_at", "sent_at")
 _NAMES = frozenset(f.name for f in fields(Job))
 
 
@@ -225,8 +234,10 @@ def new_job(job_id: str, model: dict[str, Any], options: dict[str, Any],
             source: dict[str, Any], rows_total: int | None, bytes_total: int,
             owner: str | None = None) -> Job:
     """A queued job's first record."""
+    created = now()
     return Job(id=job_id, status=JobStatus.QUEUED, model=model, options=options, input=source,
-               created_at=now(), rows_total=rows_total, bytes_total=bytes_total, owner=owner)
+               created_at=created, rows_total=rows_total, bytes_total=bytes_total,
+               sent_at=created, owner=owner)
 
 
 def job_fields(job: Job) -> dict[str, Any]:

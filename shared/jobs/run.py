@@ -18,7 +18,7 @@ import pyarrow as pa
 import redis
 
 from shared import keys
-from shared.errors import TabserveError
+from shared.errors import QueueUnavailableError, TabserveError
 from shared.jobs import paths
 from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
 from shared.jobs.csvblocks import CsvDialect
@@ -48,6 +48,11 @@ def _drift_sample(X: Any) -> np.ndarray:
     n = len(X)
     return np.arange(n) if n <= DRIFT_SAMPLE_ROWS else np.linspace(
         0, n - 1, DRIFT_SAMPLE_ROWS).astype(np.int64)
+
+
+# Redis went away mid-attempt (restarting, unreachable): the attempt is abandoned, not the
+# job; its lease expires and the reaper sends the next attempt once Redis is back.
+REDIS_LOST = (QueueUnavailableError, redis.ConnectionError, redis.TimeoutError)
 
 
 class JobStopped(Exception):
@@ -128,7 +133,8 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
 class JobRun:
     """One attempt at one job (or part): validates, scores and reports chunk by chunk."""
 
-    def __init__(self, rt: Services, job: Job, report: Callable[[JobRun, Chunk], Answer]) -> None:
+    def __init__(self, rt: Services, job: Job, report: Callable[[JobRun, Chunk], Answer],
+                 attempt: int = 1) -> None:
         self.rt, self.report = rt, report
         self.job_id, options = job.id, job.options
         self.loaded = rt.models.get(job.model_name, int(job.model_version))
@@ -143,8 +149,8 @@ class JobRun:
         self.dialect = dialect_of(job.input, rt.settings)
         self.out_fmt = options["output_format"]
         self.skip = job.skips_rows
-        self.output_key = paths.result(self.job_id, self.out_fmt)
-        self.errors_key = paths.errors(self.job_id)
+        self.output_key = paths.result(self.job_id, self.out_fmt, attempt)
+        self.errors_key = paths.errors(self.job_id, attempt)
         self.errors: ErrorsWriter | None = None
         self.header = True  # a part after the first continues the first's CSV: no header
         # A part of a split job learns its first row's number while it starts (see

@@ -13,6 +13,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -43,6 +44,18 @@ class QueueCounts(NamedTuple):
     workers: int
 _QUEUED = keys.jobs_with_status(JobStatus.QUEUED)
 _RUNNING = keys.jobs_with_status(JobStatus.RUNNING)
+_RETRYING = keys.jobs_retrying()
+
+
+@dataclass(frozen=True)
+class PartState:
+    """One part of a split job as the reaper sees it."""
+
+    index: int
+    attempt: int
+    running: bool
+    done: bool
+    leased: bool
 
 
 def new_job_id() -> str:
@@ -75,6 +88,11 @@ class JobStore:
         self._part_start = client.register_script(jobscripts.PART_START)
         self._part_progress = client.register_script(jobscripts.PART_PROGRESS)
         self._part_done = client.register_script(jobscripts.PART_DONE)
+        self._part_requeue = client.register_script(jobscripts.PART_REQUEUE)
+        self._requeue = client.register_script(jobscripts.REQUEUE)
+        self._renew = client.register_script(jobscripts.RENEW)
+        self._release = client.register_script(jobscripts.RELEASE)
+        self._touch = client.register_script(jobscripts.TOUCH)
 
     def create(self, job: Job) -> Job:
         """Store a new queued job."""
@@ -126,12 +144,38 @@ class JobStore:
                     self.r.zrem(keys.jobs_index(), *expired)
         return out[:limit]
 
-    def start(self, job_id: str, attempt: int, worker: str) -> Answer:
-        """Mark running for this attempt; returns the status found if it cannot run."""
+    def start(self, job_id: str, attempt: int, worker: str, lease_seconds: float = 30,
+              limit_seconds: float = 6 * 3600) -> Answer:
+        """Start this attempt of a queued job, holding its lease; else why not (STALE: it is
+        running, or the attempt is not the next one)."""
         with redis_errors():
-            result = self._start(keys=[keys.job(job_id), _QUEUED, _RUNNING],
-                                 args=[job_id, attempt, now(), worker])
+            result = self._start(keys=self._job_keys(job_id),
+                                 args=[job_id, attempt, now(), worker,
+                                       int(lease_seconds * 1000), limit_seconds])
         return answer(result)
+
+    @staticmethod
+    def _job_keys(job_id: str) -> list[str]:
+        return [keys.job(job_id), _QUEUED, _RUNNING, _RETRYING, keys.job_lease(job_id)]
+
+    def requeue(self, job_id: str, attempt: int, max_attempts: int, reason: str,
+                error: JobError) -> Answer:
+        """Send a running attempt whose lease is gone back to queued (QUEUED), or fail the
+        job with `error` once it has had max_attempts (FAILED); else why not."""
+        stamp = now()
+        retry = {"reason": reason, "attempt": attempt + 1, "at": stamp}
+        result = self._requeue(keys=self._job_keys(job_id),
+                               args=[job_id, attempt, max_attempts, stamp,
+                                     orjson.dumps(retry).decode(),
+                                     orjson.dumps(error.to_dict()).decode(), self.ttl])
+        return answer(result)
+
+    def renew_lease(self, key: str, attempt: int, seconds: float) -> bool:
+        """Extend a lease while it is still this attempt's; False once it is not."""
+        return bool(self._renew(keys=[key], args=[attempt, int(seconds * 1000)]))
+
+    def release_lease(self, key: str, attempt: int) -> None:
+        self._release(keys=[key], args=[attempt])
 
     def progress(self, job_id: str, attempt: int, **fields: Any) -> Answer:
         """Record progress; returns RUNNING, or why this attempt should stop."""
@@ -148,7 +192,7 @@ class JobStore:
         flat = [x for k, v in encode({**fields, "finished_at": now()}).items() for x in (k, v)]
         with redis_errors():
             result = self._finish(
-                keys=[keys.job(job_id), _QUEUED, _RUNNING],
+                keys=self._job_keys(job_id),
                 args=[job_id, "" if attempt is None else attempt, status.value, self.ttl,
                       *flat])
         return answer(result)
@@ -179,10 +223,32 @@ class JobStore:
             raise JobNotFoundError(f"job {job_id} has no part {index}")
         return orjson.loads(raw)
 
-    def part_start(self, job_id: str, index: int) -> tuple[Answer, int]:
-        """Begin an attempt at a part: (RUNNING or why not, attempt)."""
-        status, attempt = self._part_start(keys=self._part_keys(job_id), args=[index])
-        return answer(status), int(attempt)
+    def part_start(self, job_id: str, index: int, attempt: int | None,
+                   lease_seconds: float = 30) -> tuple[Answer, int]:
+        """Begin this attempt at a part (None: its next), holding the part's lease:
+        (RUNNING or why not, the attempt). DUPLICATE when the part is done already."""
+        status, started = self._part_start(
+            keys=[*self._part_keys(job_id), keys.part_lease(job_id, index)],
+            args=[index, "" if attempt is None else attempt, int(lease_seconds * 1000)])
+        return answer(status), int(started)
+
+    def part_requeue(self, job_id: str, index: int, attempt: int, max_attempts: int) -> Answer:
+        """Free a part whose attempt lost its lease for its next attempt (QUEUED); FAILED
+        when it has had max_attempts (the caller fails the job); else why not."""
+        result = self._part_requeue(
+            keys=[*self._part_keys(job_id), keys.part_lease(job_id, index)],
+            args=[index, attempt, max_attempts])
+        return answer(result)
+
+    def part_states(self, job_id: str, total: int) -> list[PartState]:
+        """Every part's attempt, whether it runs, is done, and holds a live lease."""
+        pipe = self.r.pipeline()
+        for i in range(total):
+            pipe.hmget(keys.job_parts(job_id), [f"{i}:attempt", f"{i}:running", f"{i}:done"])
+            pipe.exists(keys.part_lease(job_id, i))
+        raw = pipe.execute()
+        return [PartState(i, int(a or 0), r is not None, d is not None, bool(leased))
+                for i, ((a, r, d), leased) in enumerate(zip(raw[::2], raw[1::2], strict=True))]
 
     def part_progress(self, job_id: str, index: int, attempt: int, rows: int, nbytes: int,
                       failed: int) -> Answer:
@@ -194,7 +260,7 @@ class JobStore:
     def part_done(self, job_id: str, index: int, attempt: int,
                   result: dict[str, Any]) -> int | Answer:
         """Mark a part scored: how many parts are done now, or why it does not count."""
-        raw = self._part_done(keys=self._part_keys(job_id),
+        raw = self._part_done(keys=[*self._part_keys(job_id), keys.part_lease(job_id, index)],
                               args=[index, attempt, orjson.dumps(result).decode()])
         text = raw.decode()
         return int(text) if text.isdecimal() else answer(text)
@@ -228,14 +294,56 @@ class JobStore:
             pipe.execute()
 
     def counts(self) -> QueueCounts:
-        """Jobs waiting and running, and live workers, for metrics."""
+        """Jobs waiting, jobs running with a live lease, and live workers, for metrics."""
         with redis_errors():
             pipe = self.r.pipeline()
             pipe.scard(_QUEUED)
-            pipe.scard(_RUNNING)
             pipe.zcount(keys.workers(), now() - WORKER_STALE_SECONDS, "+inf")
-            queued, running, workers = pipe.execute()
-        return QueueCounts(int(queued), int(running), int(workers))
+            queued, workers = pipe.execute()
+            running = self.live_running()
+        return QueueCounts(int(queued), running, int(workers))
+
+    def live_running(self) -> int:
+        """Running jobs whose attempt (or one of whose parts) holds a live lease: a job
+        whose worker died is not counted while it waits for the reaper."""
+        ids = [i.decode() for i in self.r.smembers(_RUNNING)]
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.exists(keys.job_lease(job_id))
+            pipe.hget(keys.job(job_id), "parts_total")
+        raw = pipe.execute()
+        live = 0
+        for job_id, leased, parts in zip(ids, raw[::2], raw[1::2], strict=True):
+            if leased:
+                live += 1
+            elif parts and int(parts):
+                live += any(p.leased for p in self.part_states(job_id, int(parts)))
+        return live
+
+    def ids_with_status(self, status: JobStatus) -> list[str]:
+        """Ids of the jobs in a live status (queued or running)."""
+        return [i.decode() for i in self.r.smembers(keys.jobs_with_status(status))]
+
+    def retrying(self) -> int:
+        """Queued jobs waiting for their next attempt after a lost one."""
+        return int(self.r.scard(_RETRYING))
+
+    def hold_lock(self, key: str, owner: str, seconds: float) -> bool:
+        """Take a lock, or extend it if this owner holds it; False when another does."""
+        ms = int(seconds * 1000)
+        return bool(self.r.set(key, owner, nx=True, px=ms)
+                    or self._renew(keys=[key], args=[owner, ms]))
+
+    def redis_restarted(self) -> bool:
+        """Whether Redis restarted since the last call (any process's): its run id changed.
+        False the first time, when there is nothing to compare with."""
+        run_id = self.r.info("server")["run_id"]
+        seen = self.r.getset(keys.reaper_redis_run_id(), run_id)
+        return seen is not None and seen.decode() != run_id
+
+    def mark_sent(self, job_id: str) -> None:
+        """The job's message was (re-)sent now."""
+        self._touch(keys=[keys.job(job_id)], args=["sent_at", now()])
 
     def worker_heartbeat(self, name: str, processes: int) -> None:
         """Record that a worker (its `processes` pool processes) is alive now."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from shared.errors import (
@@ -60,6 +60,9 @@ class JobOptions(BaseModel):
     delimiter: str | None = None
     encoding: str = "utf-8"
     decimal: Literal[".", ","] = "."
+    # Seconds from the job's first start to its failure with `timeout`; at most the
+    # TABSERVE_JOB_TIME_LIMIT_MAX_SECONDS setting (checked at submit).
+    time_limit_seconds: int | None = Field(None, ge=1)
 
     @field_validator("id_column", "model", "delimiter")
     @classmethod
@@ -202,6 +205,7 @@ def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | Non
                options: JobOptions, owner: str | None = None) -> Job:
     """Check a staged upload against the pinned model, store it, record and queue the job
     (as `owner`'s: the name of the key that sent it)."""
+    _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
         check_header_width(fh, fmt, manifest, rt.settings.max_input_columns)
@@ -226,6 +230,7 @@ def _reserve(rt: Services, owner: str | None, job_id: str) -> None:
 def submit_input_url(rt: Services, source: InputSource, options: JobOptions,
                      owner: str | None = None) -> Job:
     """Check a file already in the store (an allowed input_url), record and queue the job."""
+    _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
     storage = rt.storage
     url = source.input_url
     check_input_url(url, rt.settings.input_url_prefixes, storage)
@@ -288,6 +293,13 @@ def _format_of_url(url: str) -> InputFormat:
     raise ValidationError(
         f"cannot tell the format of {url} from its suffix: add \"format\": \"csv\" or "
         "\"parquet\"", details=[{"field": "format", "message": "needed for this input_url"}])
+
+
+def _check_time_limit(options: JobOptions, most: int) -> None:
+    if options.time_limit_seconds is not None and options.time_limit_seconds > most:
+        raise ValidationError(
+            f"invalid job options: time_limit_seconds is over the maximum of {most}",
+            details=[{"field": "time_limit_seconds", "message": f"at most {most}"}])
 
 
 def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: JobOptions,

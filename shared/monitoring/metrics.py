@@ -81,6 +81,19 @@ JOB_DURATION = Histogram(
 JOB_ROWS_PER_SECOND = Histogram(
     "tabserve_job_rows_per_second", "Throughput of each finished job.", MODEL,
     buckets=RATE_BUCKETS)
+# Attempts (shared.jobs.lease, shared.jobs.reaper); kind = job | part.
+JOB_ATTEMPTS = Counter(
+    "tabserve_job_attempts_total", "Attempts at a job or part that started running.",
+    ("kind",))
+# reason = worker_lost (an attempt's lease expired) | redis_restart | message_lost (a queued
+# job's message re-sent after the broker lost it).
+JOBS_REQUEUED = Counter(
+    "tabserve_jobs_requeued_total", "Jobs and parts sent again by the reaper, by reason.",
+    ("kind", "reason"))
+# mostrecent: one reaper at a time counts them; whichever ran last is the truth.
+JOBS_WAITING_RETRY = Gauge(
+    "tabserve_jobs_waiting_retry", "Queued jobs waiting for their next attempt after a lost one.",
+    ("queue",), multiprocess_mode="mostrecent")
 
 # --- Models ---
 # max: the slowest load of this version by any process since start is what start-up pays.
