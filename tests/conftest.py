@@ -59,6 +59,9 @@ def redis_client(redis_server):
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     yield client
+    # Jobs a test left queued must not reach the session's worker (its reaper re-sends the
+    # messages of queued jobs) after the test.
+    client.flushall()
     client.close()
 
 
