@@ -7,7 +7,7 @@ API's client therefore times out quickly, never retries, and counts failures in 
 every command passes through (job views, /readyz, /metrics' queue gauges, feedback, the
 prediction log's flush): after `failures` failed calls in a row the circuit opens, and for
 `open_seconds` every call fails at once with CircuitOpenError, a redis.ConnectionError, so
-`shared.jobs.store.redis_errors` answers it with the usual JSON 503. Then one call goes through
+`redis_errors` answers it with the usual JSON 503. Then one call goes through
 as a probe: an answer closes the circuit, a failure opens it again.
 """
 
@@ -16,14 +16,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.errors import QueueUnavailableError
+
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn an unreachable Redis into a 503 with a clear message (a timeout, a refused
+    connection, or the API's open circuit: shared.redisguard)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise QueueUnavailableError(
+            f"the job queue (Redis) is not reachable: {exc.__class__.__name__}; "
+            "online /predict is unaffected"
+        ) from None
 
 
 class CircuitOpenError(redis.ConnectionError):

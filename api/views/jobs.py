@@ -15,7 +15,6 @@ from shared.jobs.inputs import InputFormat
 from shared.jobs.lifecycle import cancel_or_delete, finished_file, visible_job, visible_jobs
 from shared.jobs.outputs import CONTENT_TYPES
 from shared.jobs.record import Job, JobStatus
-from shared.jobs.store import redis_errors as queue_errors
 from shared.jobs.submit import (
     copy_limited,
     format_of,
@@ -24,6 +23,7 @@ from shared.jobs.submit import (
     submit_input_url,
     submit_job,
 )
+from shared.redisguard import redis_errors as queue_errors
 from shared.services import Services
 
 bp = Blueprint("jobs", __name__)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,7 +18,7 @@ import orjson
 import redis
 
 from shared import keys
-from shared.errors import JobNotFoundError, QueueUnavailableError
+from shared.errors import JobNotFoundError
 from shared.jobs import scripts as jobscripts
 from shared.jobs.record import (
     FINAL,
@@ -34,6 +32,7 @@ from shared.jobs.record import (
     job_fields,
     now,
 )
+from shared.redisguard import redis_errors
 
 WORKER_STALE_SECONDS = 30
 
@@ -61,19 +60,6 @@ class PartState:
 def new_job_id() -> str:
     # 128 random bits (uuid4 keeps 122), in the UUID's dashed form that clients know.
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
-
-
-@contextmanager
-def redis_errors() -> Iterator[None]:
-    """Turn an unreachable Redis into a 503 with a clear message (a timeout, a refused
-    connection, or the API's open circuit: shared.redisguard)."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise QueueUnavailableError(
-            f"the job queue (Redis) is not reachable: {exc.__class__.__name__}; "
-            "online /predict is unaffected"
-        ) from None
 
 
 class JobStore:

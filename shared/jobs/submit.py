@@ -25,9 +25,10 @@ from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
 from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, InputLimits, inspect_input
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import FINAL, Job, JobError, new_job
-from shared.jobs.store import new_job_id, redis_errors
+from shared.jobs.store import new_job_id
 from shared.models.manifest import Manifest
 from shared.monitoring.metrics import JOBS_SUBMITTED, init_job_series
+from shared.redisguard import redis_errors
 from shared.storage import Storage
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ import orjson
 
 from shared import keys
 from shared.errors import JobNotFoundError, ModelLoadError, ValidationError
-from shared.jobs.store import redis_errors
 from shared.monitoring.predictions import lookup_job_prediction, lookup_online_prediction
+from shared.redisguard import redis_errors
 
 MAX_ITEMS = 10_000
 MAX_DETAILS = 100
