@@ -10,6 +10,7 @@ from api.errors import register_error_handlers
 from api.requestlog import install_request_logging
 from api.upload import UploadRequest
 from shared.config import Settings
+from shared.errors import HeaderTooLargeError
 from shared.logs import configure_logging
 from shared.monitoring.metrics import QueueCollector, register_collector
 from shared.security.gate import Gate
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tabserve"] = runtime
     register_error_handlers(app)
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)
+    install_header_limit(app, settings.max_header_bytes)
     install_gate(app, runtime.gate)
 
     from api.views import feedback, health, jobs, metrics, mlflow, models, predict, v2
@@ -46,6 +48,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.preload_model:
         runtime.models.warm(settings.default_model)
     return app
+
+
+def install_header_limit(app: Flask, limit: int) -> None:
+    """A request header longer than `limit` bytes is answered with a JSON 431 naming it."""
+
+    @app.before_request
+    def _headers_fit() -> None:
+        for name, value in request.headers.items():
+            size = len(name) + len(value)
+            if size > limit:
+                raise HeaderTooLargeError(
+                    f"request header {name[:64]!r} is {size} bytes; at most {limit} "
+                    "(TABSERVE_MAX_HEADER_BYTES)")
 
 
 def install_gate(app: Flask, gate: Gate) -> None:

@@ -30,6 +30,9 @@ threads = settings.web_threads
 # listening socket's backlog waits for the other workers.
 worker_connections = max(4 * settings.web_threads, 256)
 timeout = settings.web_timeout
+# gunicorn answers a header line over its own limit itself, in HTML; a generous one leaves the
+# app to refuse a large header with its JSON 431 (TABSERVE_MAX_HEADER_BYTES, api/__init__.py).
+limit_request_field_size = max(64 * 1024, 2 * settings.max_header_bytes)
 graceful_timeout = 30
 keepalive = 5
 max_requests = 0

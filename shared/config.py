@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     allow_version_mismatch: bool = False
     max_online_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_header_bytes: int = Field(8 * 1024, ge=256)  # one request header's name and value
     max_upload_bytes: int = Field(2 * 1024 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     chunk_rows: int = Field(25_000, ge=1)

@@ -44,6 +44,11 @@ class PayloadTooLargeError(TabserveError):
     code = "payload_too_large"
 
 
+class HeaderTooLargeError(TabserveError):
+    status = 431
+    code = "header_too_large"
+
+
 class RequestTimeoutError(TabserveError):
     """A request body arrived slower than the minimum rate (a slow client)."""
 

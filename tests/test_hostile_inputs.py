@@ -39,6 +39,8 @@ CASES = {
     "superscript version": ("post", "/predict?model=breast-cancer:%C2%B2",
                             {"json": {"features": {}}}, 422, "invalid model version"),
     "superscript limit": ("get", "/jobs?limit=%C2%B2", {}, 422, "limit"),
+    "a 10 KB header": ("get", "/models", {"headers": {"X-Padding": "a" * 10_240}}, 431,
+                       "TABSERVE_MAX_HEADER_BYTES"),
     "chunked over the limit": ("post", "/predict",
                                {"data": chunked(10 * 1024 * 1024 + 4096), "headers": JSON},
                                413, "larger than the limit"),
