@@ -27,15 +27,21 @@ def error_response(status: int, code: str, message: str, details: list | None = 
     return Response(payload, status=status, mimetype="application/json")
 
 
+def note_domain_error(exc: TabserveError, path: str) -> None:
+    """Log a server-side error, count a client's invalid input: every handler's first step,
+    whatever shape its protocol answers in."""
+    if exc.status >= 500:
+        logger.error("%s: %s", exc.code, exc.message)
+    elif exc.status in (400, 413, 415, 422):
+        VALIDATION_ERRORS.labels(exc.code, path).inc()
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install handlers for domain errors, HTTP errors and anything unexpected."""
 
     @app.errorhandler(TabserveError)
     def _domain(exc: TabserveError) -> Response:
-        if exc.status >= 500:
-            logger.error("%s: %s", exc.code, exc.message)
-        elif exc.status in (400, 413, 415, 422):
-            VALIDATION_ERRORS.labels(exc.code, _path_kind()).inc()
+        note_domain_error(exc, _path_kind())
         response = error_response(exc.status, exc.code, exc.message, exc.details)
         response.headers.update(getattr(exc, "headers", None) or {})
         return response

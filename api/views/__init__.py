@@ -8,8 +8,7 @@ import orjson
 from flask import Response, current_app, g, request
 
 from shared.errors import PayloadTooLargeError, UnsupportedMediaTypeError
-from shared.online.predict import parse_json
-from shared.security.jsonlimits import check_json_depth, check_number_length
+from shared.online.predict import parse_limited_json
 from shared.security.roles import ANONYMOUS, Action, Principal, default_action
 from shared.services import Services
 
@@ -79,16 +78,8 @@ def body_limit() -> tuple[int | None, str]:
 def json_body() -> Any:
     """The parsed JSON body, within the depth and number-length settings."""
     settings = runtime().settings
-    raw = json_body_bytes()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # What orjson refuses goes to a lenient parser, which turns digits into ints at a
-        # cost that grows with their count.
-        check_number_length(raw, settings.max_json_number_chars)
-        body = parse_json(raw)
-    check_json_depth(body, settings.max_json_depth)
-    return body
+    return parse_limited_json(json_body_bytes(), settings.max_json_depth,
+                              settings.max_json_number_chars)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -9,11 +9,10 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.errors import too_large_message
+from api.errors import note_domain_error, too_large_message
 from api.views import json_body, json_response, read_body, runtime
 from shared.errors import TabserveError, UnsupportedMediaTypeError
 from shared.monitoring.health import check_model
-from shared.monitoring.metrics import VALIDATION_ERRORS
 from shared.online.mlflow import (
     error_body,
     invoke,
@@ -60,10 +59,7 @@ def version() -> Response:
 # Errors on these routes answer in MLflow's shape, with the status tabserve gives them.
 @bp.errorhandler(TabserveError)
 def _domain_error(exc: TabserveError) -> Response:
-    if exc.status >= 500:
-        logger.error("%s: %s", exc.code, exc.message)
-    elif exc.status in (400, 413, 415, 422):
-        VALIDATION_ERRORS.labels(exc.code, "online").inc()
+    note_domain_error(exc, "online")
     response = json_response(error_body(exc.status, exc.message), exc.status)
     response.headers.update(getattr(exc, "headers", None) or {})
     return response

@@ -13,7 +13,7 @@ import orjson
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.errors import too_large_message
+from api.errors import note_domain_error, too_large_message
 from api.views import json_response, read_body, runtime
 from shared.errors import (
     BadRequestError,
@@ -24,7 +24,6 @@ from shared.errors import (
 from shared.models.loading import LoadedModel
 from shared.models.store import parse_ref
 from shared.monitoring.health import check_readiness
-from shared.monitoring.metrics import VALIDATION_ERRORS
 from shared.online import v2
 
 logger = logging.getLogger(__name__)
@@ -42,10 +41,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 @bp.errorhandler(TabserveError)
 def _domain_error(exc: TabserveError) -> Response:
-    if exc.status >= 500:
-        logger.error("%s: %s", exc.code, exc.message)
-    elif exc.status in (400, 413, 415, 422):
-        VALIDATION_ERRORS.labels(exc.code, "online").inc()
+    note_domain_error(exc, "online")
     return error(exc.status, exc.message, getattr(exc, "headers", None))
 
 

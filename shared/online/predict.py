@@ -15,6 +15,7 @@ from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationErro
 from shared.models.loading import LoadedModel, Prediction
 from shared.monitoring.metrics import record_prediction
 from shared.monitoring.predictions import new_prediction_id
+from shared.security.jsonlimits import check_json_depth, check_number_length
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -42,6 +43,20 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw, parse_constant=float)
     except (ValueError, RecursionError) as exc:
         raise InvalidJSONError(f"request body is not valid JSON: {exc}") from None
+
+
+def parse_limited_json(raw: bytes, max_depth: int, max_number_chars: int) -> Any:
+    """Parse a JSON body within the depth and number-length limits (every online protocol's
+    body, before anything reads it)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # What orjson refuses goes to a lenient parser, which turns digits into ints at a
+        # cost that grows with their count.
+        check_number_length(raw, max_number_chars)
+        body = parse_json(raw)
+    check_json_depth(body, max_depth)
+    return body
 
 
 def extract_rows(body: Any, max_rows: int) -> tuple[list[Any], bool]:

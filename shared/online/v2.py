@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 
 from shared.errors import BadRequestError, PayloadTooLargeError, ValidationError
 from shared.models.loading import LoadedModel
 from shared.models.manifest import Manifest
-from shared.online.predict import log_payload, parse_json, score_rows
-from shared.security.jsonlimits import check_json_depth, check_number_length
+from shared.online.predict import log_payload, parse_limited_json, score_rows
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -74,13 +72,7 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 def parse_header(raw: bytes, settings: Settings) -> Any:
     """The JSON header, within the same depth and number-length limits as /predict's."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        check_number_length(raw, settings.max_json_number_chars)
-        body = parse_json(raw)
-    check_json_depth(body, settings.max_json_depth)
-    return body
+    return parse_limited_json(raw, settings.max_json_depth, settings.max_json_number_chars)
 
 
 def parse_request(header: Any, buffers: bytes) -> InferRequest:
