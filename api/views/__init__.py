@@ -32,6 +32,8 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "jobs.get_result": Action.READ_JOBS,
     "jobs.get_errors": Action.READ_JOBS,
     "metrics.metrics": Action.METRICS,
+    "openapi.document": Action.READ_MODELS,  # public paths (roles.PUBLIC_PATHS)
+    "openapi.docs": Action.READ_MODELS,
     # Open Inference Protocol V2; its health routes are public (roles.PUBLIC_PATHS).
     "v2.infer": Action.PREDICT,
     "v2.server_metadata": Action.READ_MODELS,

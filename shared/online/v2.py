@@ -106,7 +106,7 @@ def parse_tensor(item: Any, buffers: bytes, offset: int) -> tuple[Tensor, int]:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise BadRequestError('each input must be an object with a "name"')
     name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
-    if datatype not in INPUT_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in INPUT_DATATYPES:  # {} is unhashable
         raise BadRequestError(f"input {name!r}: datatype {datatype!r} is not one of "
                               f"{', '.join(sorted(INPUT_DATATYPES))}")
     if not isinstance(shape, list) or not shape or not all(

@@ -22,6 +22,13 @@ class Gate:
     def enabled(self) -> bool:
         return self.store is not None
 
+    def identify(self, authorization: str | None) -> Principal | None:
+        """Who a request is, refusing nothing (a public route that shows more to some keys):
+        ANONYMOUS while authentication is off, None without a valid key."""
+        if self.store is None:
+            return ANONYMOUS
+        return self.store.authenticate(_bearer(authorization))
+
     def admit(self, authorization: str | None, path: str, action: Action | None) -> Principal:
         """The request's principal; 401 without a valid key, 403 when its role lacks the
         action (None: any valid key), 429 over the key's rate limit."""

@@ -31,10 +31,14 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.READ: frozenset({Action.READ_MODELS, Action.METRICS}),
 }
 
-# Routes answered without a key: liveness and readiness, ours and the protocols', and the
-# version MLflow's scoring server tells anyone.
+# Routes answered without a key: liveness and readiness, ours and the protocols', the
+# version MLflow's scoring server tells anyone, and the API's documentation with its page's
+# assets (/openapi.json shows the models' feature schemas only to a key that reads models).
+DOCS_ASSETS = ("/static/vendor/swagger-ui/swagger-ui.css",
+               "/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/docs/init.js")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
-                          "/ping", "/health", "/version"})
+                          "/ping", "/health", "/version", "/openapi.json", "/docs",
+                          *DOCS_ASSETS})
 
 
 @dataclass(frozen=True)
