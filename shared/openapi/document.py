@@ -19,7 +19,7 @@ from shared.models.schema import FeatureSpec
 from shared.online.mlflow import tabserve_version
 from shared.openapi import protocols, shapes
 from shared.openapi.examples import with_examples
-from shared.openapi.operations import ERROR_TEXT, Operation, json_of, operations
+from shared.openapi.operations import ERROR_TEXT, Operation, json_of, operations, ref
 
 if TYPE_CHECKING:
     from shared.models.store import ModelStore
@@ -125,6 +125,14 @@ def without_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in schema.items() if k != "default" or v is not None}
 
 
+def error_content(shape: str) -> dict[str, Any]:
+    """The content of an error answer: one shape, or "A|B" for either."""
+    names = shape.split("|")
+    if len(names) == 1:
+        return json_of(shape)
+    return {"application/json": {"schema": {"anyOf": [ref(n) for n in names]}}}
+
+
 def responses(op: Operation) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status, (description, content) in op.ok.items():
@@ -135,7 +143,7 @@ def responses(op: Operation) -> dict[str, Any]:
             answer["headers"] = op.headers[status]
         out[str(status)] = answer
     for status in op.statuses:
-        answer = {"description": ERROR_TEXT[status], "content": json_of(op.shape)}
+        answer = {"description": ERROR_TEXT[status], "content": error_content(op.shape)}
         if status == 401:
             answer["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         if status == 429:

@@ -230,11 +230,14 @@ def _ops_v2() -> list[Operation]:
                           "schema": {"type": "integer"},
                           "description": "with binary outputs: the JSON header's length"}}}),
         ]
+    ops = [replace(o, shape="V2Error") for o in ops]
     rest = param("rest", "path", {"type": "string"}, "any other V2 path")
     for method in ("get", "post"):
+        # A path the router cannot match at all (a line break in it) is answered by the
+        # app, in tabserve's shape; any other, by the V2 blueprint, in V2's.
         ops.append(Operation(method, "/v2/{rest}", "v2.unknown", "Any other V2 path: not "
-                             "served", "v2", {}, (404,), params=(rest,)))
-    return [replace(o, shape="V2Error") for o in ops]
+                             "served", "v2", {}, (404,), params=(rest,), shape="V2Error|Error"))
+    return ops
 
 
 def operations() -> list[Operation]:
