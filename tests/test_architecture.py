@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("api", "worker", "cli", "shared")
-SUBSYSTEMS = ("models", "online", "jobs", "monitoring")
+SUBSYSTEMS = ("models", "online", "jobs", "monitoring", "openapi")
 
 # Imports that close package-level cycles today. Every other cycle fails the test, and so does
 # an entry here whose import is gone: delete the entry when its import is fixed.

@@ -4,6 +4,7 @@ into the OpenAPI document; tests/test_openapi.py checks it covers the app's url_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,7 +77,7 @@ class Operation:
     endpoint: str
     summary: str
     tag: str
-    ok: dict[int, tuple[str, dict[str, Any] | None]]
+    ok: Mapping[int, tuple[str, dict[str, Any] | None]]
     errors: tuple[int, ...] = ()
     body: dict[str, Any] | None = None
     params: tuple[dict[str, Any], ...] = ()
