@@ -197,13 +197,16 @@ def test_routing_errors_are_json(client, method, path, status, code, allow):
 
 
 def test_models(client, artifacts_dir):
-    manifest = ModelStore(artifacts_dir).manifest("breast-cancer", 1).public()
+    # Each manifest links its feature schema in the OpenAPI document (tests/test_openapi.py).
+    link = "/openapi.json#/components/schemas/Features.breast-cancer.1"
+    manifest = {**ModelStore(artifacts_dir).manifest("breast-cancer", 1).public(), "schema": link}
     r = client.get("/models")
     assert r.status_code == 200
     assert r.get_json() == {"models": [{"name": "breast-cancer", "versions": [1],
                                         "latest": manifest}], "unreadable": []}
     r = client.get("/models/breast-cancer")
-    assert r.get_json() == {"name": "breast-cancer", "versions": [manifest], "latest": 1}
+    assert r.get_json() == {"name": "breast-cancer", "versions": [manifest], "latest": 1,
+                            "schema": link}
     r = client.get("/models/nope")
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "model_not_found"
 
