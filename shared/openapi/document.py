@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from shared.errors import ModelLoadError, TabserveError
 from shared.jobs.submit import InputSource, JobOptions
@@ -99,8 +99,9 @@ def model_components(store: ModelStore, listing: dict[str, list[int]]) -> dict[s
 
 def component_schemas() -> dict[str, Any]:
     """Every component schema of the generic document."""
-    pairs = [(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in ANSWERS]
-    _, top = models_json_schema(pairs, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "validation") for m in REQUESTS), *((m, "serialization") for m in ANSWERS)]
+    _, top = models_json_schema(pairs, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = top["$defs"]
     options = schemas["JobOptions"]["properties"]
     schemas["JobUpload"] = {
