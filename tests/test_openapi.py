@@ -214,7 +214,19 @@ def test_docs_page_loads_its_assets_from_the_service(live):
     assert "Apache License" in licence.read_text()
 
 
-def test_the_static_assets_ship_in_the_package():
+def test_the_static_assets_ship_in_the_package_and_the_api_image():
+    from tests.test_deploy_files import (
+        DOCKERFILES,
+        context_sources,
+        dockerignore_excludes,
+        parse_dockerfile,
+    )
+
+    image_sources = context_sources(parse_dockerfile(DOCKERFILES["api"]))
+    for asset in DOCS_ASSETS:
+        path = "api" + asset
+        assert not dockerignore_excludes(path), path
+        assert any(path.startswith(s.rstrip("/") + "/") for s in image_sources), path
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     patterns = config["options.package_data"]["api"].split()
