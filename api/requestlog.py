@@ -14,8 +14,8 @@ from shared.monitoring.metrics import record_request
 
 access = LineLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# The API answers JSON and file downloads, never a page: nothing is to be sniffed, framed,
-# run as a script or sent on as a referrer.
+# The API answers JSON and file downloads: nothing is to be sniffed, framed, run as a script
+# or sent on as a referrer. A page (the web page at /) sets its own policy, which is kept.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -43,7 +43,8 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
         request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
         response.headers["X-Request-ID"] = request_id
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         if req.path.startswith("/jobs"):  # a job's record and files: another key's to see
             response.headers["Cache-Control"] = "no-store"
         status, method, path = response.status_code, req.method, req.path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,10 +32,21 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.READ: frozenset({Action.READ_MODELS, Action.METRICS}),
 }
 
-# Routes answered without a key: liveness and readiness, ours and the protocols', and the
-# version MLflow's scoring server tells anyone.
+# Routes answered without a key: liveness and readiness, ours and the protocols', the
+# version MLflow's scoring server tells anyone, and the web page's shell (its API calls need
+# a key like any client's).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
-                          "/ping", "/health", "/version"})
+                          "/ping", "/health", "/version", "/"})
+# Static files answered without a key: the web page's assets. A path is matched only in its
+# normal form, so "/static/ui/../x" reaches no other static file without a key.
+PUBLIC_PREFIXES = ("/static/ui/",)
+
+
+def is_public(path: str, public_paths: frozenset[str] | set[str]) -> bool:
+    """Whether a request for `path` is answered without a key."""
+    if path in public_paths:
+        return True
+    return path.startswith(PUBLIC_PREFIXES) and posixpath.normpath(path) == path
 
 
 @dataclass(frozen=True)
