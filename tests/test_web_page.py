@@ -11,6 +11,10 @@ import http.client
 import io
 import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -142,6 +146,7 @@ def test_an_uploaded_csv_is_scored_live_and_its_result_downloads(page, customer_
     assert row.get_by_role("link", name=f"result of job {job_id}").is_visible()
 
     if os.environ.get("TABSERVE_SCREENSHOT"):
+        page.evaluate("document.activeElement.blur()")
         page.screenshot(path=os.environ["TABSERVE_SCREENSHOT"], full_page=True)
 
     with page.expect_download() as info:
@@ -209,6 +214,26 @@ def test_the_page_fits_a_phone_and_labels_every_control(browser, api_server, red
         assert not page.script_errors
     finally:
         context.close()
+
+
+def test_the_pages_files_ship_in_the_package(tmp_path):
+    """A wheel built from the source holds every file of the page (the images and a plain
+    `pip install` serve it from the installed package)."""
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ["setup.cfg", "pyproject.toml", "README.md"]:
+        shutil.copy(root / name, source / name)
+    for package in ["api", "shared", "cli", "worker"]:
+        shutil.copytree(root / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--disable-pip-version-check", "-w",
+                    str(tmp_path / "wheel"), str(source)], check=True, timeout=120)
+    [wheel] = (tmp_path / "wheel").glob("tabserve-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    page_files = {p.relative_to(root).as_posix() for p in (root / "api/static/ui").iterdir()}
+    assert {"api/static/ui/index.html", "api/static/ui/app.js"} <= page_files <= shipped
 
 
 # ---- with API keys on -----------------------------------------------------------------------

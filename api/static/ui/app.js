@@ -158,10 +158,14 @@
     state.manifest = m;
     const parts = [m.task, m.algorithm, m.features.length + " features"];
     if (m.classes) parts.push("classes " + m.classes.join(", "));
-    for (const [name, value] of Object.entries(m.metrics || {}).slice(0, 3)) {
-      parts.push(name + " " + Number(value).toFixed(3));
+    for (const [name, value] of Object.entries(m.metrics || {})) {
+      const shown = Number.isInteger(value) ? number(value) : Number(value).toFixed(3);
+      parts.push(name.replace(/_/g, " ") + " " + shown);
     }
     $("model-summary").textContent = parts.filter(Boolean).join(" · ");
+    $("upload-model").textContent = m.name + " v" + m.version;
+    $("predict-hint").textContent = "One field per feature, in the model's order" +
+      (m.features.length > 10 ? " (the list scrolls)" : "") + "; an empty field is sent as null.";
     $("feature-count").textContent = String(m.features.length);
     $("schema-body").replaceChildren(...m.features.map((f) => {
       const row = el("tr");
