@@ -17,11 +17,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
 
 from shared.jobs.coordinator import run_job
+from shared.models.store import ModelStore
+from shared.models.training import train_from_file
 from shared.security.keyfile import create_key
 from shared.services import Services
 from tests.servers import ApiServer, tabserve_env
@@ -193,6 +196,16 @@ def test_a_job_that_fails_shows_why(page, customer_frame, tmp_path):
     _expect_text(error, "The job failed: .*row 3")
     assert str(bad.columns[2]) in error.inner_text()
 
+    # The same file with bad rows skipped: a result without row 3, and its errors file.
+    page.get_by_label("Bad rows").select_option("skip")
+    page.set_input_files("#file-input", _csv(tmp_path, bad, "bad-row.csv"))
+    _expect_text(page.locator("#job-status"), "^succeeded$")
+    assert page.locator("#upload-error").is_hidden()
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Download skipped rows").click()
+    skipped = pd.read_csv(info.value.path())
+    assert skipped["row"].tolist() == [3] and skipped["field"].tolist() == [bad.columns[2]]
+
 
 def test_the_page_fits_a_phone_and_labels_every_control(browser, api_server, redis_client):
     context, page = _open(browser, api_server.url, viewport={"width": 375, "height": 740},
@@ -239,13 +252,33 @@ def test_the_pages_files_ship_in_the_package(tmp_path):
 # ---- with API keys on -----------------------------------------------------------------------
 
 
+def _loans(rows: int = 240) -> pd.DataFrame:
+    """A small table with every kind of feature: number, integer, category, boolean."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({
+        "income": rng.normal(50_000, 15_000, rows).round(2),
+        "age": rng.integers(18, 80, rows),
+        "region": rng.choice(["east", "north", "south"], rows),
+        "member": rng.random(rows) < 0.4,
+    })
+    frame["approved"] = np.where((frame["income"] > 50_000) | frame["member"], "yes", "no")
+    return frame
+
+
 @pytest.fixture(scope="module")
-def keyed(base_settings, tmp_path_factory):
+def keyed(base_settings, artifacts_dir, tmp_path_factory):
     """A gunicorn with API keys on, whose jobs go to a queue no worker reads (they stay
-    queued until the test runs one in process); its settings and a submit key."""
+    queued until the test runs one in process), serving the demo model and a `loans` model
+    with categorical, boolean and integer features; its settings and a submit key."""
     keys_file = tmp_path_factory.mktemp("web-keys") / "keys.json"
     token = create_key(keys_file, "analyst", "submit")
-    settings = base_settings.with_overrides(api_keys_file=keys_file, queue_name=IDLE_QUEUE)
+    artifacts = tmp_path_factory.mktemp("web-artifacts") / "artifacts"
+    shutil.copytree(artifacts_dir, artifacts)
+    table = tmp_path_factory.mktemp("web-loans") / "loans.csv"
+    _loans().to_csv(table, index=False)
+    train_from_file(ModelStore(artifacts), table, "approved", name="loans")
+    settings = base_settings.with_overrides(api_keys_file=keys_file, queue_name=IDLE_QUEUE,
+                                            artifacts_dir=artifacts)
     server = ApiServer(tabserve_env(settings.as_env()), tmp_path_factory.mktemp("web-logs"),
                        workers=1)
     yield server, settings, token
@@ -298,6 +331,21 @@ def test_with_keys_on_the_page_asks_for_a_key_then_cancels_and_downloads(
         assert info.value.url.startswith("blob:")
         assert info.value.suggested_filename == "fifty-predictions.csv"
         assert len(pd.read_csv(io.BytesIO(Path(info.value.path()).read_bytes()))) == 50
+
+        # Another model: its form has a number, an integer, a category and a boolean field.
+        page.get_by_label("Model", exact=True).select_option("loans")
+        page.get_by_label("region", exact=True).wait_for()
+        assert page.locator("#schema-body tr").count() == 4
+        page.get_by_label("income", exact=True).fill("61000.5")
+        page.get_by_label("age", exact=True).fill("42")
+        page.get_by_label("region", exact=True).fill("south")
+        page.get_by_label("member", exact=True).select_option("false")
+        page.get_by_role("button", name="Predict", exact=True).click()
+        row = {"income": 61000.5, "age": 42, "region": "south", "member": False}
+        expected = requests.post(server.url + "/predict?model=loans", json={"features": row},
+                                 headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        _expect_text(page.locator("#prediction-label"), f"^{expected.json()['prediction']}$")
+        _expect_text(page.locator("#prediction-model"), r"loans v1")
         assert not page.script_errors, page.script_errors
     finally:
         context.close()
