@@ -7,13 +7,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 SYSTEM_PACKAGES := redis-server prometheus
+# Only for the tests: the browser that tests/test_web_page.py drives (never downloaded by pip).
+TEST_SYSTEM_PACKAGES := chromium
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup setup-test system-deps run test lint audit lock bench bench-quick bench-batch bench-overhead bench-deps clean
+.PHONY: setup setup-test system-deps test-system-deps run test screenshot lint audit lock bench bench-quick bench-batch bench-overhead bench-deps clean
 
 setup: $(STAMP) system-deps
 
-setup-test: $(TEST_STAMP) system-deps
+setup-test: $(TEST_STAMP) system-deps test-system-deps
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,9 @@ $(TEST_STAMP): $(STAMP)
 system-deps:
 	@./scripts/system-deps.sh $(SYSTEM_PACKAGES)
 
+test-system-deps:
+	@./scripts/system-deps.sh $(TEST_SYSTEM_PACKAGES)
+
 # Where the API listens: `make run TABSERVE_BIND=127.0.0.1:9000` or in the environment, as
 # every TABSERVE_* setting; empty means the default.
 TABSERVE_BIND ?=
@@ -35,6 +40,11 @@ run: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# docs/web-page.png: the web page with a prediction shown and a job done, in headless chromium.
+screenshot: setup-test
+	TABSERVE_SCREENSHOT=docs/web-page.png $(BIN)/python -m pytest -q tests/test_web_page.py \
+		-k uploaded_csv
 
 # Benchmarks write their sections of docs/benchmarks.md; run them on an otherwise idle machine.
 # bench: online (15 s per load run) + batch + monitoring overhead + one model call in and out

@@ -34,7 +34,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_header_limit(app, settings.max_header_bytes)
     install_gate(app, runtime.gate)
 
-    from api.views import feedback, health, jobs, metrics, mlflow, models, openapi, predict, v2
+    from api.views import (
+        feedback,
+        health,
+        jobs,
+        metrics,
+        mlflow,
+        models,
+        openapi,
+        predict,
+        ui,
+        v2,
+    )
 
     app.register_blueprint(predict.bp)
     app.register_blueprint(models.bp)
@@ -45,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(mlflow.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(ui.bp)
     register_collector(QueueCollector(runtime.jobs.counts))
     if settings.preload_model:
         runtime.models.warm(settings.default_model)

@@ -15,7 +15,7 @@ from shared.monitoring.metrics import record_request
 access = LineLogger("tabserve.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The API answers JSON and file downloads: nothing is to be sniffed, framed, run as a script
-# or sent on as a referrer. The one page, /docs, loosens the policy for its own assets.
+# or sent on as a referrer. A page (/docs, the web page at /) sets its own policy, which is kept.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tabserve needs (redis-server; prometheus for the monitoring
-# tests) when they are missing. As root it uses apt-get; otherwise it says what to install.
+# tests; chromium for the web page's browser test) when they are missing. As root it uses
+# apt-get; otherwise it says what to install.
 set -euo pipefail
 missing=()
 for pkg in "$@"; do
   case "$pkg" in
     redis-server) command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) ;;
     prometheus) command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus) ;;
+    chromium) [ -x /usr/bin/chromium ] || missing+=(chromium) ;;
     *) dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg") ;;
   esac
 done

@@ -34,6 +34,10 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "metrics.metrics": Action.METRICS,
     "openapi.document": Action.READ_MODELS,  # public paths (roles.PUBLIC_PATHS)
     "openapi.docs": Action.READ_MODELS,
+    # The web page and its assets under /static/ui/ are public (roles.PUBLIC_PATHS and
+    # PUBLIC_PREFIXES); any other static file needs a key, of any role.
+    "ui.index": Action.READ_MODELS,
+    "static": Action.READ_MODELS,
     # Open Inference Protocol V2; its health routes are public (roles.PUBLIC_PATHS).
     "v2.infer": Action.PREDICT,
     "v2.server_metadata": Action.READ_MODELS,

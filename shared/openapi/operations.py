@@ -126,6 +126,9 @@ def _ops_core() -> list[Operation]:
                   "caller whose key may read models (anyone while authentication is off)."),
         Operation("get", "/docs", "openapi.docs", "This document, browsable (Swagger UI)",
                   "docs", {200: ("An HTML page", text("text/html"))}, public=True),
+        Operation("get", "/", "ui.index", "The web page: models, a prediction form, uploads "
+                  "and recent jobs", "docs", {200: ("An HTML page", text("text/html"))},
+                  public=True),
     ]
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from shared.errors import ForbiddenError, UnauthorizedError
 from shared.security.keystore import KeyStore
 from shared.security.ratelimit import RateLimiter
-from shared.security.roles import ANONYMOUS, NOBODY, PUBLIC_PATHS, Action, Principal
+from shared.security.roles import (
+    ANONYMOUS,
+    NOBODY,
+    PUBLIC_PATHS,
+    Action,
+    Principal,
+    is_public,
+)
 
 
 class Gate:
@@ -34,7 +41,7 @@ class Gate:
         action (None: any valid key), 429 over the key's rate limit."""
         if self.store is None:
             return ANONYMOUS
-        if path in self.public:
+        if is_public(path, self.public):
             return NOBODY
         principal = self.store.authenticate(_bearer(authorization))
         if principal is None:

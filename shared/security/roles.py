@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -32,13 +33,24 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
 }
 
 # Routes answered without a key: liveness and readiness, ours and the protocols', the
-# version MLflow's scoring server tells anyone, and the API's documentation with its page's
-# assets (/openapi.json shows the models' feature schemas only to a key that reads models).
+# version MLflow's scoring server tells anyone, the API's documentation with its page's
+# assets (/openapi.json shows the models' feature schemas only to a key that reads models),
+# and the web page's shell (its API calls need a key like any client's).
 DOCS_ASSETS = ("/static/vendor/swagger-ui/swagger-ui.css",
                "/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/docs/init.js")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready",
                           "/ping", "/health", "/version", "/openapi.json", "/docs",
-                          *DOCS_ASSETS})
+                          *DOCS_ASSETS, "/"})
+# Static files answered without a key: the web page's assets. A path is matched only in its
+# normal form, so "/static/ui/../x" reaches no other static file without a key.
+PUBLIC_PREFIXES = ("/static/ui/",)
+
+
+def is_public(path: str, public_paths: frozenset[str] | set[str]) -> bool:
+    """Whether a request for `path` is answered without a key."""
+    if path in public_paths:
+        return True
+    return path.startswith(PUBLIC_PREFIXES) and posixpath.normpath(path) == path
 
 
 @dataclass(frozen=True)
