@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,13 +88,23 @@ def show_bars() -> bool:
     return sys.stderr.isatty()
 
 
+def _width() -> dict[str, Any]:
+    # The window's width, followed as it changes; a terminal that reports none (a new pty,
+    # some `docker exec`) gets 80 columns rather than an empty bar.
+    try:
+        known = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError):
+        known = False
+    return {"dynamic_ncols": True} if known else {"ncols": 80}
+
+
 @contextmanager
 def byte_bar(what: str, enabled: bool) -> Iterator[Any]:
     """A tqdm bar of bytes (rate in B/s) whose update(done, total) takes running totals."""
     from tqdm import tqdm
 
     with tqdm(desc=what, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
-              file=sys.stderr, leave=True, dynamic_ncols=True) as bar:
+              file=sys.stderr, leave=True, **_width()) as bar:
         def update(done: int, total: int | None) -> None:
             if total is not None and bar.total != total:
                 bar.total = total
@@ -108,7 +119,7 @@ def rows_bar(enabled: bool) -> Iterator[Any]:
     from tqdm import tqdm
 
     with tqdm(desc="scoring", unit="rows", unit_scale=True, disable=not enabled,
-              file=sys.stderr, leave=True, dynamic_ncols=True) as bar:
+              file=sys.stderr, leave=True, **_width()) as bar:
         def update(job: Job) -> None:
             # A CSV job counts its rows as it reads them: until then the total is estimated
             # from the fraction of the file's bytes read.
