@@ -90,7 +90,10 @@ def _read_rows(path: Path) -> Any:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as fh:
             return [{k: _csv_value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    return _parse_json(path.read_text(encoding="utf-8"), "--file")
+    rows = _parse_json(path.read_text(encoding="utf-8"), "--file")
+    if isinstance(rows, dict) and len(rows) == 1 and {"features", "instances"} & rows.keys():
+        return next(iter(rows.values()))  # a /predict request body
+    return rows
 
 
 def _csv_value(text: str | None) -> Any:

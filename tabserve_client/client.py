@@ -115,17 +115,7 @@ class Client:
 
     def _upload(self, fh: IO[bytes], filename: str, fields: dict[str, str],
                 progress: BytesProgress | None) -> Job:
-        content_type = _content_type(filename)
-        counted = None
-        if progress is not None:
-            sent = [0]
-
-            def counted(n: int) -> None:
-                sent[0] += n
-                progress(sent[0], total)
-
-        body = MultipartBody(fh, filename, content_type, fields, counted)
-        total = len(body)
+        body = MultipartBody(fh, filename, _content_type(filename), fields, progress)
         response = self._http.request("POST", "/jobs", data=body,
                                       headers={"Content-Type": body.content_type})
         return Job.from_json(response.json())

@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping
 from typing import IO
 
 PIECE_BYTES = 256 * 1024
-Progress = Callable[[int], None]  # bytes sent since the last call
+Progress = Callable[[int, int], None]  # (bytes sent so far, the body's length)
 
 
 class MultipartBody:
     """A file-like body: form fields, then the file part, then the closing boundary.
 
     requests sends an object with __len__ and read() with a Content-Length, reading it in
-    pieces; `progress` is called with the bytes of each piece read."""
+    pieces; `progress(sent, length)` is called as each piece is read."""
 
     def __init__(self, fh: IO[bytes], filename: str, content_type: str,
                  fields: Mapping[str, str], progress: Progress | None = None) -> None:
@@ -27,6 +27,7 @@ class MultipartBody:
         self._parts: list[bytes | IO[bytes]] = [head, fh, f"\r\n--{self.boundary}--\r\n".encode()]
         self._length = len(head) + _remaining(fh) + len(self._parts[2])  # type: ignore[arg-type]
         self._progress = progress
+        self._sent = 0
 
     @property
     def content_type(self) -> str:
@@ -55,7 +56,8 @@ class MultipartBody:
                 else:
                     self._parts.pop(0)
         if out and self._progress is not None:
-            self._progress(len(out))
+            self._sent += len(out)
+            self._progress(self._sent, self._length)
         return out
 
     def _field(self, name: str, value: str) -> bytes:

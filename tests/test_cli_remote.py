@@ -137,7 +137,7 @@ def test_predict_a_row_a_json_file_and_a_csv_file(stack, demo_rows, customer_fra
     assert first.split()[:2] == ["0", str(expected["predictions"][0])]
 
     rows_json = tmp_path / "rows.json"
-    rows_json.write_text(json.dumps(demo_rows[:3]))
+    rows_json.write_text(json.dumps({"instances": demo_rows[:3]}))  # or a bare list
     result = tabserve(["predict", "--file", str(rows_json), "--json", "--model", "breast-cancer"],
                       stack)
     assert result.returncode == 0, result.stderr

@@ -215,6 +215,17 @@ def test_typed_errors_carry_the_servers_code_message_and_status(client, demo_row
     assert model.value.code == "model_not_found"
 
 
+def test_an_upload_over_the_servers_limit_is_413(idle_server, customer_frame, tmp_path):
+    server, tokens = idle_server
+    path = tmp_path / "large.csv"
+    pd.concat([customer_frame] * 12).to_csv(path, index=False)
+    assert path.stat().st_size > 1024 * 1024
+    with Client(server.url, api_key=tokens["submit"]) as c:
+        with pytest.raises(PayloadTooLargeError) as caught:
+            c.submit_job(path)
+    assert caught.value.status == 413 and "TABSERVE_MAX_UPLOAD_BYTES" in caught.value.message
+
+
 def test_a_missing_key_is_401_and_a_keys_role_403(idle_server, redis_client):
     server, tokens = idle_server
     with Client(server.url, api_key="") as anonymous:
