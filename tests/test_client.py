@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -280,3 +282,40 @@ def test_connection_errors_are_retried_for_get_only():
         with pytest.raises(TabserveConnectionError):
             c.predict({"x": 1})
         assert time.monotonic() - started < 0.2
+
+
+class _BusyThenReady(BaseHTTPRequestHandler):
+    """A stand-in server: 503 with Retry-After: 1 to the first GET, then a job."""
+
+    answers: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+        first = not self.answers
+        self.answers.append(self.path)
+        body = (b'{"error": {"code": "queue_unavailable", "message": "busy"}}' if first else
+                b'{"id": "x", "status": "queued", "model": {}, "progress": {}}')
+        self.send_response(503 if first else 200)
+        if first:
+            self.send_header("Retry-After", "1")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_retry_waits_as_long_as_retry_after_says():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BusyThenReady)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_port}", retries=1, backoff=0.01) as c:
+            started = time.monotonic()
+            assert c.get_job("x").id == "x"
+            assert time.monotonic() - started >= 1.0
+        assert _BusyThenReady.answers == ["/jobs/x", "/jobs/x"]
+    finally:
+        server.shutdown()
+        server.server_close()
