@@ -133,7 +133,8 @@ def test_predict_a_row_a_json_file_and_a_csv_file(stack, demo_rows, customer_fra
     assert result.returncode == 0, result.stderr
     header, first = result.stdout.splitlines()[:2]
     assert header.split() == ["row", "prediction", "p(0)", "p(1)", "prediction_id"]
-    expected = Client(stack).predict(demo_rows[:3])
+    with Client(stack) as client:
+        expected = client.predict(demo_rows[:3])
     assert first.split()[:2] == ["0", str(expected["predictions"][0])]
 
     rows_json = tmp_path / "rows.json"
