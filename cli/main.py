@@ -1,4 +1,5 @@
-"""The `tabserve` command: train, import, list models, run the API and workers."""
+"""The `tabserve` command: train, import, list models, run the API and workers; and
+(cli/remote.py) predict, score files and manage jobs on a running server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from cli import remote
 from shared.config import Settings
 from shared.errors import TabserveError
 from shared.monitoring import metricsdir
@@ -27,7 +29,13 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Serve pickled tabular models online and in batch."""
-    ctx.obj = Settings.from_env()
+    # The remote commands are clients of a server: they read no server settings, so a
+    # client's environment needs none of them right.
+    if ctx.invoked_subcommand not in remote.COMMANDS:
+        ctx.obj = Settings.from_env()
+
+
+remote.register(main)
 
 
 def _store(settings: Settings):  # noqa: ANN202 - keeps heavy imports out of `--help`

@@ -95,3 +95,24 @@ def worker(base_settings, tmp_path_factory):
                          "session")
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def idle_server(base_settings, redis_server, tmp_path_factory):
+    """A real gunicorn with API keys on whose jobs no worker takes (its own Redis database
+    and queue): a job stays queued until it is cancelled. Uploads up to 1 MiB. Yields
+    (server, {role: key}) with a `submit` and a `read` key."""
+    import uuid
+
+    from shared.security.keystore import hash_key
+
+    tokens = {role: "tsk_" + uuid.uuid4().hex for role in ("submit", "read")}
+    settings = base_settings.with_overrides(
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/6", queue_name="idle",
+        data_dir=str(tmp_path_factory.mktemp("idle-data")), rate_limit_requests=0,
+        max_upload_bytes=1024 * 1024,
+        api_keys=",".join(f"{role}-key:{role}:{hash_key(t)}" for role, t in tokens.items()))
+    server = ApiServer(tabserve_env(settings.as_env()), tmp_path_factory.mktemp("idle-logs"),
+                       workers=1)
+    yield server, tokens
+    server.stop()
