@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ValidationError
+from shared.errors import ConflictError, ModelLoadError, ValidationError
+
+logger = logging.getLogger(__name__)
 
 ALIASES_FILE = "_aliases.json"  # "_": never a version directory
 LIVE = "live"  # the alias unpinned requests follow
@@ -71,6 +75,61 @@ def write_alias(model_dir: Path, alias: str, version: int | None,
         record["history"] = [*record["history"], change][-HISTORY_KEEP:]
         _replace(model_dir / ALIASES_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return previous
+
+
+class AliasBook:
+    """The aliases files of every model under one artifacts directory, each re-read at most
+    every refresh_seconds: requests without a version come here."""
+
+    def __init__(self, root: Path, refresh_seconds: float = 2.0) -> None:
+        self.root = root
+        self.refresh_seconds = refresh_seconds
+        self._read: dict[str, tuple[dict[str, int], float]] = {}  # name -> (aliases, when)
+
+    def get(self, name: str, fresh: bool = False) -> dict[str, int]:
+        """The model's aliases ({} without a file); while the file cannot be read, the last
+        good read, or a 503 if this process never had one."""
+        cached = self._read.get(name)
+        now = time.monotonic()
+        if cached is not None and not fresh and now - cached[1] <= self.refresh_seconds:
+            return cached[0]
+        try:
+            record = read_aliases(self.root / name)
+        except (OSError, ValueError) as exc:
+            logger.warning("model %s: aliases unreadable (%s)", name, _reason(exc))
+            if cached is None:
+                raise ModelLoadError(f"model {name}: its aliases file cannot be read: "
+                                     f"{_reason(exc)}") from None
+            self._read[name] = (cached[0], now)
+            return cached[0]
+        aliases = record["aliases"] if record else {}
+        self._read[name] = (aliases, now)
+        return aliases
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """The model's alias changes, oldest first ([] when unreadable)."""
+        try:
+            record = read_aliases(self.root / name)
+        except (OSError, ValueError):
+            return []
+        return record["history"] if record else []
+
+    def write(self, name: str, alias: str, version: int | None,
+              actor: str | None = None) -> int | None:
+        """write_alias for one model; a 409 when the directory cannot be written."""
+        try:
+            previous = write_alias(self.root / name, alias, version, actor)
+        except OSError as exc:
+            raise ConflictError(f"model {name}: cannot write its aliases in the artifacts "
+                                f"directory ({_reason(exc)}); run 'tabserve alias' or "
+                                "'tabserve promote' where the directory is writable") from None
+        self._read.pop(name, None)
+        return previous
+
+
+def _reason(exc: BaseException) -> str:
+    # Without the path an OSError carries: answers must not show the server's directories.
+    return (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
 
 
 @contextmanager

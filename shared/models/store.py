@@ -9,10 +9,9 @@ import json
 import logging
 import os
 import pickle
-import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -23,13 +22,14 @@ from shared.errors import (
     ModelNotFoundError,
     ValidationError,
 )
-from shared.models.aliases import LIVE, check_alias, read_aliases, write_alias
+from shared.models.aliases import LIVE, AliasBook, check_alias
 from shared.models.manifest import (
     MANIFEST_FILE,
     Manifest,
     read_manifest_data,
     write_manifest,
 )
+from shared.models.refs import NAME_RE, VERSION_RE, Target, check_name, parse_ref
 from shared.models.signing import SigningKeys
 
 if TYPE_CHECKING:
@@ -37,50 +37,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-VERSION_RE = re.compile(r"[0-9]{1,9}")
 COMPRESS_ABOVE_BYTES = 1024 * 1024
 # The default model's name, beside the model directories; no model name can start with "_".
 DEFAULT_FILE = "_default.json"
-
-
-class ModelRef(NamedTuple):
-    """A parsed model reference: a name with a version, an alias, or neither."""
-
-    name: str
-    version: int | None = None
-    alias: str | None = None
-
-
-class Target(NamedTuple):
-    """What a reference resolved to: a version, and the alias it was reached through (LIVE
-    for a bare NAME; None when the version was pinned)."""
-
-    name: str
-    version: int
-    alias: str | None
-
-
-def parse_ref(ref: str) -> ModelRef:
-    """Split 'NAME', 'NAME:VERSION' or 'NAME@ALIAS'; a 422 naming what is wrong."""
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        check_name(name)
-        return ModelRef(name, None, check_alias(alias))
-    name, _, version = ref.partition(":")
-    check_name(name)
-    if not version:
-        return ModelRef(name)
-    if not VERSION_RE.fullmatch(version):
-        raise ValidationError(f"invalid model version {version!r}: must be a positive integer")
-    return ModelRef(name, int(version))
-
-
-def check_name(name: str) -> None:
-    """A 422 unless `name` is a model name."""
-    if not NAME_RE.fullmatch(name):
-        raise ValidationError(f"invalid model name {name!r}")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -113,8 +72,7 @@ class ModelStore:
         self._listed_at = -1e18
         self._default: str | None = None
         self._default_read_at = -1e18
-        # Per model: its aliases as last read, and when (re-read every refresh_seconds).
-        self._aliases: dict[str, tuple[dict[str, int], float]] = {}
+        self.alias_book = AliasBook(self.root, refresh_seconds)
         # Whether a model's first version is served without a promote (`save(promote=...)`).
         self.auto_promote = False
 
@@ -201,32 +159,12 @@ class ModelStore:
         return versions
 
     def aliases(self, name: str, fresh: bool = False) -> dict[str, int]:
-        """The model's aliases (alias -> version), re-read at most every refresh_seconds;
-        while its file cannot be read, the last good read (503 if there was none)."""
-        cached = self._aliases.get(name)
-        now = time.monotonic()
-        if cached is not None and not fresh and now - cached[1] <= self.refresh_seconds:
-            return cached[0]
-        try:
-            record = read_aliases(self.root / name)
-        except (OSError, ValueError) as exc:
-            logger.warning("model %s: aliases unreadable (%s)", name, describe_error(exc))
-            if cached is None:
-                raise ModelLoadError(f"model {name}: its aliases file cannot be read: "
-                                     f"{describe_error(exc)}") from None
-            self._aliases[name] = (cached[0], now)
-            return cached[0]
-        aliases = record["aliases"] if record else {}
-        self._aliases[name] = (aliases, now)
-        return aliases
+        """The model's aliases (alias -> version), re-read at most every refresh_seconds."""
+        return self.alias_book.get(name, fresh)
 
     def alias_history(self, name: str) -> list[dict[str, Any]]:
         """The model's alias changes, oldest first."""
-        try:
-            record = read_aliases(self.root / name)
-        except (OSError, ValueError):
-            return []
-        return record["history"] if record else []
+        return self.alias_book.history(name)
 
     def live_version(self, name: str) -> int:
         """The version an unpinned request for the model gets."""
@@ -244,16 +182,9 @@ class ModelStore:
         if version is not None and version not in versions:
             raise ModelNotFoundError(f"model {name!r} has no version {version} (versions: "
                                      f"{', '.join(map(str, versions))})")
-        # Without a `live` alias the latest version was live: what a promote replaces.
-        was = self.aliases(name, fresh=True).get(alias, versions[-1] if alias == LIVE else None)
-        try:
-            previous = write_alias(self.root / name, alias, version, actor)
-        except OSError as exc:
-            raise ConflictError(f"model {name}: cannot write its aliases in the artifacts "
-                                f"directory ({describe_error(exc)}); run 'tabserve alias' or "
-                                "'tabserve promote' where the directory is writable") from None
-        self._aliases.pop(name, None)
-        previous = was if previous is None else previous
+        previous = self.alias_book.write(name, alias, version, actor)
+        if previous is None and alias == LIVE:
+            previous = versions[-1]  # no `live` alias yet: the latest version was live
         logger.info("model %s: alias %s -> %s (was %s)", name, alias, version, previous)
         return previous
 
@@ -395,8 +326,7 @@ class ModelStore:
             aliases = dict(self.aliases(name, fresh=True))
             live: int | None = self.live_version(name)
         except ModelLoadError as exc:
-            return {"aliases": self._aliases.get(name, ({}, 0))[0], "live": None,
-                    "aliases_error": exc.message}
+            return {"aliases": {}, "live": None, "aliases_error": exc.message}
         return {"aliases": aliases, "live": live}
 
     def next_version(self, name: str) -> int:
