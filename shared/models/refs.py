@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 from shared.errors import ValidationError
@@ -30,6 +31,7 @@ class Target(NamedTuple):
     alias: str | None
 
 
+@lru_cache(maxsize=1024)  # every request parses its reference; most name the same few
 def parse_ref(ref: str) -> ModelRef:
     """Split 'NAME', 'NAME:VERSION' or 'NAME@ALIAS'; a 422 naming what is wrong."""
     if "@" in ref:
