@@ -337,7 +337,8 @@ class Load:
 
     def __init__(self, url: str, row: dict[str, float], threads: int = 3) -> None:
         self.url, self.row = url, row
-        self.answers: list[tuple[float, int, int]] = []  # (time, version, pid)
+        self.answers: list[tuple[float, int, int]] = []  # (wall time, version, pid)
+        self.latencies: list[float] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -345,16 +346,26 @@ class Load:
             t.start()
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            self._session()
+
+    def _session(self, requests_per_connection: int = 25) -> None:
+        # A kept-alive connection stays with one gunicorn worker: a new one every few
+        # requests lets either worker take it, so both answer throughout.
         with requests.Session() as session:
-            while not self._stop.is_set():
+            for _ in range(requests_per_connection):
+                if self._stop.is_set():
+                    return
                 try:
+                    started = time.monotonic()
                     r = session.post(self.url + "/predict", json={"features": self.row},
                                      timeout=10)
+                    self.latencies.append(time.monotonic() - started)
                     if r.status_code != 200:
                         self.failures.append(f"{r.status_code} {r.text[:200]}")
                         continue
                     version = r.json()["model"]["version"]
-                    self.answers.append((time.monotonic(), version,
+                    self.answers.append((time.time(), version,
                                          int(r.headers["X-Served-By"])))
                 except Exception as exc:  # noqa: BLE001 - every failure is counted
                     self.failures.append(repr(exc))
@@ -391,11 +402,18 @@ def _run_cli(args: list[str], settings: Settings) -> str:
     return result.stdout
 
 
-def _switch(load: Load, version: int, since: float, pids: set[int]) -> None:
+def _written_at(artifacts: Path) -> float:
+    return (artifacts / NAME / ALIASES_FILE).stat().st_mtime
+
+
+def _switch(load: Load, version: int, since: float, pids: set[int]) -> list[float]:
+    """Wait for every worker to serve `version`; each worker's seconds from `since` (when
+    the aliases file was written) to its last answer with another version."""
     wait_until(lambda: load.all_serve(version, since, pids), 10,
                f"every worker serving version {version}", interval=0.1)
-    for pid in pids:
-        assert load.last_other(version, since, pid) - since < 10, pid
+    delays = [load.last_other(version, since, pid) - since for pid in sorted(pids)]
+    assert max(delays) < 10, delays
+    return delays
 
 
 def test_hot_promotion_under_load(trained, tmp_path, base_settings, redis_client, demo_rows,
@@ -419,15 +437,14 @@ def test_hot_promotion_under_load(trained, tmp_path, base_settings, redis_client
 
         out = _run_cli(["train"], settings)  # version 2, not served
         assert "is not live" in out
-        trained_at = time.monotonic()
+        trained_at = time.time()
         # Past the store's refresh interval, both workers still answer version 1.
         wait_until(lambda: {p for t, _, p in load.answers if t > trained_at + 3} == pids, 20,
                    "answers after the new version was written")
         assert {v for _, v, _ in load.since(trained_at)} == {1}
 
-        promoted_at = time.monotonic()
         _run_cli(["promote", NAME, "2"], settings)
-        _switch(load, 2, promoted_at, pids)
+        promote_delays = _switch(load, 2, _written_at(artifacts), pids)
 
         worker = WorkerProcess(tabserve_env(settings.as_env(), {"TABSERVE_QUEUE_NAME":
                                                                 "lifecycle"}),
@@ -436,9 +453,8 @@ def test_hot_promotion_under_load(trained, tmp_path, base_settings, redis_client
         assert done["status"] == "succeeded", done
         assert done["model"] == {"name": NAME, "version": 1}
 
-        rolled_back_at = time.monotonic()
         _run_cli(["promote", NAME, "1"], settings)
-        _switch(load, 1, rolled_back_at, pids)
+        rollback_delays = _switch(load, 1, _written_at(artifacts), pids)
     finally:
         load.stop()
         if worker is not None:
@@ -447,3 +463,10 @@ def test_hot_promotion_under_load(trained, tmp_path, base_settings, redis_client
     assert not load.failures, load.failures[:5]
     assert load.pids() == pids  # the same two processes throughout: no restart
     assert len(load.answers) > 100
+    latencies = sorted(load.latencies)
+    print(f"\nhot promotion: {len(latencies)} requests, none failed; p50 "
+          f"{latencies[len(latencies) // 2] * 1000:.1f} ms, p99 "
+          f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, max "
+          f"{latencies[-1] * 1000:.1f} ms; last old answer per worker after the promote "
+          f"{[round(d, 2) for d in promote_delays]} s, after the "
+          f"rollback {[round(d, 2) for d in rollback_delays]} s")
