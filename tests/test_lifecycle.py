@@ -101,7 +101,7 @@ def test_promote_on_save_keeps_the_old_behaviour(store, how):
 def test_a_directory_without_aliases_serves_its_latest_until_a_save(store):
     (store.root / NAME / ALIASES_FILE).unlink()
     add_version(store, 2)  # copied in by hand, as before aliases
-    assert store.resolve(NAME) == (NAME, 2)
+    assert store.resolve(NAME) == (NAME, 2) and store.resolve(f"{NAME}@live") == (NAME, 2)
     train_demo(store)  # version 3: not live; version 2, live so far, stays live
     assert store.resolve(NAME) == (NAME, 2)
     assert store.aliases(NAME) == {"live": 2}

@@ -73,7 +73,8 @@ class ModelStore:
         self._default: str | None = None
         self._default_read_at = -1e18
         self.alias_book = AliasBook(self.root, refresh_seconds)
-        # Whether a model's first version is served without a promote (`save(promote=...)`).
+        # Whether a new version written by save() is live at once (TABSERVE_AUTO_PROMOTE);
+        # a model's first version always is.
         self.auto_promote = False
 
     @classmethod
@@ -140,9 +141,9 @@ class ModelStore:
                 raise ModelNotFoundError(f"model {name!r} has no version {version}")
             return Target(name, version, None)
         aliases = self.aliases(name)
-        if alias is None and LIVE not in aliases:
-            return Target(name, versions[-1], LIVE)  # no promote yet: the latest is live
         alias = alias or LIVE
+        if alias == LIVE and LIVE not in aliases:
+            return Target(name, versions[-1], LIVE)  # no promote yet: the latest is live
         if alias not in aliases:
             raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} (aliases: "
                                      f"{', '.join(sorted(aliases)) or 'none'})")
