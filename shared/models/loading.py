@@ -244,6 +244,8 @@ class ModelCache:
             if self._pending.get(key, 0.0) > time.monotonic():
                 return
             self._pending[key] = float("inf")
+        logger.info("model %s:%d: loading it in the background, for an alias moved to it",
+                    name, version)
         threading.Thread(target=self._load_in_background, args=key, daemon=True,
                          name=f"load-{name}-{version}").start()
 
