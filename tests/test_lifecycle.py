@@ -305,6 +305,17 @@ def test_bad_admin_requests_are_clear_4xx(admin_app, path, body, status, code):
     assert r.json["error"]["code"] == code
 
 
+def test_aliases_that_cannot_be_written_are_a_409_naming_the_way_out(admin_app, store):
+    # As root, permissions do not stop a write: a directory where the lock file goes does.
+    (store.root / NAME / ".aliases.lock").mkdir()
+    client, auth = admin_app
+    r = client.post(f"/models/{NAME}/promote", json={"version": 1}, headers=auth["admin"])
+    assert r.status_code == 409, r.json
+    message = r.json["error"]["message"]
+    assert "cannot write its aliases" in message and "tabserve promote" in message
+    assert str(store.root) not in message  # no server path in an answer
+
+
 def test_removing_live_over_http_is_a_409(admin_app):
     client, auth = admin_app
     r = client.delete(f"/models/{NAME}/aliases/live", headers=auth["admin"])
