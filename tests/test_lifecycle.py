@@ -307,7 +307,9 @@ def test_bad_admin_requests_are_clear_4xx(admin_app, path, body, status, code):
 
 def test_aliases_that_cannot_be_written_are_a_409_naming_the_way_out(admin_app, store):
     # As root, permissions do not stop a write: a directory where the lock file goes does.
-    (store.root / NAME / ".aliases.lock").mkdir()
+    lock = store.root / NAME / ".aliases.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
     client, auth = admin_app
     r = client.post(f"/models/{NAME}/promote", json={"version": 1}, headers=auth["admin"])
     assert r.status_code == 409, r.json
