@@ -1,5 +1,5 @@
-"""One JSON log line per request, the X-Request-ID header, and the security headers every
-response carries."""
+"""One JSON log line per request, the X-Request-ID header, the security headers every
+response carries, and on a scoring answer the model version and worker process that gave it."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         response.headers["X-Request-ID"] = request_id
         for name, value in SECURITY_HEADERS.items():  # a page (/docs) sets its own policy
             response.headers.setdefault(name, value)
+        model_ref = getattr(ctx, "model_ref", None)
+        if model_ref:  # which version answered, and which worker process (during a promote)
+            response.headers["X-Model-Version"] = model_ref
+            response.headers["X-Served-By"] = str(os.getpid())
         if req.path.startswith("/jobs"):  # a job's record and files: another key's to see
             response.headers["Cache-Control"] = "no-store"
         status, method, path = response.status_code, req.method, req.path
@@ -55,5 +59,5 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
             access.info(f"{method} {path} {status}", {
                 "request_id": request_id, "method": method, "path": path, "status": status,
                 "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,
-                "model_version": getattr(ctx, "model_ref", None)})
+                "model_version": model_ref})
         return response

@@ -38,6 +38,12 @@ def main(ctx: click.Context) -> None:
 remote.register(main)
 
 
+PROMOTE_OPTION = click.option(
+    "--promote/--no-promote", default=None,
+    help="Serve the new version at once (default: TABSERVE_AUTO_PROMOTE, off; a model's "
+         "first version is always served).")
+
+
 def _store(settings: Settings):  # noqa: ANN202 - keeps heavy imports out of `--help`
     from shared.models.store import ModelStore
 
@@ -52,9 +58,10 @@ def _store(settings: Settings):  # noqa: ANN202 - keeps heavy imports out of `--
 @click.option("--task", type=click.Choice(["classification", "regression"]))
 @click.option("--algorithm", default=None,
               type=click.Choice(["xgboost", "hist-gradient-boosting", "random-forest", "logistic"]))
+@PROMOTE_OPTION
 @click.pass_obj
 def train(settings: Settings, data: Path | None, target: str | None, name: str | None,
-          task: str | None, algorithm: str | None) -> None:
+          task: str | None, algorithm: str | None, promote: bool | None) -> None:
     """Train a model and write the next version into the artifacts directory."""
     from shared.models import training
 
@@ -62,15 +69,16 @@ def train(settings: Settings, data: Path | None, target: str | None, name: str |
     if data is None:
         if target:
             raise click.UsageError("--target needs --data")
-        manifest = training.train_demo(store, algorithm or "xgboost")
+        manifest = training.train_demo(store, algorithm or "xgboost", promote=promote)
     else:
         if not target:
             raise click.UsageError("--data needs --target")
         manifest = training.train_from_file(
             store, data, target, name=name, task=task,  # type: ignore[arg-type]
-            algorithm=algorithm or "hist-gradient-boosting",
+            algorithm=algorithm or "hist-gradient-boosting", promote=promote,
         )
     click.echo(f"trained {manifest.ref} ({manifest.algorithm}) metrics={manifest.metrics}")
+    _say_live(store, manifest.name, manifest.version)
 
 
 @main.command(name="import")
@@ -80,22 +88,72 @@ def train(settings: Settings, data: Path | None, target: str | None, name: str |
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV or Parquet sample of the model's input (for schema and statistics).")
 @click.option("--target", help="Target column in the sample, for holdout metrics.")
+@PROMOTE_OPTION
 @click.pass_obj
 def import_(settings: Settings, model_file: Path, name: str, sample: Path,
-            target: str | None) -> None:
+            target: str | None, promote: bool | None) -> None:
     """Register a pickled model you already have."""
     from shared.models import training
 
-    manifest = training.import_model(_store(settings), model_file, name, sample, target)
+    store = _store(settings)
+    manifest = training.import_model(store, model_file, name, sample, target, promote=promote)
     click.echo(f"imported {manifest.ref} ({manifest.algorithm}, {len(manifest.features)} features)")
+    _say_live(store, manifest.name, manifest.version)
+
+
+def _say_live(store, name: str, version: int) -> None:  # noqa: ANN001 - a ModelStore
+    live = store.live_version(name)
+    if live != version:
+        click.echo(f"{name}:{version} is not live ({name}:{live} is): run 'tabserve promote "
+                   f"{name} {version}' to serve it")
 
 
 @main.command(name="models")
 @click.pass_obj
 def list_models(settings: Settings) -> None:
-    """List the models and versions in the artifacts directory."""
-    for name, versions in _store(settings).list_models(fresh=True).items():
-        click.echo(f"{name}: versions {', '.join(map(str, versions))}")
+    """List the models, their versions, aliases and live version."""
+    store = _store(settings)
+    for name, versions in store.list_models(fresh=True).items():
+        state = store.lifecycle(name)
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(state["aliases"].items()))
+        live = state["live"] if state["live"] is not None else state.get("aliases_error")
+        click.echo(f"{name}: versions {', '.join(map(str, versions))}; live {live}"
+                   + (f"; aliases {aliases}" if aliases else ""))
+
+
+@main.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int, required=False)
+@click.option("--remove", is_flag=True, help="Remove the alias (not 'live': promote instead).")
+@click.pass_obj
+def alias(settings: Settings, name: str, alias: str, version: int | None, remove: bool) -> None:
+    """Point the model NAME's ALIAS (champion, challenger, ...) at VERSION.
+
+    Requests for NAME@ALIAS get that version; every server follows within a few seconds.
+    The alias 'live' is the one unpinned requests get: `tabserve promote` moves it.
+    """
+    if remove == (version is not None):
+        raise click.UsageError("give a VERSION, or --remove")
+    previous = _store(settings).set_alias(name, alias, version, "cli")
+    was = f" (was {previous})" if previous is not None else ""
+    click.echo(f"{name}@{alias} removed{was}" if remove else f"{name}@{alias} -> {version}{was}")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_obj
+def promote(settings: Settings, name: str, version: int) -> None:
+    """Serve VERSION of the model NAME to unpinned requests (moves its 'live' alias).
+
+    A rollback is a promote of the version before; nothing is deleted. Every API process and
+    worker follows within a few seconds, loading the version before switching to it.
+    """
+    previous = _store(settings).promote(name, version, "cli")
+    click.echo(f"{name}: live version {version} (was {previous}); roll back with "
+               f"'tabserve promote {name} {previous}'" if previous not in (None, version)
+               else f"{name}: live version {version}")
 
 
 @main.command()
@@ -105,7 +163,7 @@ def list_models(settings: Settings) -> None:
 def sign(settings: Settings, refs: tuple[str, ...], sign_all: bool) -> None:
     """Sign models' manifests with the first key of TABSERVE_MODEL_SIGNING_KEY_FILE.
 
-    REFS are NAME (every version) or NAME:VERSION. Sign only models you trust: a signed
+    REFS are NAME (every version), NAME:VERSION or NAME@ALIAS. Sign only models you trust: a signed
     model is loaded by every server that holds the key.
     """
     from shared.models.store import parse_ref
@@ -116,7 +174,9 @@ def sign(settings: Settings, refs: tuple[str, ...], sign_all: bool) -> None:
     listing = store.list_models(fresh=True)
     targets: list[tuple[str, int]] = []
     for ref in refs or listing:
-        name, version = parse_ref(ref)
+        name, version, alias = parse_ref(ref)
+        if alias is not None:
+            version = store.resolve(ref)[1]
         versions = listing.get(name, [])
         if version is not None and version not in versions or not versions:
             raise click.UsageError(f"no model {ref!r} in the artifacts directory")

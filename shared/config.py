@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # a model pickled by another scikit-learn/XGBoost version than installed may be loaded.
     model_signing_key_file: Path | None = None
     allow_version_mismatch: bool = False
+    # A new version written by train or import becomes live at once (today's behaviour before
+    # aliases) instead of waiting for `tabserve promote`; a model's first version always does.
+    auto_promote: bool = False
     max_online_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_header_bytes: int = Field(8 * 1024, ge=256)  # one request header's name and value

@@ -203,10 +203,13 @@ def test_models(client, artifacts_dir):
     r = client.get("/models")
     assert r.status_code == 200
     assert r.get_json() == {"models": [{"name": "breast-cancer", "versions": [1],
-                                        "latest": manifest}], "unreadable": []}
+                                        "latest": manifest, "aliases": {"live": 1},
+                                        "live": 1}], "unreadable": []}
     r = client.get("/models/breast-cancer")
-    assert r.get_json() == {"name": "breast-cancer", "versions": [manifest], "latest": 1,
-                            "schema": link}
+    body = r.get_json()
+    assert [h["version"] for h in body.pop("history")] == [1]  # the first save made it live
+    assert body == {"name": "breast-cancer", "versions": [manifest], "latest": 1,
+                    "aliases": {"live": 1}, "live": 1, "schema": link}
     r = client.get("/models/nope")
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "model_not_found"
 

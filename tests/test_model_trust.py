@@ -351,6 +351,7 @@ def test_a_refused_default_model_makes_the_service_not_ready(signed, tmp_path, r
     data = json.loads((version / "manifest.json").read_text())
     data.update(version=2, signature=None, signing_key_id=None)
     (version / "manifest.json").write_text(json.dumps(data))
+    signed.promote("breast-cancer", 2)
     settings = Settings(artifacts_dir=signed.root, redis_url=redis_server.url,
                         default_model="breast-cancer", model_signing_key_file=key_path,
                         data_dir=str(tmp_path / "data"), worker_metrics_port=0)

@@ -49,11 +49,13 @@ def test_manifest_has_everything_the_design_lists(store):
     assert manifest["metrics"]["accuracy"] > 0.9
 
 
-def test_versions_increase_and_latest_is_default(store):
+def test_versions_increase_and_a_new_version_waits_for_promote(store):
     train_demo(store)
     assert store.list_models(fresh=True) == {"breast-cancer": [1, 2]}
+    assert store.resolve(None) == ("breast-cancer", 1)  # the first version stays live
+    assert store.resolve("breast-cancer:2") == ("breast-cancer", 2)
+    store.promote("breast-cancer", 2)
     assert store.resolve(None) == ("breast-cancer", 2)
-    assert store.resolve("breast-cancer:1") == ("breast-cancer", 1)
 
 
 def test_tampered_model_is_refused_before_unpickling(store, tmp_path):
@@ -100,13 +102,15 @@ def test_model_cache_loads_once_per_process(store):
 
 
 @pytest.mark.parametrize("ref,expected", [
-    ("m", ("m", None)), ("m:3", ("m", 3)), ("my-model.v2:10", ("my-model.v2", 10)),
+    ("m", ("m", None, None)), ("m:3", ("m", 3, None)),
+    ("my-model.v2:10", ("my-model.v2", 10, None)), ("m@champion", ("m", None, "champion")),
 ])
 def test_parse_ref(ref, expected):
     assert parse_ref(ref) == expected
 
 
-@pytest.mark.parametrize("ref", ["", "../etc", "m:x", "m:-1", "a/b"])
+@pytest.mark.parametrize("ref", ["", "../etc", "m:x", "m:-1", "a/b", "m@", "m@Live", "m@1",
+                                 "m@a:1", "@live"])
 def test_parse_ref_rejects_bad_references(ref):
     with pytest.raises(ValidationError):
         parse_ref(ref)

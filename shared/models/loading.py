@@ -12,14 +12,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.errors import ModelIntegrityError, ModelLoadError
+from shared.errors import ModelIntegrityError, ModelLoadError, TabserveError
 from shared.models.fastpredict import FastPath, compile_fast_path
 from shared.models.manifest import Manifest
 from shared.models.store import ModelStore, describe_error, sha256_bytes
 from shared.models.unpickler import restricted_loads
 from shared.models.validation import RowValidator
 from shared.models.versions import version_mismatches
-from shared.monitoring.metrics import record_model_loaded
+from shared.monitoring.metrics import (
+    record_model_loaded,
+    record_model_switch,
+    record_model_switch_failed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,13 +171,25 @@ def _estimators(model: Any) -> list[Any]:
 
 
 class ModelCache:
-    """Per-process cache of loaded models, keyed by (name, version)."""
+    """Per-process cache of loaded models, keyed by (name, version).
 
-    def __init__(self, store: ModelStore, threads: int = 1) -> None:
+    An unpinned reference (NAME, or NAME@ALIAS) follows its alias: when the alias moves to
+    another version, the new version is loaded in a background thread while the old one keeps
+    answering, and requests switch to it once it is loaded. A version that fails to load is
+    logged and counted, the old one stays, and the load is tried again after retry_seconds.
+    """
+
+    def __init__(self, store: ModelStore, threads: int = 1, retry_seconds: float = 30.0) -> None:
         self.store = store
         self.threads = threads
+        self.retry_seconds = retry_seconds
         self._models: dict[tuple[str, int], LoadedModel] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while loading
+        self._state = threading.Lock()  # held a moment, for _serving and _pending
+        # (name, alias) -> the version this process serves for it
+        self._serving: dict[tuple[str, str], int] = {}
+        # (name, version) -> when a background load may be tried (again); in flight: +inf
+        self._pending: dict[tuple[str, int], float] = {}
 
     def get(self, name: str, version: int) -> LoadedModel:
         """The loaded model, loading it on first use."""
@@ -190,12 +206,66 @@ class ModelCache:
 
     def resolve(self, ref: str | None, default: str | None = None) -> LoadedModel:
         """Resolve a reference and return its loaded model."""
-        return self.get(*self.store.resolve(ref, default))
+        name, version, alias = self.store.resolve_target(ref, default)
+        if alias is None:
+            return self.get(name, version)
+        return self._follow(name, alias, version)
+
+    def serving(self) -> dict[tuple[str, str], int]:
+        """(name, alias) -> the version this process answers for it now."""
+        return dict(self._serving)
+
+    def _follow(self, name: str, alias: str, version: int) -> LoadedModel:
+        serving = self._serving.get((name, alias))
+        loaded = self._models.get((name, version))
+        if serving == version and loaded is not None:
+            return loaded
+        if loaded is None and serving is not None and (name, serving) in self._models:
+            self._load_later(name, version)
+            return self._models[(name, serving)]
+        loaded = loaded or self.get(name, version)  # nothing served yet: load it now
+        self._switch(name, alias, serving, version)
+        return loaded
+
+    def _switch(self, name: str, alias: str, old: int | None, new: int) -> None:
+        with self._state:
+            if self._serving.get((name, alias)) == new:
+                return
+            self._serving[(name, alias)] = new
+        record_model_switch(name, alias, old, new)
+        if old is not None:
+            logger.info("model %s@%s: now serving version %d (was %d)", name, alias, new, old)
+
+    def _load_later(self, name: str, version: int) -> None:
+        key = (name, version)
+        if self._pending.get(key, 0.0) > time.monotonic():
+            return  # loading now, or failed a moment ago
+        with self._state:
+            if self._pending.get(key, 0.0) > time.monotonic():
+                return
+            self._pending[key] = float("inf")
+        logger.info("model %s:%d: loading it in the background, for an alias moved to it",
+                    name, version)
+        threading.Thread(target=self._load_in_background, args=key, daemon=True,
+                         name=f"load-{name}-{version}").start()
+
+    def _load_in_background(self, name: str, version: int) -> None:
+        try:
+            self.get(name, version)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old version served
+            message = exc.message if isinstance(exc, TabserveError) else describe_error(exc)
+            logger.error("model %s:%d: cannot load it (%s); still serving the version "
+                         "before it, retrying in %.0f s", name, version, message,
+                         self.retry_seconds)
+            record_model_switch_failed(name, version)
+            with self._state:
+                self._pending[(name, version)] = time.monotonic() + self.retry_seconds
+            return
+        with self._state:
+            self._pending.pop((name, version), None)
 
     def warm(self, default: str | None) -> LoadedModel | None:
         """Load the default model now, so the first request or job does not wait for it."""
-        from shared.errors import TabserveError
-
         try:
             return self.resolve(None, default)
         except TabserveError as exc:

@@ -1,4 +1,5 @@
-"""The artifacts directory: model versions on disk, resolved by NAME or NAME:VERSION."""
+"""The artifacts directory: model versions on disk, resolved by NAME, NAME:VERSION or
+NAME@ALIAS (shared/models/aliases.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,27 @@ import json
 import logging
 import os
 import pickle
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError as PydanticValidationError
 
-from shared.errors import ModelIntegrityError, ModelLoadError, ModelNotFoundError, ValidationError
+from shared.errors import (
+    ConflictError,
+    ModelIntegrityError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ValidationError,
+)
+from shared.models.aliases import LIVE, AliasBook, check_alias
 from shared.models.manifest import (
     MANIFEST_FILE,
     Manifest,
     read_manifest_data,
     write_manifest,
 )
+from shared.models.refs import NAME_RE, VERSION_RE, Target, check_name, parse_ref
 from shared.models.signing import SigningKeys
 
 if TYPE_CHECKING:
@@ -29,24 +37,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-VERSION_RE = re.compile(r"[0-9]{1,9}")
 COMPRESS_ABOVE_BYTES = 1024 * 1024
 # The default model's name, beside the model directories; no model name can start with "_".
 DEFAULT_FILE = "_default.json"
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """Split 'NAME' or 'NAME:VERSION' into name and optional version."""
-    name, _, version = ref.partition(":")
-    if not NAME_RE.fullmatch(name):
-        raise ValidationError(f"invalid model name {name!r}")
-    if not version:
-        return name, None
-    if not VERSION_RE.fullmatch(version):
-        raise ValidationError(f"invalid model version {version!r}: must be a positive integer")
-    return name, int(version)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -79,6 +72,10 @@ class ModelStore:
         self._listed_at = -1e18
         self._default: str | None = None
         self._default_read_at = -1e18
+        self.alias_book = AliasBook(self.root, refresh_seconds)
+        # Whether a new version written by save() is live at once (TABSERVE_AUTO_PROMOTE);
+        # a model's first version always is.
+        self.auto_promote = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelStore:
@@ -89,8 +86,10 @@ class ModelStore:
         else:
             logger.info("no model signing key (TABSERVE_MODEL_SIGNING_KEY_FILE): models "
                            "are checked by checksum and unpickling allow-list only")
-        return cls(settings.artifacts_dir, keys=keys,
-                   allow_version_mismatch=settings.allow_version_mismatch)
+        store = cls(settings.artifacts_dir, keys=keys,
+                    allow_version_mismatch=settings.allow_version_mismatch)
+        store.auto_promote = settings.auto_promote
+        return store
 
     def list_models(self, fresh: bool = False) -> dict[str, list[int]]:
         """Model names mapped to their versions (ascending); cached for refresh_seconds."""
@@ -119,6 +118,12 @@ class ModelStore:
     def resolve(self, ref: str | None, default: str | None = None) -> tuple[str, int]:
         """Resolve a model reference (or, without one, the default model) to a concrete
         (name, version); `default` is the configured default (TABSERVE_DEFAULT_MODEL)."""
+        name, version, _ = self.resolve_target(ref, default)
+        return name, version
+
+    def resolve_target(self, ref: str | None, default: str | None = None) -> Target:
+        """Like resolve, also saying through which alias the version was reached: a bare
+        NAME follows the model's `live` alias (its latest version while it has none)."""
         ref = ref or default or self.default_name()
         if ref is None:
             listing = self.list_models()
@@ -129,16 +134,65 @@ class ModelStore:
                 "several models exist and none is recorded as the default: pass ?model=NAME "
                 f"(one of {', '.join(sorted(listing))}) or set TABSERVE_DEFAULT_MODEL"
             )
-        listing = self.list_models()
-        name, version = parse_ref(ref)
-        versions = listing.get(name) or self.list_models(fresh=True).get(name)
+        name, version, alias = parse_ref(ref)
+        versions = self.versions(name)
+        if version is not None:
+            if version not in versions:
+                raise ModelNotFoundError(f"model {name!r} has no version {version}")
+            return Target(name, version, None)
+        aliases = self.aliases(name)
+        alias = alias or LIVE
+        if alias == LIVE and LIVE not in aliases:
+            return Target(name, versions[-1], LIVE)  # no promote yet: the latest is live
+        if alias not in aliases:
+            raise ModelNotFoundError(f"model {name!r} has no alias {alias!r} (aliases: "
+                                     f"{', '.join(sorted(aliases)) or 'none'})")
+        if aliases[alias] not in versions and aliases[alias] not in self.versions(name, True):
+            raise ModelLoadError(f"model {name}@{alias} names version {aliases[alias]}, which "
+                                 "is not in the artifacts directory")
+        return Target(name, aliases[alias], alias)
+
+    def versions(self, name: str, fresh: bool = False) -> list[int]:
+        """The model's versions (ascending); 404 for a model that has none."""
+        versions = self.list_models(fresh).get(name) or self.list_models(fresh=True).get(name)
         if not versions:
             raise ModelNotFoundError(f"unknown model {name!r}")
-        if version is None:
-            return name, versions[-1]
-        if version not in versions:
-            raise ModelNotFoundError(f"model {name!r} has no version {version}")
-        return name, version
+        return versions
+
+    def aliases(self, name: str, fresh: bool = False) -> dict[str, int]:
+        """The model's aliases (alias -> version), re-read at most every refresh_seconds."""
+        return self.alias_book.get(name, fresh)
+
+    def alias_history(self, name: str) -> list[dict[str, Any]]:
+        """The model's alias changes, oldest first."""
+        return self.alias_book.history(name)
+
+    def live_version(self, name: str) -> int:
+        """The version an unpinned request for the model gets."""
+        return self.resolve_target(name).version
+
+    def set_alias(self, name: str, alias: str, version: int | None,
+                  actor: str | None = None) -> int | None:
+        """Point a model's alias at one of its versions (None removes it; `live` cannot be
+        removed, only moved); the version it named before."""
+        check_name(name)
+        check_alias(alias)
+        versions = self.versions(name, fresh=True)
+        if version is None and alias == LIVE:
+            raise ConflictError(f"the {LIVE!r} alias cannot be removed: promote a version")
+        if version is not None and version not in versions:
+            raise ModelNotFoundError(f"model {name!r} has no version {version} (versions: "
+                                     f"{', '.join(map(str, versions))})")
+        previous = self.alias_book.write(name, alias, version, actor)
+        if previous is None and alias == LIVE:
+            previous = versions[-1]  # no `live` alias yet: the latest version was live
+        logger.info("model %s: alias %s -> %s (was %s)", name, alias, version, previous)
+        return previous
+
+    def promote(self, name: str, version: int, actor: str | None = None) -> int | None:
+        """Make `version` the one unpinned requests get (a rollback promotes an older one);
+        the version that was live before."""
+        return self.set_alias(name, LIVE, version, actor)
 
     def default_name(self) -> str | None:
         """The name requests without ?model= get when TABSERVE_DEFAULT_MODEL is not set:
@@ -195,7 +249,7 @@ class ModelStore:
     def version_dir(self, name: str, version: int) -> Path:
         """Directory of one model version; ModelIntegrityError when the name is not a model
         name or a symbolic link leads out of the artifacts directory."""
-        parse_ref(name)
+        check_name(name)
         directory = self.root / name / str(int(version))
         self.check_inside(directory, f"{name}:{version}")
         return directory
@@ -262,21 +316,41 @@ class ModelStore:
             except ModelLoadError as exc:
                 unreadable.append({"name": name, "version": versions[-1], "error": exc.message})
                 continue
-            models.append({"name": name, "versions": versions, "latest": latest})
+            models.append({"name": name, "versions": versions, "latest": latest,
+                           **self.lifecycle(name)})
         return models, unreadable
+
+    def lifecycle(self, name: str) -> dict[str, Any]:
+        """The model's aliases and live version, for listings (`live` is null when its
+        alias names a version that is gone)."""
+        try:
+            aliases = dict(self.aliases(name, fresh=True))
+            live: int | None = self.live_version(name)
+        except ModelLoadError as exc:
+            return {"aliases": {}, "live": None, "aliases_error": exc.message}
+        return {"aliases": aliases, "live": live}
 
     def next_version(self, name: str) -> int:
         """The version number a new artifact of this model gets."""
         versions = self.list_models(fresh=True).get(name, [])
         return (versions[-1] + 1) if versions else 1
 
-    def save(self, model: Any, manifest_fields: dict[str, Any]) -> Manifest:
-        """Pickle a model and write its manifest as the next version of its name."""
+    def save(self, model: Any, manifest_fields: dict[str, Any],
+             promote: bool | None = None) -> Manifest:
+        """Pickle a model and write its manifest as the next version of its name. The new
+        version is live (served to unpinned requests) when it is the model's first, or when
+        `promote` (default: the store's auto_promote) says so; otherwise the live version
+        stays what it was until `promote`."""
         name = manifest_fields["name"]
-        parse_ref(name)
+        check_name(name)
+        promote = self.auto_promote if promote is None else promote
         self.root.mkdir(parents=True, exist_ok=True)
         # The model that was the default stays so; the first model becomes it.
         self.default_name()
+        before = self.list_models(fresh=True).get(name, [])
+        if before and not promote and LIVE not in self.aliases(name, fresh=True):
+            # A model saved before aliases existed: its latest version was live; keep it so.
+            self.set_alias(name, LIVE, before[-1], "save")
         version = self.next_version(name)
         directory = self.version_dir(name, version)
         directory.mkdir(parents=True, exist_ok=False)
@@ -298,6 +372,8 @@ class ModelStore:
         manifest = self._signed(manifest)
         write_manifest(directory, manifest)
         self.list_models(fresh=True)
+        if promote or not before:
+            self.promote(name, version, "save")
         self.default_name()
         logger.info("model %s: saved version %d (%d bytes)", name, version, len(payload))
         return manifest

@@ -51,8 +51,10 @@ def infer_task(target: pd.Series) -> Task:
     return "regression"
 
 
-def train_demo(store: ModelStore, algorithm: str = "xgboost") -> Manifest:
-    """Train the demo classifier on scikit-learn's bundled breast-cancer data."""
+def train_demo(store: ModelStore, algorithm: str = "xgboost",
+               promote: bool | None = None) -> Manifest:
+    """Train the demo classifier on scikit-learn's bundled breast-cancer data (`promote`:
+    see ModelStore.save)."""
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
@@ -68,7 +70,7 @@ def train_demo(store: ModelStore, algorithm: str = "xgboost") -> Manifest:
     return _register(
         store, model, DEMO_NAME, "classification", schema, frame, x_test, y_test,
         input_kind="numpy", algorithm=algorithm, source="sklearn.datasets.load_breast_cancer",
-        target_name="diagnosis",
+        target_name="diagnosis", promote=promote,
     )
 
 
@@ -79,6 +81,7 @@ def train_from_file(
     name: str | None = None,
     task: Task | None = None,
     algorithm: str = "hist-gradient-boosting",
+    promote: bool | None = None,
 ) -> Manifest:
     """Train a model on a user's CSV/Parquet file with numeric and categorical columns."""
     frame = read_table(path)
@@ -102,11 +105,13 @@ def train_from_file(
     return _register(
         store, model, name or Path(path).stem, task, schema, frame, x_test, y_test,
         input_kind="dataframe", algorithm=algorithm, source=str(path), target_name=target,
+        promote=promote,
     )
 
 
 def import_model(
-    store: ModelStore, model_path: Path, name: str, sample: Path, target: str | None = None
+    store: ModelStore, model_path: Path, name: str, sample: Path, target: str | None = None,
+    promote: bool | None = None,
 ) -> Manifest:
     """Register a model the user already has (XGBoost JSON/UBJSON, or a pickle read with the
     allow-list), with schema from a sample file."""
@@ -131,6 +136,7 @@ def import_model(
         store, model, name, task, schema, frame, frame if y is not None else None, y,
         input_kind="dataframe" if needs_frame else "numpy",
         algorithm=type(model).__name__, source=str(model_path), target_name=target,
+        promote=promote,
     )
 
 
@@ -245,7 +251,7 @@ def _register(
     store: ModelStore, model: Any, name: str, task: Task, schema: Schema,
     reference_frame: pd.DataFrame, x_test: pd.DataFrame | None, y_test: pd.Series | None, *,
     input_kind: Literal["numpy", "dataframe"], algorithm: str, source: str,
-    target_name: str | None,
+    target_name: str | None, promote: bool | None = None,
 ) -> Manifest:
     as_input = (lambda f: f.to_numpy(dtype=np.float64)) if input_kind == "numpy" else (lambda f: f)
     ref_input = as_input(reference_frame)
@@ -270,7 +276,7 @@ def _register(
         label_from_proba=label_from_proba, algorithm=algorithm, source=source,
         library_versions=library_versions(), metrics=scores, reference=reference,
     )
-    return store.save(model, fields)
+    return store.save(model, fields, promote=promote)
 
 
 def _holdout_metrics(model: Any, task: Task, x_test: Any, y_test: pd.Series) -> dict[str, float]:

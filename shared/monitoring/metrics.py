@@ -104,6 +104,15 @@ MODEL_LOAD_SECONDS = Gauge(
 MODEL_INFO = Gauge(
     "tabserve_model_info", "A loaded model version and its artifact's sha256 (value 1).",
     (*MODEL, "sha256"), multiprocess_mode="livemax")
+# livemax: 1 while a live process answers unpinned requests (the `live` alias) or the alias
+# with this version; two versions at 1 for long means a process could not switch.
+MODEL_SERVING = Gauge(
+    "tabserve_model_serving", "The version a process serves for a model's alias (value 1).",
+    (*MODEL, "alias"), multiprocess_mode="livemax")
+MODEL_SWITCH_FAILURES = Counter(
+    "tabserve_model_switch_failures_total",
+    "Loads of a promoted (or re-aliased) version that failed; the process kept the old one.",
+    MODEL)
 
 # --- Processes (the default process collector does not work in multiprocess mode) ---
 # livesum: the role's total over processes alive now; a dead worker's memory is not in use.
@@ -267,6 +276,18 @@ def record_model_loaded(manifest: Manifest, seconds: float) -> None:
         HOLDOUT_ACCURACY.labels(model, version).set(manifest.metrics["accuracy"])
     if "mae" in manifest.metrics:
         HOLDOUT_MEAN_ABSOLUTE_ERROR.labels(model, version).set(manifest.metrics["mae"])
+
+
+def record_model_switch(name: str, alias: str, old: int | None, new: int) -> None:
+    """This process now serves `new` for name@alias (instead of `old`)."""
+    if old is not None:
+        MODEL_SERVING.labels(name, str(old), alias).set(0)
+    MODEL_SERVING.labels(name, str(new), alias).set(1)
+
+
+def record_model_switch_failed(name: str, version: int) -> None:
+    """A version an alias moved to could not be loaded; the old one is still served."""
+    MODEL_SWITCH_FAILURES.labels(name, str(version)).inc()
 
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}

@@ -28,7 +28,8 @@ REQUESTS: list[type[BaseModel]] = [
     shapes.PredictRequest, shapes.FeedbackRequest, JobOptions, InputSource,
     protocols.V2InferRequest, protocols.MlflowRequest]
 ANSWERS: list[type[BaseModel]] = [
-    shapes.Error, shapes.PredictResponse, shapes.ModelList, shapes.ModelDetail, shapes.Alive,
+    shapes.Error, shapes.PredictResponse, shapes.ModelList, shapes.ModelDetail,
+    shapes.AliasRequest, shapes.AliasResult, shapes.Alive,
     shapes.Check, shapes.Readiness, shapes.FeedbackResult, shapes.JobRecord, shapes.JobList,
     protocols.V2Error, protocols.V2ServerMetadata, protocols.V2Live, protocols.V2Ready,
     protocols.V2ModelMetadata, protocols.V2ModelReady, protocols.V2RepositoryIndex,

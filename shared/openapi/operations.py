@@ -63,6 +63,7 @@ MODEL_QUERY = param("model", "query", {"type": "string"},
                     "TABSERVE_DEFAULT_MODEL or the recorded default")
 NAME_PATH = param("name", "path", MODEL_NAME, "the model's name")
 VERSION_PATH = param("version", "path", VERSION, "the model's version")
+ALIAS_PATH = param("alias", "path", {"type": "string"}, "the alias, e.g. live or champion")
 JOB_PATH = param("job_id", "path", {"type": "string"}, "the job's id")
 
 
@@ -106,6 +107,20 @@ def _ops_core() -> list[Operation]:
                   "models", {200: ("Every version's manifest, each with a `schema` link",
                                    json_of("ModelDetail"))},
                   (404, 422, 503), params=(NAME_PATH,)),
+        Operation("post", "/models/{name}/promote", "models.promote", "Make a version live "
+                  "(admin): unpinned requests get it within seconds; a rollback is a promote",
+                  "models", {200: ("The change", json_of("AliasResult"))},
+                  (400, 404, 409, 415, 422, 503) + BODY, json_of("AliasRequest"),
+                  (NAME_PATH,)),
+        Operation("put", "/models/{name}/aliases/{alias}", "models.put_alias", "Point an "
+                  "alias at a version (admin); requests pin it as NAME@ALIAS", "models",
+                  {200: ("The change", json_of("AliasResult"))},
+                  (400, 404, 409, 415, 422, 503) + BODY, json_of("AliasRequest"),
+                  (NAME_PATH, ALIAS_PATH)),
+        Operation("delete", "/models/{name}/aliases/{alias}", "models.delete_alias",
+                  "Remove an alias (admin; `live` can only be moved)", "models",
+                  {200: ("The change", json_of("AliasResult"))}, (404, 409, 422, 503),
+                  params=(NAME_PATH, ALIAS_PATH)),
         Operation("post", "/feedback", "feedback.post_feedback", "Labels for earlier "
                   "predictions", "monitoring",
                   {200: ("What was counted", json_of("FeedbackResult"))},

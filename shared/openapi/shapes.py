@@ -88,17 +88,55 @@ class ModelVersion(Manifest):
     schema_link: str | None = Field(None, alias="schema", description=SCHEMA_LINK)
 
 
-class ModelDetail(BaseModel):
+class AliasChange(BaseModel):
+    """One change of an alias, as the model's history keeps it."""
+
+    alias: str
+    version: int | None = Field(description="the version it names now (null: removed)")
+    previous: int | None
+    at: str
+    by: str | None = Field(None, description="the API key's name, or who ran the command")
+
+
+class Lifecycle(BaseModel):
+    """A model's aliases (`live` is what an unpinned request gets) and its live version."""
+
+    aliases: dict[str, int]
+    live: int | None = Field(description="null when the `live` alias names a version that "
+                             "is gone")
+    aliases_error: str | None = None
+
+
+class ModelDetail(Lifecycle):
     name: str
     versions: list[ModelVersion]
     latest: int
     schema_link: str = Field(alias="schema", description=SCHEMA_LINK + " (latest version)")
+    history: list[AliasChange]
 
 
-class CatalogEntry(BaseModel):
+class CatalogEntry(Lifecycle):
     name: str
     versions: list[int]
     latest: ModelVersion
+
+
+class AliasRequest(BaseModel):
+    """The body of POST /models/{name}/promote and PUT /models/{name}/aliases/{alias}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class AliasResult(Lifecycle):
+    """What an alias change did: the version the alias named before, and the model's
+    aliases and live version after it."""
+
+    name: str
+    alias: str
+    version: int | None
+    previous: int | None
 
 
 class UnreadableModel(BaseModel):
