@@ -13,6 +13,7 @@ import codecs
 import errno
 import io
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -28,6 +29,21 @@ from shared.errors import ConfigError
 PIECE_BYTES = 1024 * 1024  # copy and download piece
 READ_BLOCK_BYTES = 8 * 1024 * 1024  # s3fs read-ahead block
 PART_BYTES = 8 * 1024 * 1024  # s3fs multipart part (S3's minimum is 5 MiB)
+
+
+# A writer's temporary file beside its key's: `.<name>.<32 hex>.part`, renamed when complete.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.part$")
+
+
+def _temporary_name(name: str) -> str:
+    return f".{name}.{uuid.uuid4().hex}.part"
+
+
+def written_key(key: str) -> str:
+    """The key a writer's temporary file gets once complete (any other key: itself)."""
+    head, slash, name = key.rpartition("/")
+    found = _TEMPORARY.match(name)
+    return key if found is None else f"{head}{slash}{found['name']}"
 
 
 def _check_key(key: str) -> None:
@@ -72,6 +88,10 @@ class Storage(ABC):
         """The key's file on this machine's filesystem, if the store is one (for sendfile)."""
         return None
 
+    def local_dirs(self) -> list[Path]:
+        """The directories on this machine that uploads and outputs fill (for free space)."""
+        return [self.staging_dir]
+
     # Each store implements these.
     @abstractmethod
     def open(self, key: str) -> IO[bytes]:
@@ -112,6 +132,11 @@ class Storage(ABC):
         ...
 
     @abstractmethod
+    def list_files(self, prefix: str) -> list[str]:
+        """Every file's key under prefix, at any depth (a writer's temporary files too)."""
+        ...
+
+    @abstractmethod
     def last_modified(self, prefix: str) -> float:
         """When anything under prefix last changed (epoch seconds; 0 if nothing is there)."""
         ...
@@ -139,11 +164,14 @@ class LocalStorage(Storage):
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
 
+    def local_dirs(self) -> list[Path]:
+        return [self.root, self.staging_dir]
+
     @contextmanager
     def writer(self, key: str, mode: str = "wb") -> Iterator[IO]:
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+        tmp = final.with_name(_temporary_name(final.name))
         try:
             with open(tmp, mode) as fh:
                 yield fh
@@ -185,6 +213,13 @@ class LocalStorage(Storage):
         if not base.is_dir():
             return []
         return [f"{prefix.rstrip('/')}/{p.name}" for p in base.iterdir() if p.is_dir()]
+
+    def list_files(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return [f"{prefix.rstrip('/')}/{p.relative_to(base).as_posix()}"
+                for p in base.rglob("*") if p.is_file()]
 
     def last_modified(self, prefix: str) -> float:
         try:
@@ -281,6 +316,15 @@ class ObjectStorage(Storage):
             return []
         return [f"{prefix.rstrip('/')}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}"
                 for e in entries if e["type"] == "directory"]
+
+    def list_files(self, prefix: str) -> list[str]:
+        root = self._path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return []
+        return [f"{prefix.rstrip('/')}/{path[len(root):].lstrip('/')}" for path in found
+                if path.startswith(root + "/")]
 
     def last_modified(self, prefix: str) -> float:
         found = self.fs.find(self._path(prefix), detail=True)

@@ -78,6 +78,7 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, args=(name, processes), name="heartbeat",
                      daemon=True).start()
     threading.Thread(target=_reap, args=(name,), name="reaper", daemon=True).start()
+    threading.Thread(target=_sweep, name="sweeper", daemon=True).start()
 
 
 def _reap(name: str) -> None:
@@ -86,6 +87,22 @@ def _reap(name: str) -> None:
     from shared.jobs.reaper import Reaper
 
     Reaper(Services(settings), f"{name}#{os.getpid()}").run(_stopping)
+
+
+def _sweep() -> None:
+    # Storage (once per interval across the cluster, under a lock in Redis) and this
+    # worker's own metrics directory (files of pool processes that died).
+    from shared.jobs.retention import purge_expired
+    from shared.monitoring.metricsdir import sweep_dead
+
+    rt = Services(settings)
+    every = settings.sweep_interval_seconds
+    while not _stopping.wait(min(every, 60)):
+        try:
+            sweep_dead()
+            purge_expired(rt.jobs, rt.storage, every, settings.failed_job_grace_seconds)
+        except Exception as exc:  # Redis or the store away: next time
+            logger.warning("sweep failed: %s: %s", type(exc).__name__, exc)
 
 
 def _heartbeat(name: str, processes: int) -> None:

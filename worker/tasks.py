@@ -14,7 +14,6 @@ from typing import Any
 from shared.jobs.coordinator import run_job
 from shared.jobs.parts import run_part
 from shared.jobs.queue import SCORE_JOB, SCORE_PART
-from shared.jobs.retention import purge_expired
 from shared.logs import log_context
 from shared.services import Services
 from worker.app import celery_app, runtime
@@ -37,10 +36,6 @@ def score_job(self: Any, job_id: str, attempt: int | None = None) -> str:
     """Score one batch job (or cut it into parts); its outcome is in the job record."""
     with _logged(job_id=job_id) as rt:
         outcome = run_job(rt, job_id, self.request.hostname, attempt)
-        try:
-            purge_expired(rt.jobs, rt.storage)
-        except Exception:  # retention is best effort; the job is done
-            logger.exception("retention sweep failed")
     return outcome.status.value
 
 

@@ -196,7 +196,11 @@ class _ProjectCollector:
     def collect(self) -> Iterator[Metric]:
         path = os.environ.get(MULTIPROC_ENV)
         if path:
-            yield from multiprocess.MultiProcessCollector(None, path=path).collect()
+            from shared.monitoring.metricsdir import locked
+
+            with locked(path):  # not while a sweep folds dead processes' files
+                found = list(multiprocess.MultiProcessCollector(None, path=path).collect())
+            yield from found
         else:
             yield from REGISTRY.collect()
         for collector in list(_extra_collectors):
