@@ -88,9 +88,10 @@ class Storage(ABC):
         """The key's file on this machine's filesystem, if the store is one (for sendfile)."""
         return None
 
-    def local_dirs(self) -> list[Path]:
-        """The directories on this machine that uploads and outputs fill (for free space)."""
-        return [self.staging_dir]
+    def local_dirs(self) -> dict[str, Path]:
+        """The directories on this machine that uploads and outputs fill, by role (data,
+        staging), for their free space."""
+        return {"staging": self.staging_dir}
 
     # Each store implements these.
     @abstractmethod
@@ -164,8 +165,8 @@ class LocalStorage(Storage):
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
 
-    def local_dirs(self) -> list[Path]:
-        return [self.root, self.staging_dir]
+    def local_dirs(self) -> dict[str, Path]:
+        return {"data": self.root, "staging": self.staging_dir}
 
     @contextmanager
     def writer(self, key: str, mode: str = "wb") -> Iterator[IO]:

@@ -114,6 +114,7 @@ def _heartbeat(name: str, processes: int) -> None:
             rt.jobs.worker_heartbeat(name, processes)
             metrics.WORKER_HEARTBEAT.labels(name).set(time.time())  # read by the health check
             metrics.update_process_metrics("worker")
+            metrics.update_disk_metrics(rt.storage.local_dirs())
         except Exception as exc:  # Redis away: keep trying
             logger.debug("heartbeat failed: %s", exc)
         if _stopping.wait(HEARTBEAT_SECONDS):

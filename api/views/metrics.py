@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from shared.monitoring.metrics import render_metrics, update_process_metrics
+from api.views import runtime
+from shared.monitoring.metrics import render_metrics, update_disk_metrics, update_process_metrics
 
 bp = Blueprint("metrics", __name__)
 
@@ -12,5 +13,6 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def metrics() -> Response:
     update_process_metrics("api")
+    update_disk_metrics(runtime().storage.local_dirs())
     payload, content_type = render_metrics()
     return Response(payload, content_type=content_type)
