@@ -88,11 +88,6 @@ class Storage(ABC):
         """The key's file on this machine's filesystem, if the store is one (for sendfile)."""
         return None
 
-    def local_dirs(self) -> dict[str, Path]:
-        """The directories on this machine that uploads and outputs fill, by role (data,
-        staging), for their free space."""
-        return {"staging": self.staging_dir}
-
     # Each store implements these.
     @abstractmethod
     def open(self, key: str) -> IO[bytes]:
@@ -164,9 +159,6 @@ class LocalStorage(Storage):
 
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
-
-    def local_dirs(self) -> dict[str, Path]:
-        return {"data": self.root, "staging": self.staging_dir}
 
     @contextmanager
     def writer(self, key: str, mode: str = "wb") -> Iterator[IO]:
@@ -250,7 +242,7 @@ class ObjectStorage(Storage):
             # Listings are not cached: other machines add and remove files all the time.
             fs = fsspec.filesystem("s3", endpoint_url=endpoint_url, use_listings_cache=False)
         self.fs = fs
-        super().__init__(staging_dir or Path(tempfile.gettempdir()) / "tabserve-staging")
+        super().__init__(staging_dir or default_s3_staging())
 
     def _path(self, key: str) -> str:
         if self.is_store_url(key):
@@ -332,6 +324,25 @@ class ObjectStorage(Storage):
         times = [info["LastModified"].timestamp() for info in found.values()
                  if info.get("LastModified") is not None]
         return max(times, default=0.0)
+
+
+def default_s3_staging() -> Path:
+    return Path(tempfile.gettempdir()) / "tabserve-staging"
+
+
+def is_local(settings: Settings) -> bool:
+    """Whether TABSERVE_DATA_DIR is a directory (not a bucket)."""
+    return "://" not in settings.data_dir
+
+
+def local_dirs(settings: Settings) -> dict[str, Path]:
+    """The directories on this machine that uploads and outputs fill, by role (data,
+    staging), from the settings alone: no store is built (s3fs must not start its threads
+    in a Celery main process, whose forked pool processes would then hang)."""
+    if not is_local(settings):
+        return {"staging": Path(settings.staging_dir or default_s3_staging())}
+    data = Path(settings.data_dir)
+    return {"data": data, "staging": Path(settings.staging_dir or data / "staging")}
 
 
 def make_storage(settings: Settings) -> Storage:

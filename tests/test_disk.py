@@ -53,7 +53,7 @@ def small_disk(tmp_path_factory):
 def disk_settings(base_settings, redis_server, small_disk):
     # Own Redis database and queue, so the session's worker takes none of these jobs.
     return base_settings.with_overrides(
-        redis_url=redis_server.url.rsplit("/", 1)[0] + "/5", queue_name="disk",
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/8", queue_name="disk",
         data_dir=str(small_disk), min_free_bytes=RESERVE, failed_job_grace_seconds=GRACE,
         sweep_interval_seconds=1, job_lease_seconds=3, chunk_rows=2000, part_rows=0,
         worker_threads=1)
@@ -177,7 +177,7 @@ def sweep_env(base_settings, redis_server, tmp_path):
     """Settings for one API and worker of their own: a 1 s sweep, a worker exporter, and a
     temp directory of their own, where `tabserve` makes its metrics directories."""
     settings = base_settings.with_overrides(
-        redis_url=redis_server.url.rsplit("/", 1)[0] + "/6", queue_name="sweep",
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/9", queue_name="sweep",
         data_dir=str(tmp_path / "data"), sweep_interval_seconds=1, job_lease_seconds=3,
         chunk_rows=2000, part_rows=0, worker_threads=1, worker_metrics_port=free_port())
     client = redis.Redis.from_url(settings.redis_url)

@@ -21,6 +21,7 @@ from shared.jobs.pipeline import configure_arrow
 from shared.jobs.queue import make_celery
 from shared.logs import configure_logging
 from shared.services import Services
+from shared.storage import is_local, local_dirs
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
@@ -90,18 +91,22 @@ def _reap(name: str) -> None:
 
 
 def _sweep() -> None:
-    # Storage (once per interval across the cluster, under a lock in Redis) and this
-    # worker's own metrics directory (files of pool processes that died).
+    # This worker's metrics directory (files of pool processes that died), and a local data
+    # directory (once per interval across the cluster, under a lock in Redis). A bucket is
+    # swept by the pool processes after each job instead (worker.tasks): s3fs started here
+    # would be inherited, threads and all, by the pool processes forked later, which hang.
     from shared.jobs.retention import purge_expired
-    from shared.monitoring.metricsdir import sweep_dead
+    from shared.monitoring.metricsdir import remove_dead_dirs, sweep_dead
 
     rt = Services(settings)
     every = settings.sweep_interval_seconds
     while not _stopping.wait(min(every, 60)):
         try:
             sweep_dead()
-            purge_expired(rt.jobs, rt.storage, every, settings.failed_job_grace_seconds)
-        except Exception as exc:  # Redis or the store away: next time
+            remove_dead_dirs()
+            if is_local(settings):
+                purge_expired(rt.jobs, rt.storage, every, settings.failed_job_grace_seconds)
+        except Exception as exc:  # Redis or the disk away: next time
             logger.warning("sweep failed: %s: %s", type(exc).__name__, exc)
 
 
@@ -114,7 +119,7 @@ def _heartbeat(name: str, processes: int) -> None:
             rt.jobs.worker_heartbeat(name, processes)
             metrics.WORKER_HEARTBEAT.labels(name).set(time.time())  # read by the health check
             metrics.update_process_metrics("worker")
-            metrics.update_disk_metrics(rt.storage.local_dirs())
+            metrics.update_disk_metrics(local_dirs(settings))
         except Exception as exc:  # Redis away: keep trying
             logger.debug("heartbeat failed: %s", exc)
         if _stopping.wait(HEARTBEAT_SECONDS):

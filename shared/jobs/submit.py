@@ -30,7 +30,7 @@ from shared.jobs.store import new_job_id
 from shared.models.manifest import Manifest
 from shared.monitoring.metrics import JOBS_SUBMITTED, init_job_series
 from shared.redisguard import redis_errors
-from shared.storage import Storage
+from shared.storage import Storage, local_dirs
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -173,7 +173,7 @@ def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
 def check_upload_room(rt: Services, incoming: int) -> None:
     """507 when storing `incoming` more bytes would leave the staging or data directory
     below the free-space reserve (TABSERVE_MIN_FREE_BYTES)."""
-    check_free_space(rt.storage.local_dirs().values(), rt.settings.min_free_bytes, incoming)
+    check_free_space(local_dirs(rt.settings).values(), rt.settings.min_free_bytes, incoming)
 
 
 def column_limit(max_columns: int, manifest: Manifest) -> int:
