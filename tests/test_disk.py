@@ -23,7 +23,7 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.jobclient import read_result, submit, wait_job
+from tests.jobclient import file_bytes, read_result, submit, wait_job
 from tests.servers import ApiServer, WorkerProcess, free_port, tabserve_env, wait_until
 
 MiB = 1024 * 1024
@@ -75,11 +75,15 @@ def disk_worker(disk_settings, disk_api, tmp_path_factory):
     proc.stop()
 
 
-def _csv(demo_data, n: int) -> bytes:
+def _frame(demo_data, n: int) -> pd.DataFrame:
     names, X = demo_data
     frame = pd.DataFrame(np.tile(X, (n // len(X) + 1, 1))[:n], columns=names)
     frame.insert(0, "key", np.arange(n))
-    return frame.to_csv(index=False).encode()
+    return frame
+
+
+def _csv(demo_data, n: int) -> bytes:
+    return _frame(demo_data, n).to_csv(index=False).encode()
 
 
 def _files(root: Path) -> list[str]:
@@ -170,6 +174,42 @@ def test_a_job_whose_output_fills_the_disk_fails_cleanly_and_the_worker_goes_on(
 
 
 
+
+def test_a_split_job_whose_parts_fill_the_disk_fails_cleanly(base_settings, redis_server,
+                                                            tmp_path, demo_data):
+    data_dir = tmp_path / "data"
+    _mount_tmpfs(data_dir, DISK)
+    settings = base_settings.with_overrides(
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/10", queue_name="diskparts",
+        data_dir=str(data_dir), min_free_bytes=RESERVE, sweep_interval_seconds=1,
+        job_lease_seconds=3, chunk_rows=500, part_rows=1000, worker_threads=1)
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    env = tabserve_env(settings.as_env())
+    procs: list = []
+    try:
+        procs.append(api := ApiServer(env, tmp_path, workers=1))
+        procs.append(WorkerProcess(env, tmp_path, "parts", concurrency=2))
+        # Parquet row groups of 1000 rows are the parts (a CSV part is at least 1 MiB).
+        data = file_bytes(_frame(demo_data, 4000), "parquet", row_group_size=1000)
+        job = submit(api.url, data, "parquet", id_column="key", include_input="true",
+                     output_format="jsonl").json()
+        done = wait_job(api.url, job["id"], timeout=90)
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "insufficient_storage", done
+        assert done["parts"]["total"] == 4, done
+        job_dir = data_dir / "jobs" / job["id"]
+        wait_until(lambda: _files(job_dir) == ["input.parquet"], 15,
+                   "the parts still running to stop and leave nothing", interval=0.2)
+        n = 300  # under part_rows: one piece
+        other = submit(api.url, _csv(demo_data, n), "csv", id_column="key").json()
+        assert wait_job(api.url, other["id"], timeout=60)["status"] == "succeeded"
+        frame, _ = read_result(api.url, other["id"])
+        assert frame["key"].tolist() == list(range(n))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        subprocess.run(["umount", "-l", str(data_dir)], check=False)
+
 # --- what dead attempts and processes leave (on the ordinary disk) ---
 
 @pytest.fixture
@@ -215,14 +255,16 @@ def test_a_killed_attempts_temporary_file_is_swept_once_the_job_goes_on(sweep_en
     assert frame["key"].tolist() == list(range(n))
 
 
+def _sample(url: str, name: str, **labels: str) -> float:
+    text = requests.get(url, timeout=5).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name
+               and labels.items() <= sample.labels.items())
+
+
 def _rows_scored(port: int) -> float:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "tabserve_rows_predicted_total" and \
-                    sample.labels.get("path") == "batch":
-                return sample.value
-    return 0.0
+    return _sample(f"http://127.0.0.1:{port}/metrics", "tabserve_rows_predicted_total",
+                   path="batch")
 
 
 def test_dead_processes_metric_files_are_folded_without_losing_counts(sweep_env, tmp_path,
@@ -255,3 +297,27 @@ def test_dead_processes_metric_files_are_folded_without_losing_counts(sweep_env,
     procs.append(WorkerProcess(env, tmp_path, "w2"))
     assert not metrics_dir.exists()
     assert len(list(temp.glob("tabserve-metrics-worker-*"))) == 1  # the new worker's
+
+
+def test_a_replaced_api_processes_metric_files_are_folded_by_the_master(sweep_env, tmp_path):
+    _, env, temp, procs = sweep_env
+    api = ApiServer(env, tmp_path, workers=1)
+    procs.append(api)
+    [metrics_dir] = [d for d in temp.glob("tabserve-metrics-api-*")]
+    for _ in range(5):
+        assert requests.get(api.url + "/version", timeout=5).ok
+
+    def answered() -> float:
+        return _sample(api.url + "/metrics", "tabserve_http_requests_total", route="/version",
+                       status="200")
+
+    assert answered() == 5
+    [child] = psutil.Process(api.pid).children()
+    assert list(metrics_dir.glob(f"counter_{child.pid}.db"))
+    child.kill()  # gunicorn's master starts another and folds the dead one's files
+    wait_until(lambda: not list(metrics_dir.glob(f"*_{child.pid}.db"))
+               and requests.get(api.url + "/healthz", timeout=1).ok, 30,
+               "a new API process and the old one's files folded", interval=0.2)
+    assert (metrics_dir / "counter_archive.db").is_file()
+    assert requests.get(api.url + "/version", timeout=5).ok
+    assert answered() == 6  # the five of the dead process, and the new one's
