@@ -119,6 +119,20 @@ def test_an_upload_below_the_reserve_is_refused_before_it_is_staged(disk_api, sm
     assert _files(small_disk) == []
 
 
+
+def test_the_reserve_refuses_uploads_without_a_small_disk(base_settings, tmp_path, demo_data):
+    # Needs no root: a reserve larger than any disk, on the ordinary one.
+    settings = base_settings.with_overrides(data_dir=str(tmp_path / "data"),
+                                            min_free_bytes=1 << 62)
+    api = ApiServer(tabserve_env(settings.as_env()), tmp_path, workers=1)
+    try:
+        for multipart in (True, False):
+            response = submit(api.url, _csv(demo_data, 300), "csv", multipart=multipart)
+            _assert_507(response, "TABSERVE_MIN_FREE_BYTES")
+    finally:
+        api.stop()
+    assert _files(tmp_path / "data") == []
+
 @pytest.mark.parametrize("multipart", [True, False], ids=["multipart", "raw"])
 def test_an_upload_that_fills_the_disk_while_staged_is_a_507_leaving_nothing(
         disk_api, small_disk, demo_data, multipart):
