@@ -9,6 +9,7 @@ import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
+from shared.diskspace import is_disk_full, storage_full
 from shared.errors import TabserveError
 from shared.monitoring.metrics import VALIDATION_ERRORS
 
@@ -57,6 +58,13 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
+
+    @app.errorhandler(OSError)
+    def _os_error(exc: OSError) -> Response:
+        # A full disk while a request stages or stores a file: 507, never the generic 500.
+        if is_disk_full(exc):
+            return _domain(storage_full("the upload"))
+        return _unexpected(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -76,10 +76,16 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
 
 
 def child_exit(server, worker):  # noqa: ANN001, ANN201
-    """A worker died or was replaced: drop its live gauges."""
+    """A worker died or was replaced: drop its live gauges, fold its counters into the
+    archive files."""
     from shared.monitoring.metrics import mark_process_dead
+    from shared.monitoring.metricsdir import sweep_dead
 
     mark_process_dead(worker.pid)
+    try:
+        sweep_dead()
+    except OSError as exc:  # e.g. a full disk: the files stay until the next exit
+        server.log.warning("metrics directory not swept: %s", exc)
 
 
 def on_exit(server):  # noqa: ANN001, ANN201

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     worker_threads: int = Field(0, ge=0)
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     visibility_timeout_seconds: int = Field(300, ge=1)
+    # Disk: uploads are refused (507) while the data or staging directory has less free
+    # than this left after the upload (0: no reserve); a failed job's files go this long
+    # after it failed (its record stays for job_ttl_seconds); storage is swept this often.
+    min_free_bytes: int = Field(1 << 30, ge=0)
+    failed_job_grace_seconds: int = Field(3600, ge=0)
+    sweep_interval_seconds: int = Field(600, ge=1)
     # A running attempt renews its lease every third of this; a lease gone for this long
     # sends the job (or part) to its next attempt.
     job_lease_seconds: int = Field(30, ge=1)

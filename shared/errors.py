@@ -100,6 +100,13 @@ class ModelIntegrityError(ModelLoadError):
     code = "model_integrity"
 
 
+class InsufficientStorageError(TabserveError):
+    """The data (or staging) directory has no room for what was sent or written."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class UnauthorizedError(TabserveError):
     """No API key, or one that is not (or no longer) valid: 401 with WWW-Authenticate."""
 

@@ -13,6 +13,7 @@ import codecs
 import errno
 import io
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -28,6 +29,21 @@ from shared.errors import ConfigError
 PIECE_BYTES = 1024 * 1024  # copy and download piece
 READ_BLOCK_BYTES = 8 * 1024 * 1024  # s3fs read-ahead block
 PART_BYTES = 8 * 1024 * 1024  # s3fs multipart part (S3's minimum is 5 MiB)
+
+
+# A writer's temporary file beside its key's: `.<name>.<32 hex>.part`, renamed when complete.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.part$")
+
+
+def _temporary_name(name: str) -> str:
+    return f".{name}.{uuid.uuid4().hex}.part"
+
+
+def written_key(key: str) -> str:
+    """The key a writer's temporary file gets once complete (any other key: itself)."""
+    head, slash, name = key.rpartition("/")
+    found = _TEMPORARY.match(name)
+    return key if found is None else f"{head}{slash}{found['name']}"
 
 
 def _check_key(key: str) -> None:
@@ -112,6 +128,11 @@ class Storage(ABC):
         ...
 
     @abstractmethod
+    def list_files(self, prefix: str) -> list[str]:
+        """Every file's key under prefix, at any depth (a writer's temporary files too)."""
+        ...
+
+    @abstractmethod
     def last_modified(self, prefix: str) -> float:
         """When anything under prefix last changed (epoch seconds; 0 if nothing is there)."""
         ...
@@ -143,7 +164,7 @@ class LocalStorage(Storage):
     def writer(self, key: str, mode: str = "wb") -> Iterator[IO]:
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+        tmp = final.with_name(_temporary_name(final.name))
         try:
             with open(tmp, mode) as fh:
                 yield fh
@@ -186,6 +207,13 @@ class LocalStorage(Storage):
             return []
         return [f"{prefix.rstrip('/')}/{p.name}" for p in base.iterdir() if p.is_dir()]
 
+    def list_files(self, prefix: str) -> list[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        return [f"{prefix.rstrip('/')}/{p.relative_to(base).as_posix()}"
+                for p in base.rglob("*") if p.is_file()]
+
     def last_modified(self, prefix: str) -> float:
         try:
             return self.path(prefix).stat().st_mtime
@@ -214,7 +242,7 @@ class ObjectStorage(Storage):
             # Listings are not cached: other machines add and remove files all the time.
             fs = fsspec.filesystem("s3", endpoint_url=endpoint_url, use_listings_cache=False)
         self.fs = fs
-        super().__init__(staging_dir or Path(tempfile.gettempdir()) / "tabserve-staging")
+        super().__init__(staging_dir or default_s3_staging())
 
     def _path(self, key: str) -> str:
         if self.is_store_url(key):
@@ -282,11 +310,39 @@ class ObjectStorage(Storage):
         return [f"{prefix.rstrip('/')}/{e['name'].rstrip('/').rsplit('/', 1)[-1]}"
                 for e in entries if e["type"] == "directory"]
 
+    def list_files(self, prefix: str) -> list[str]:
+        root = self._path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return []
+        return [f"{prefix.rstrip('/')}/{path[len(root):].lstrip('/')}" for path in found
+                if path.startswith(root + "/")]
+
     def last_modified(self, prefix: str) -> float:
         found = self.fs.find(self._path(prefix), detail=True)
         times = [info["LastModified"].timestamp() for info in found.values()
                  if info.get("LastModified") is not None]
         return max(times, default=0.0)
+
+
+def default_s3_staging() -> Path:
+    return Path(tempfile.gettempdir()) / "tabserve-staging"
+
+
+def is_local(settings: Settings) -> bool:
+    """Whether TABSERVE_DATA_DIR is a directory (not a bucket)."""
+    return "://" not in settings.data_dir
+
+
+def local_dirs(settings: Settings) -> dict[str, Path]:
+    """The directories on this machine that uploads and outputs fill, by role (data,
+    staging), from the settings alone: no store is built (s3fs must not start its threads
+    in a Celery main process, whose forked pool processes would then hang)."""
+    if not is_local(settings):
+        return {"staging": Path(settings.staging_dir or default_s3_staging())}
+    data = Path(settings.data_dir)
+    return {"data": data, "staging": Path(settings.staging_dir or data / "staging")}
 
 
 def make_storage(settings: Settings) -> Storage:

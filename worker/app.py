@@ -21,6 +21,7 @@ from shared.jobs.pipeline import configure_arrow
 from shared.jobs.queue import make_celery
 from shared.logs import configure_logging
 from shared.services import Services
+from shared.storage import is_local, local_dirs
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
@@ -78,6 +79,7 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, args=(name, processes), name="heartbeat",
                      daemon=True).start()
     threading.Thread(target=_reap, args=(name,), name="reaper", daemon=True).start()
+    threading.Thread(target=_sweep, name="sweeper", daemon=True).start()
 
 
 def _reap(name: str) -> None:
@@ -86,6 +88,26 @@ def _reap(name: str) -> None:
     from shared.jobs.reaper import Reaper
 
     Reaper(Services(settings), f"{name}#{os.getpid()}").run(_stopping)
+
+
+def _sweep() -> None:
+    # This worker's metrics directory (files of pool processes that died), and a local data
+    # directory (once per interval across the cluster, under a lock in Redis). A bucket is
+    # swept by the pool processes after each job instead (worker.tasks): s3fs started here
+    # would be inherited, threads and all, by the pool processes forked later, which hang.
+    from shared.jobs.retention import purge_expired
+    from shared.monitoring.metricsdir import remove_dead_dirs, sweep_dead
+
+    rt = Services(settings)
+    every = settings.sweep_interval_seconds
+    while not _stopping.wait(min(every, 60)):
+        try:
+            sweep_dead()
+            remove_dead_dirs()
+            if is_local(settings):
+                purge_expired(rt.jobs, rt.storage, every, settings.failed_job_grace_seconds)
+        except Exception as exc:  # Redis or the disk away: next time
+            logger.warning("sweep failed: %s: %s", type(exc).__name__, exc)
 
 
 def _heartbeat(name: str, processes: int) -> None:
@@ -97,6 +119,7 @@ def _heartbeat(name: str, processes: int) -> None:
             rt.jobs.worker_heartbeat(name, processes)
             metrics.WORKER_HEARTBEAT.labels(name).set(time.time())  # read by the health check
             metrics.update_process_metrics("worker")
+            metrics.update_disk_metrics(local_dirs(settings))
         except Exception as exc:  # Redis away: keep trying
             logger.debug("heartbeat failed: %s", exc)
         if _stopping.wait(HEARTBEAT_SECONDS):

@@ -17,6 +17,7 @@ from shared.jobs.queue import SCORE_JOB, SCORE_PART
 from shared.jobs.retention import purge_expired
 from shared.logs import log_context
 from shared.services import Services
+from shared.storage import is_local
 from worker.app import celery_app, runtime
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,12 @@ def score_job(self: Any, job_id: str, attempt: int | None = None) -> str:
     """Score one batch job (or cut it into parts); its outcome is in the job record."""
     with _logged(job_id=job_id) as rt:
         outcome = run_job(rt, job_id, self.request.hostname, attempt)
-        try:
-            purge_expired(rt.jobs, rt.storage)
-        except Exception:  # retention is best effort; the job is done
-            logger.exception("retention sweep failed")
+        if not is_local(rt.settings):  # a local data directory: worker.app's sweeper thread
+            try:
+                purge_expired(rt.jobs, rt.storage, rt.settings.sweep_interval_seconds,
+                              rt.settings.failed_job_grace_seconds)
+            except Exception:  # retention is best effort; the job is done
+                logger.exception("retention sweep failed")
     return outcome.status.value
 
 

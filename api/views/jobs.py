@@ -16,6 +16,7 @@ from shared.jobs.lifecycle import cancel_or_delete, finished_file, visible_job, 
 from shared.jobs.outputs import CONTENT_TYPES
 from shared.jobs.record import Job, JobStatus
 from shared.jobs.submit import (
+    check_upload_room,
     copy_limited,
     format_of,
     parse_options,
@@ -50,6 +51,7 @@ def create_job() -> Response:
 
 def _submit_upload(rt: Services) -> Job:
     limit_body(rt.settings.max_upload_bytes, "TABSERVE_MAX_UPLOAD_BYTES")
+    check_upload_room(rt, request.content_length or 0)  # 507 before a byte is staged
     try:
         staged, fmt, filename = _stage_upload()
         values = {**request.args.to_dict(), **request.form.to_dict()}

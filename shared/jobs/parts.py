@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from shared import keys
+from shared.diskspace import is_disk_full
 from shared.jobs import paths
 from shared.jobs.csvrecords import count_csv_rows
 from shared.jobs.inputs import Part, plan_parts
@@ -127,6 +128,8 @@ def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str) 
     try:
         return _assemble(rt, job, run)
     except Exception as exc:  # e.g. a full disk: the job fails rather than hangs
+        if is_disk_full(exc):
+            return _fail(rt, job, error_of(exc, job_id))
         logger.exception("job %s: could not join its parts", job_id)
         return _fail(rt, job, JobError("internal_error",
                                        f"joining the parts failed: {type(exc).__name__}"))

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 ROOT = "jobs"
+# A file an attempt writes: result / errors of the job, or a part's output / errors file
+# (`00003.a2.csv`, `00003.a2.errors.csv`), with `.aN` after the first attempt.
+_WRITTEN = re.compile(r"^(?:result|errors|(?P<index>\d{5}))(?:\.a(?P<attempt>\d+))?"
+                      r"\.(?:errors\.)?[a-z]+$")
 
 
 def job_dir(job_id: str) -> str:
@@ -43,3 +49,18 @@ def part_result(job_id: str, index: int, fmt: str, attempt: int = 1) -> str:
 
 def part_errors(job_id: str, index: int, attempt: int = 1) -> str:
     return f"{ROOT}/{job_id}/parts/{index:05d}{_attempt(attempt)}.errors.csv"
+
+
+def attempt_of(key: str) -> tuple[int | None, int] | None:
+    """(part index or None for the job's own file, attempt) of a file an attempt writes;
+    None for any other key (the input)."""
+    segments = key.split("/")
+    if segments[0] != ROOT or len(segments) not in (3, 4):
+        return None
+    if len(segments) == 4 and segments[2] != "parts":
+        return None
+    found = _WRITTEN.match(segments[-1])
+    if found is None or (found["index"] is None) != (len(segments) == 3):
+        return None
+    index = None if found["index"] is None else int(found["index"])
+    return index, int(found["attempt"] or 1)

@@ -1,4 +1,13 @@
-"""Removing files of jobs whose records expired (TABSERVE_JOB_TTL_SECONDS)."""
+"""The storage sweep: what jobs' directories and the staging area hold that nothing needs.
+
+At most once per TABSERVE_SWEEP_INTERVAL_SECONDS across the cluster (a lock in Redis), a
+worker removes
+- the files of jobs whose records expired (TABSERVE_JOB_TTL_SECONDS);
+- a failed or cancelled job's files TABSERVE_FAILED_JOB_GRACE_SECONDS after it ended (its
+  record stays, so GET /jobs/<id> still says why it failed);
+- what dead attempts left: their temporary and finished files (shared.jobs.leftovers);
+- staged uploads of requests that died before they cleaned up.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,10 @@ import logging
 import time
 
 from shared import keys
+from shared.errors import TabserveError
 from shared.jobs import paths
+from shared.jobs.leftovers import dead_files, failed_files_due
+from shared.jobs.record import Job
 from shared.jobs.store import JobStore
 from shared.storage import Storage
 
@@ -15,19 +27,43 @@ logger = logging.getLogger(__name__)
 GRACE_SECONDS = 3600  # a job's files are stored just before its record is created
 
 
-def purge_expired(jobs: JobStore, storage: Storage, every_seconds: int = 600) -> int:
-    """Delete the files of jobs with no record; at most once per every_seconds cluster-wide."""
+def purge_expired(jobs: JobStore, storage: Storage, every_seconds: int = 600,
+                  failed_grace_seconds: float = 3600) -> int:
+    """Sweep the jobs' files, if no worker did in the last every_seconds; returns how many
+    job directories and files it removed."""
     if not jobs.r.set(keys.retention_lock(), "1", nx=True, ex=every_seconds):
         return 0
-    removed = 0
+    removed = expired = 0
     cutoff = time.time() - GRACE_SECONDS
     for prefix in storage.list_prefixes(paths.ROOT):
-        # The record first: it is one Redis call, the age may be a listing of a bucket.
-        if jobs.exists(paths.job_id_of(prefix)) or storage.last_modified(prefix) > cutoff:
+        try:
+            job = jobs.get(paths.job_id_of(prefix))
+        except TabserveError:  # no record: expired or deleted (or being created)
+            if storage.last_modified(prefix) <= cutoff:
+                storage.delete_prefix(prefix)
+                expired += 1
             continue
-        storage.delete_prefix(prefix)
-        removed += 1
+        removed += _sweep_job(jobs, storage, prefix, job, failed_grace_seconds)
     storage.purge_staging(cutoff)
-    if removed:
-        logger.info("retention: removed files of %d expired jobs", removed)
-    return removed
+    if expired or removed:
+        logger.info("retention: removed the files of %d expired jobs and %d files nothing "
+                    "needs", expired, removed)
+    return expired + removed
+
+
+def _sweep_job(jobs: JobStore, storage: Storage, prefix: str, job: Job, grace: float) -> int:
+    now = time.time()
+    if failed_files_due(job, now, grace):  # nothing writes there again
+        count = len(storage.list_files(prefix))
+        storage.delete_prefix(prefix)
+        logger.info("job %s: files removed, %s more than %d s ago", job.id, job.status,
+                    grace)
+        return count
+    files = storage.list_files(prefix)
+    parts = jobs.part_attempts(job.id, job.parts_total) if job.parts_total else []
+    dead = dead_files(job, files, parts, now, grace)
+    for key in dead:
+        storage.delete(key)
+        logger.info("job %s: removed %s, left by an attempt that ended", job.id,
+                    key.rsplit("/", 1)[-1])
+    return len(dead)

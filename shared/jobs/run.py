@@ -18,6 +18,7 @@ import pyarrow as pa
 import redis
 
 from shared import keys
+from shared.diskspace import is_disk_full, storage_full
 from shared.errors import QueueUnavailableError, TabserveError
 from shared.jobs import paths
 from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
@@ -96,6 +97,10 @@ def error_of(exc: Exception, job_id: str) -> JobError:
         return JobError(exc.code, exc.message, exc.row, exc.field)
     if isinstance(exc, TabserveError):
         return JobError(exc.code, exc.message)
+    if is_disk_full(exc):  # the writer removed its temporary file: nothing half-written
+        logger.error("job %s: the data directory is full: %s", job_id, exc)
+        full = storage_full("the job's output")
+        return JobError(full.code, full.message)
     # Anything else is a bug or an I/O fault: logged here, kept off the client.
     logger.error("job %s: unexpected error", job_id, exc_info=exc)
     return JobError("internal_error", f"scoring failed: {type(exc).__name__}")

@@ -57,6 +57,14 @@ class PartState:
     leased: bool
 
 
+class PartAttempt(NamedTuple):
+    """One part's last started attempt, whether it runs, and its result once done."""
+
+    attempt: int
+    running: bool
+    done: dict[str, Any] | None
+
+
 def new_job_id() -> str:
     # 128 random bits (uuid4 keeps 122), in the UUID's dashed form that clients know.
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
@@ -235,6 +243,14 @@ class JobStore:
         raw = pipe.execute()
         return [PartState(i, int(a or 0), r is not None, d is not None, bool(leased))
                 for i, ((a, r, d), leased) in enumerate(zip(raw[::2], raw[1::2], strict=True))]
+
+    def part_attempts(self, job_id: str, total: int) -> list[PartAttempt]:
+        """Every part's last started attempt, whether it runs, and its result once done."""
+        pipe = self.r.pipeline()
+        for i in range(total):
+            pipe.hmget(keys.job_parts(job_id), [f"{i}:attempt", f"{i}:running", f"{i}:done"])
+        return [PartAttempt(int(a or 0), r is not None, None if d is None else orjson.loads(d))
+                for a, r, d in pipe.execute()]
 
     def part_progress(self, job_id: str, index: int, attempt: int, rows: int, nbytes: int,
                       failed: int) -> Answer:

@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from shared.diskspace import check_free_space
 from shared.errors import (
     NotFoundError,
     PayloadTooLargeError,
@@ -29,7 +30,7 @@ from shared.jobs.store import new_job_id
 from shared.models.manifest import Manifest
 from shared.monitoring.metrics import JOBS_SUBMITTED, init_job_series
 from shared.redisguard import redis_errors
-from shared.storage import Storage
+from shared.storage import Storage, local_dirs
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -167,6 +168,12 @@ def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
             raise PayloadTooLargeError(f"the upload is larger than the limit of {limit} bytes "
                                        "(TABSERVE_MAX_UPLOAD_BYTES)")
         dst.write(piece)
+
+
+def check_upload_room(rt: Services, incoming: int) -> None:
+    """507 when storing `incoming` more bytes would leave the staging or data directory
+    below the free-space reserve (TABSERVE_MIN_FREE_BYTES)."""
+    check_free_space(local_dirs(rt.settings).values(), rt.settings.min_free_bytes, incoming)
 
 
 def column_limit(max_columns: int, manifest: Manifest) -> int:

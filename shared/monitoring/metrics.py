@@ -31,6 +31,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from shared.diskspace import disk_usage
+
 if TYPE_CHECKING:  # a type only: shared.models imports this module
     from shared.models.manifest import Manifest
 
@@ -156,6 +158,15 @@ HOLDOUT_MEAN_ABSOLUTE_ERROR = Gauge(
     "tabserve_holdout_mean_absolute_error", "MAE on the holdout set, from the model's manifest.",
     MODEL, multiprocess_mode="mostrecent")
 
+# --- Disk: where job files go, as this process sees it (dir = data | staging) ---
+# mostrecent: every process of a target reads the same filesystem; the newest reading wins.
+DISK_FREE_BYTES = Gauge(
+    "tabserve_disk_free_bytes", "Free bytes where job files are written (data, staging).",
+    ("dir",), multiprocess_mode="mostrecent")
+DISK_SIZE_BYTES = Gauge(
+    "tabserve_disk_size_bytes", "Size of the filesystem where job files are written.",
+    ("dir",), multiprocess_mode="mostrecent")
+
 WORKER_HEARTBEAT = Gauge(
     "tabserve_worker_heartbeat_timestamp_seconds",
     "When this worker last reached Redis (Unix time); its health check reads it.",
@@ -205,7 +216,11 @@ class _ProjectCollector:
     def collect(self) -> Iterator[Metric]:
         path = os.environ.get(MULTIPROC_ENV)
         if path:
-            yield from multiprocess.MultiProcessCollector(None, path=path).collect()
+            from shared.monitoring.metricsdir import locked
+
+            with locked(path):  # not while a sweep folds dead processes' files
+                found = list(multiprocess.MultiProcessCollector(None, path=path).collect())
+            yield from found
         else:
             yield from REGISTRY.collect()
         for collector in list(_extra_collectors):
@@ -256,6 +271,15 @@ def update_process_metrics(role: str) -> None:
     if delta > 0:
         cpu.inc(delta)
         _cpu_reported[pid] = seconds
+
+
+def update_disk_metrics(dirs: Mapping[str, str | os.PathLike[str]]) -> None:
+    """Record the free and total bytes of each directory's filesystem (by its role)."""
+    for role, directory in dirs.items():
+        usage = disk_usage(directory)
+        if usage is not None:
+            DISK_FREE_BYTES.labels(role).set(usage[0])
+            DISK_SIZE_BYTES.labels(role).set(usage[1])
 
 
 def init_model_series(model: str, version: str) -> None:
