@@ -43,3 +43,8 @@ def part_result(job_id: str, index: int, fmt: str, attempt: int = 1) -> str:
 
 def part_errors(job_id: str, index: int, attempt: int = 1) -> str:
     return f"{ROOT}/{job_id}/parts/{index:05d}{_attempt(attempt)}.errors.csv"
+
+
+def record(job_id: str) -> str:
+    """The copy of the job's record (shared.jobs.mirror)."""
+    return f"{ROOT}/{job_id}/job.json"

@@ -7,6 +7,7 @@ import time
 
 from shared import keys
 from shared.jobs import paths
+from shared.jobs.mirror import RecordMirror, expired
 from shared.jobs.store import JobStore
 from shared.storage import Storage
 
@@ -21,9 +22,14 @@ def purge_expired(jobs: JobStore, storage: Storage, every_seconds: int = 600) ->
         return 0
     removed = 0
     cutoff = time.time() - GRACE_SECONDS
+    mirror = RecordMirror(storage)
     for prefix in storage.list_prefixes(paths.ROOT):
         # The record first: it is one Redis call, the age may be a listing of a bucket.
-        if jobs.exists(paths.job_id_of(prefix)) or storage.last_modified(prefix) > cutoff:
+        job_id = paths.job_id_of(prefix)
+        if jobs.exists(job_id) or storage.last_modified(prefix) > cutoff:
+            continue
+        copy = mirror.load(job_id)  # a record Redis lost is put back, not its files removed
+        if copy is not None and not expired(copy, jobs.ttl):
             continue
         storage.delete_prefix(prefix)
         removed += 1
