@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shared.config import Settings
 from shared.models.loading import ModelCache
@@ -19,6 +19,29 @@ if TYPE_CHECKING:
     from shared.security.gate import Gate
     from shared.security.jobcap import JobCap
     from shared.storage import Storage
+
+
+T = TypeVar("T")
+
+
+class cached_property(Generic[T]):  # noqa: N801 - named as the functools one it replaces
+    """functools.cached_property without its lock. Python 3.11's holds one lock for every
+    instance of the class: a worker's heartbeat or reaper thread building a property while
+    the Celery pool forks left the child holding a lock no thread would release (it hung at
+    its first job). Two threads racing may build a property twice; one value is kept."""
+
+    def __init__(self, build: Callable[[Any], T]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return obj.__dict__.setdefault(self.name, self.build(obj))
 
 
 class Services:
@@ -51,9 +74,10 @@ class Services:
     @cached_property
     def jobs(self) -> JobStore:
         """The job records."""
+        from shared.jobs.mirror import RecordMirror
         from shared.jobs.store import JobStore
 
-        return JobStore(self.redis, self.settings.job_ttl_seconds)
+        return JobStore(self.redis, self.settings.job_ttl_seconds, RecordMirror(self.storage))
 
     @cached_property
     def storage(self) -> Storage:

@@ -197,7 +197,7 @@ def test_sigterm_to_a_worker_mid_job_loses_and_repeats_nothing(stack, big):
     assert done["status"] == "succeeded", done
     first.proc.wait(timeout=60)
     _ledger(s.api.url, job["id"], n)
-    assert s.job_files(job["id"]) == ["input.csv", "result.csv"]
+    assert s.job_files(job["id"]) == ["input.csv", "job.json", "result.csv"]
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["job", "parts"])
@@ -238,7 +238,7 @@ def test_the_same_job_message_delivered_twice_at_once_runs_once(stack, big, sett
     _ledger(s.api.url, job["id"], n)
     wait_until(lambda: s.logged(f"job {job['id']}: message for attempt") >= 2, 30,
                "the duplicates to be dropped")
-    assert s.job_files(job["id"]) == ["input.csv", "result.csv"]
+    assert s.job_files(job["id"]) == ["input.csv", "job.json", "result.csv"]
     assert s.record(job["id"]).status == "succeeded"
 
 
@@ -300,7 +300,7 @@ def test_a_job_over_its_time_limit_fails_with_timeout_leaving_nothing(stack, big
     assert done["attempts"] == 1 and "retry" not in done
     wait_until(lambda: s.logged(f"job {job['id']}: stopped") == 1, 30,
                "the running attempt to stop")
-    assert s.job_files(job["id"]) == ["input.csv"]  # no temp files, no result
+    assert s.job_files(job["id"]) == ["input.csv", "job.json"]  # no temp files, no result
     assert s.record(job["id"]).attempt == 1
     too_long = submit(s.api.url, data, "csv", time_limit_seconds=10**9)
     assert too_long.status_code == 422, too_long.text

@@ -191,8 +191,9 @@ def test_jobs_run_through_the_bucket_on_workers_sharing_no_disk(cluster, frame):
     _assert_matches_online(result, frame, api)
 
     # The files are in the bucket; an input_url is read where it is, never copied or deleted.
-    assert _bucket_files(fs, upload.json()["id"]) == {"input.csv", "result.csv", "errors.csv"}
-    assert _bucket_files(fs, by_url.json()["id"]) == {"result.parquet"}
+    assert _bucket_files(fs, upload.json()["id"]) == {"input.csv", "job.json", "result.csv",
+                                                      "errors.csv"}
+    assert _bucket_files(fs, by_url.json()["id"]) == {"job.json", "result.parquet"}
     assert fs.exists(url)
     # ... and none on any process's own disk, beyond its models and temporary metrics.
     for name, home in cluster.homes.items():

@@ -76,29 +76,34 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
                            settings.worker_metrics_port, exc)
     processes = int(getattr(sender, "concurrency", 0) or 1)
     name = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
-    threading.Thread(target=_heartbeat, args=(name, processes), name="heartbeat",
-                     daemon=True).start()
-    threading.Thread(target=_reap, args=(name,), name="reaper", daemon=True).start()
-    threading.Thread(target=_sweep, name="sweeper", daemon=True).start()
-
-
-def _reap(name: str) -> None:
-    # Finds jobs whose attempt lost its worker (here or in any other worker) and sends them
-    # on; one worker at a time does the work, under a lock in Redis.
+    # Everything the threads use is imported and built here, before they start and before
+    # the pool forks: a thread holding an import lock (or any lock) while the pool forks
+    # leaves the child a lock that no thread will release, and the child hangs.
     from shared.jobs.reaper import Reaper
 
-    Reaper(Services(settings), f"{name}#{os.getpid()}").run(_stopping)
+    beat, reap, sweep = _built(), _built(), _built()
+    reaper = Reaper(reap, f"{name}#{os.getpid()}")
+    threading.Thread(target=_heartbeat, args=(beat, name, processes), name="heartbeat",
+                     daemon=True).start()
+    # Finds jobs whose attempt lost its worker (here or in any other worker) and sends them
+    # on; one worker at a time does the work, under a lock in Redis.
+    threading.Thread(target=reaper.run, args=(_stopping,), name="reaper", daemon=True).start()
+    threading.Thread(target=_sweep, args=(sweep,), name="sweeper", daemon=True).start()
 
 
-def _sweep() -> None:
+def _built() -> Services:
+    rt = Services(settings)
+    _ = rt.redis, rt.storage, rt.jobs, rt.celery
+    return rt
+
+
+def _sweep(rt: Services) -> None:
     # This worker's metrics directory (files of pool processes that died), and a local data
     # directory (once per interval across the cluster, under a lock in Redis). A bucket is
-    # swept by the pool processes after each job instead (worker.tasks): s3fs started here
-    # would be inherited, threads and all, by the pool processes forked later, which hang.
+    # swept by the pool processes after each job instead (worker.tasks).
     from shared.jobs.retention import purge_expired
     from shared.monitoring.metricsdir import remove_dead_dirs, sweep_dead
 
-    rt = Services(settings)
     every = settings.sweep_interval_seconds
     while not _stopping.wait(min(every, 60)):
         try:
@@ -110,10 +115,9 @@ def _sweep() -> None:
             logger.warning("sweep failed: %s: %s", type(exc).__name__, exc)
 
 
-def _heartbeat(name: str, processes: int) -> None:
+def _heartbeat(rt: Services, name: str, processes: int) -> None:
     from shared.monitoring import metrics
 
-    rt = Services(settings)
     while True:
         try:
             rt.jobs.worker_heartbeat(name, processes)

@@ -36,9 +36,10 @@ def failed_files_due(job: Job, now: float, grace: float) -> bool:
 def dead_files(job: Job, files: Sequence[str], parts: Sequence[PartAttempt], now: float,
                grace: float) -> list[str]:
     """The keys among `files` (the job's stored files) that nothing will read again."""
+    keep = {paths.record(job.id)}  # the record's copy lives as long as the record
     if failed_files_due(job, now, grace):
-        return list(files)
-    keep = {owned_input(job)}
+        return [f for f in files if f not in keep]
+    keep.add(owned_input(job))
     if job.status is JobStatus.SUCCEEDED:
         output = job.output or {}
         keep |= {output.get("key"), *output.get("parts", []), job.errors_key}

@@ -64,3 +64,8 @@ def attempt_of(key: str) -> tuple[int | None, int] | None:
         return None
     index = None if found["index"] is None else int(found["index"])
     return index, int(found["attempt"] or 1)
+
+
+def record(job_id: str) -> str:
+    """The copy of the job's record (shared.jobs.mirror)."""
+    return f"{ROOT}/{job_id}/job.json"

@@ -9,6 +9,8 @@ lock so that one runs at a time across the cluster:
   worker every time does not loop;
 - a job past its time limit fails with `timeout` (never retried); its running attempt sees
   the final status at its next chunk and stops;
+- records Redis lost are put back from their copies in storage (shared.jobs.mirror) when
+  Redis restarted or came back empty, and at the first pass;
 - messages the broker lost are sent again: every queued job's (and every waiting part's)
   when Redis restarted (its run id changed), and a queued job's whose last send is old when
   the broker's queue holds fewer messages than there are queued jobs.
@@ -28,6 +30,7 @@ from shared import keys
 from shared.errors import TabserveError
 from shared.jobs import paths
 from shared.jobs.coordinator import time_limit
+from shared.jobs.mirror import restore_lost
 from shared.jobs.queue import send_score_job, send_score_part
 from shared.jobs.record import TIMEOUT, WORKER_LOST, Job, JobError, JobStatus, now
 from shared.monitoring.metrics import JOBS_REQUEUED, JOBS_WAITING_RETRY, record_job_finished
@@ -61,7 +64,12 @@ class Reaper:
         jobs = self.rt.jobs
         if not jobs.hold_lock(keys.reaper_lock(), self.owner, self.lease):
             return
-        if jobs.redis_restarted():
+        restarted = jobs.redis_restarted()
+        if restarted is not False:  # restarted, came back empty, or this is the first pass
+            restored = restore_lost(self.rt)
+            if restored:
+                logger.warning("reaper: %d job records restored from storage", restored)
+        if restarted:
             logger.warning("reaper: Redis restarted: sending every waiting job again")
             self._resend_all()
         for job_id in jobs.ids_with_status(JobStatus.RUNNING):

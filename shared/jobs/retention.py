@@ -2,9 +2,11 @@
 
 At most once per TABSERVE_SWEEP_INTERVAL_SECONDS across the cluster (a lock in Redis), a
 worker removes
-- the files of jobs whose records expired (TABSERVE_JOB_TTL_SECONDS);
+- the files of jobs whose records expired (TABSERVE_JOB_TTL_SECONDS); a job whose record
+  Redis lost keeps them while its record's copy (shared.jobs.mirror) has not expired, for
+  the reaper to put the record back;
 - a failed or cancelled job's files TABSERVE_FAILED_JOB_GRACE_SECONDS after it ended (its
-  record stays, so GET /jobs/<id> still says why it failed);
+  record, and its copy, stay, so GET /jobs/<id> still says why it failed);
 - what dead attempts left: their temporary and finished files (shared.jobs.leftovers);
 - staged uploads of requests that died before they cleaned up.
 """
@@ -18,6 +20,7 @@ from shared import keys
 from shared.errors import TabserveError
 from shared.jobs import paths
 from shared.jobs.leftovers import dead_files, failed_files_due
+from shared.jobs.mirror import RecordMirror, expired
 from shared.jobs.record import Job
 from shared.jobs.store import JobStore
 from shared.storage import Storage
@@ -33,32 +36,38 @@ def purge_expired(jobs: JobStore, storage: Storage, every_seconds: int = 600,
     job directories and files it removed."""
     if not jobs.r.set(keys.retention_lock(), "1", nx=True, ex=every_seconds):
         return 0
-    removed = expired = 0
+    removed = gone = 0
     cutoff = time.time() - GRACE_SECONDS
+    mirror = RecordMirror(storage)
     for prefix in storage.list_prefixes(paths.ROOT):
+        job_id = paths.job_id_of(prefix)
         try:
-            job = jobs.get(paths.job_id_of(prefix))
-        except TabserveError:  # no record: expired or deleted (or being created)
+            job = jobs.get(job_id)
+        except TabserveError:  # no record: expired or deleted (or being created, or lost)
             if storage.last_modified(prefix) <= cutoff:
-                storage.delete_prefix(prefix)
-                expired += 1
+                copy = mirror.load(job_id)  # a record Redis lost is put back, not removed
+                if copy is None or expired(copy, jobs.ttl):
+                    storage.delete_prefix(prefix)
+                    gone += 1
             continue
         removed += _sweep_job(jobs, storage, prefix, job, failed_grace_seconds)
     storage.purge_staging(cutoff)
-    if expired or removed:
+    if gone or removed:
         logger.info("retention: removed the files of %d expired jobs and %d files nothing "
-                    "needs", expired, removed)
-    return expired + removed
+                    "needs", gone, removed)
+    return gone + removed
 
 
 def _sweep_job(jobs: JobStore, storage: Storage, prefix: str, job: Job, grace: float) -> int:
     now = time.time()
     if failed_files_due(job, now, grace):  # nothing writes there again
-        count = len(storage.list_files(prefix))
-        storage.delete_prefix(prefix)
-        logger.info("job %s: files removed, %s more than %d s ago", job.id, job.status,
-                    grace)
-        return count
+        files = [f for f in storage.list_files(prefix) if f != paths.record(job.id)]
+        for key in files:
+            storage.delete(key)
+        if files:
+            logger.info("job %s: files removed, %s more than %d s ago", job.id, job.status,
+                        grace)
+        return len(files)
     files = storage.list_files(prefix)
     parts = jobs.part_attempts(job.id, job.parts_total) if job.parts_total else []
     dead = dead_files(job, files, parts, now, grace)

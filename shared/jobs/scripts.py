@@ -174,3 +174,19 @@ for _, f in ipairs({'rows_done', 'bytes_done', 'rows_failed'}) do
 end
 return '$queued'
 """)
+
+# A record Redis lost, put back from its copy in storage (shared.jobs.mirror), unless a
+# record exists. KEYS: job, index, queued set, retrying set.
+# ARGV: id, created_at, ttl ('' for a live job: it is queued), field/value...
+RESTORE = _lua("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('SADD', KEYS[4], ARGV[1])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+""")

@@ -9,10 +9,12 @@ worker was presumed dead) may no longer write.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import redis
@@ -34,7 +36,15 @@ from shared.jobs.record import (
 )
 from shared.redisguard import redis_errors
 
+logger = logging.getLogger(__name__)
+
 WORKER_STALE_SECONDS = 30
+
+
+class Mirror(Protocol):
+    """Where a copy of each record goes (shared.jobs.mirror.RecordMirror)."""
+
+    def save(self, job: Job) -> None: ...
 
 
 class QueueCounts(NamedTuple):
@@ -73,9 +83,11 @@ def new_job_id() -> str:
 class JobStore:
     """Job records in Redis."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int,
+                 mirror: Mirror | None = None) -> None:
         self.r: Any = client  # redis-py's own types are too loose to check against
         self.ttl = ttl_seconds
+        self.mirror = mirror
         self._start = client.register_script(jobscripts.START)
         self._finish = client.register_script(jobscripts.FINISH)
         self._progress = client.register_script(jobscripts.PROGRESS)
@@ -87,9 +99,12 @@ class JobStore:
         self._renew = client.register_script(jobscripts.RENEW)
         self._release = client.register_script(jobscripts.RELEASE)
         self._touch = client.register_script(jobscripts.TOUCH)
+        self._restore = client.register_script(jobscripts.RESTORE)
 
     def create(self, job: Job) -> Job:
-        """Store a new queued job."""
+        """Store a new queued job (its copy first, when the store keeps copies)."""
+        if self.mirror is not None:
+            self.mirror.save(job)
         with redis_errors():
             pipe = self.r.pipeline()
             pipe.hset(keys.job(job.id), mapping=encode(job_fields(job)))
@@ -146,7 +161,7 @@ class JobStore:
             result = self._start(keys=self._job_keys(job_id),
                                  args=[job_id, attempt, now(), worker,
                                        int(lease_seconds * 1000), limit_seconds])
-        return answer(result)
+        return self._copied(job_id, answer(result), JobStatus.RUNNING)
 
     @staticmethod
     def _job_keys(job_id: str) -> list[str]:
@@ -162,7 +177,7 @@ class JobStore:
                                args=[job_id, attempt, max_attempts, stamp,
                                      orjson.dumps(retry).decode(),
                                      orjson.dumps(error.to_dict()).decode(), self.ttl])
-        return answer(result)
+        return self._copied(job_id, answer(result), JobStatus.QUEUED, JobStatus.FAILED)
 
     def renew_lease(self, key: str, attempt: int, seconds: float) -> bool:
         """Extend a lease while it is still this attempt's; False once it is not."""
@@ -189,7 +204,38 @@ class JobStore:
                 keys=self._job_keys(job_id),
                 args=[job_id, "" if attempt is None else attempt, status.value, self.ttl,
                       *flat])
-        return answer(result)
+        return self._copied(job_id, answer(result), status)
+
+    def _copied(self, job_id: str, result: Answer, *changed: JobStatus) -> Answer:
+        """After a change of status to one of `changed`: write the record's copy. A copy that
+        cannot be written is logged; the change stands (the next change writes it again)."""
+        if self.mirror is not None and result in changed:
+            try:
+                raw = self.r.hgetall(keys.job(job_id))
+                if raw:
+                    self.mirror.save(decode(raw))
+            except Exception as exc:  # noqa: BLE001 - storage or Redis away: logged, not fatal
+                logger.warning("job %s: the copy of its record was not written: %s", job_id,
+                               exc, extra={"job_id": job_id})
+        return result
+
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """The ids among `ids` that have no record."""
+        ids = list(ids)
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.exists(keys.job(job_id))
+        return [job_id for job_id, there in zip(ids, pipe.execute(), strict=True) if not there]
+
+    def restore(self, job: Job, ttl_seconds: int | None) -> bool:
+        """Write a record Redis lost, unless one exists (then False): a live one is queued
+        (and counted as waiting for a retry); a final one expires in ttl_seconds."""
+        flat = [x for k, v in encode(job_fields(job)).items() for x in (k, v)]
+        with redis_errors():
+            done = self._restore(keys=[keys.job(job.id), keys.jobs_index(), _QUEUED, _RETRYING],
+                                 args=[job.id, job.created_at,
+                                       "" if ttl_seconds is None else ttl_seconds, *flat])
+        return bool(done)
 
     def fail(self, job_id: str, error: JobError, attempt: int | None = None) -> Answer:
         """Move a live job to failed with its error (fenced by the attempt, when given)."""
@@ -336,12 +382,13 @@ class JobStore:
         return bool(self.r.set(key, owner, nx=True, px=ms)
                     or self._renew(keys=[key], args=[owner, ms]))
 
-    def redis_restarted(self) -> bool:
+    def redis_restarted(self) -> bool | None:
         """Whether Redis restarted since the last call (any process's): its run id changed.
-        False the first time, when there is nothing to compare with."""
+        None when the key that keeps it is gone: the very first call, or a Redis that came
+        back empty."""
         run_id = self.r.info("server")["run_id"]
         seen = self.r.getset(keys.reaper_redis_run_id(), run_id)
-        return seen is not None and seen.decode() != run_id
+        return None if seen is None else seen.decode() != run_id
 
     def mark_sent(self, job_id: str) -> None:
         """The job's message was (re-)sent now."""
