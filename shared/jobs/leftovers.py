@@ -36,7 +36,7 @@ def failed_files_due(job: Job, now: float, grace: float) -> bool:
 def dead_files(job: Job, files: Sequence[str], parts: Sequence[PartAttempt], now: float,
                grace: float) -> list[str]:
     """The keys among `files` (the job's stored files) that nothing will read again."""
-    keep = {paths.record(job.id)}  # the record's copy lives as long as the record
+    keep: set[str | None] = {paths.record(job.id)}  # the record's copy: as long as the record
     if failed_files_due(job, now, grace):
         return [f for f in files if f not in keep]
     keep.add(owned_input(job))
