@@ -83,6 +83,14 @@ class JobNotFinishedError(ConflictError):
     code = "job_not_finished"
 
 
+class ResultGoneError(TabserveError):
+    """A finished job's file is no longer in storage (removed by hand, or a record put back
+    whose files are gone): said plainly, never a 500."""
+
+    status = 410
+    code = "result_gone"
+
+
 class ServiceUnavailableError(TabserveError):
     status = 503
     code = "service_unavailable"

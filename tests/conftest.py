@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +54,24 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
-def redis_client(redis_server):
+def redis_client(redis_server, base_settings):
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
+    forget_jobs(client, base_settings.data_dir)
     yield client
     # Jobs a test left queued must not reach the session's worker (its reaper re-sends the
     # messages of queued jobs) after the test.
-    client.flushall()
+    forget_jobs(client, base_settings.data_dir)
     client.close()
+
+
+def forget_jobs(client, data_dir: str) -> None:
+    """Every Redis database emptied, and the session's job files removed with them: a job
+    whose files outlive its record is one Redis lost, which the workers' reapers put back
+    from its record's copy (shared.jobs.mirror) and run again."""
+    client.flushall()
+    shutil.rmtree(Path(data_dir) / "jobs", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

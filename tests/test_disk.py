@@ -87,7 +87,10 @@ def _csv(demo_data, n: int) -> bytes:
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The files under root but the copies of job records (job.json, shared.jobs.mirror:
+    tests/test_record_mirror.py checks those), which live as long as their records."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != "job.json")
 
 
 def _free(directory: Path) -> int:
@@ -177,10 +180,11 @@ def test_a_job_whose_output_fills_the_disk_fails_cleanly_and_the_worker_goes_on(
     assert wait_job(disk_api.url, other["id"], timeout=60)["status"] == "succeeded"
     frame, _ = read_result(disk_api.url, other["id"])
     assert frame["key"].tolist() == list(range(n))
-    # The failed job's input goes after the grace period; its record stays, and the
-    # succeeded job keeps its files.
-    wait_until(lambda: not job_dir.exists(), GRACE + 15, "the failed job's files to go",
+    # The failed job's input goes after the grace period; its record (and the record's copy)
+    # stays, and the succeeded job keeps its files.
+    wait_until(lambda: _files(job_dir) == [], GRACE + 15, "the failed job's files to go",
                interval=0.2)
+    assert (job_dir / "job.json").is_file()
     assert requests.get(f"{disk_api.url}/jobs/{job['id']}", timeout=10).json()["error"][
         "code"] == "insufficient_storage"
     assert _files(small_disk / "jobs" / other["id"]) == ["input.csv", "result.csv"]

@@ -8,6 +8,7 @@ the result holds every input row exactly once, in input order.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -58,8 +59,9 @@ def api(module_settings, tmp_path_factory):
 @pytest.fixture
 def settings(module_settings):
     client = redis.Redis.from_url(module_settings.redis_url)
-    client.flushdb()
+    client.flushdb()  # and the jobs' files: else the reaper puts their records back
     client.close()
+    shutil.rmtree(Path(module_settings.data_dir) / "jobs", ignore_errors=True)
     return module_settings
 
 

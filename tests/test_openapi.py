@@ -75,6 +75,8 @@ def live(base_settings, artifacts_dir, tmp_path_factory):
     shutil.copytree(artifacts_dir, artifacts)
     settings = base_settings.with_overrides(
         artifacts_dir=artifacts, queue_name=QUEUE,
+        # Its own Redis database: other tests' job records are not its to list or download.
+        redis_url=base_settings.redis_url.rsplit("/", 1)[0] + "/11",
         data_dir=str(tmp_path_factory.mktemp("openapi-data")))
     env = tabserve_env(settings.as_env())
     server = ApiServer(env, tmp_path_factory.mktemp("openapi-logs"))
@@ -150,8 +152,8 @@ def test_each_model_version_has_a_feature_schema_linked_from_get_model(client, d
     link = body["schema"]
     assert link == "/openapi.json#/components/schemas/" + component_name("breast-cancer", 1)
     assert [v["schema"] for v in body["versions"]] == [link]
-    listed = client.get("/models").get_json()["models"]
-    assert [m["latest"]["schema"] for m in listed] == [link]
+    listed = client.get("/models").get_json()["models"]  # other tests may have added models
+    assert [m["latest"]["schema"] for m in listed if m["name"] == "breast-cancer"] == [link]
     document_url, pointer = link.split("#")
     document = client.get(document_url).get_json()
     component = _resolve(document, pointer)
@@ -185,8 +187,8 @@ def test_feature_schemas_only_for_a_key_that_may_read_models(keyed_client, token
 
     assert components({}) == []
     assert components({"Authorization": "Bearer tsk_wrong"}) == []
-    assert components({"Authorization": f"Bearer {keys['reader']}"}) == [
-        component_name("breast-cancer", 1)]
+    readable = components({"Authorization": f"Bearer {keys['reader']}"})
+    assert component_name("breast-cancer", 1) in readable  # (and any other test's models)
     assert keyed_client.get("/models").status_code == 401  # the manifests stay closed
     assert keyed_client.get("/docs").status_code == 200
     for asset in DOCS_ASSETS:
@@ -273,7 +275,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(l
          "--report", "junit", "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     elapsed = time.monotonic() - started
-    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    assert run.returncode == 0, (run.stdout[-8000:] + run.stderr[-2000:]
+                                 + "\nAPI log:\n" + live.log()[-6000:])
     document = requests.get(live.url + "/openapi.json", timeout=10).json()
     operations = sum(len(item) for item in document["paths"].values())
     tested = re.search(r"Tested:\s+(\d+)", run.stdout)

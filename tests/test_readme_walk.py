@@ -1,7 +1,8 @@
 """The README, walked as a new user walks it: `tabserve run` started in an empty directory with
-its defaults (relative ./artifacts and ./data, its own redis-server), then each example of
-"Try it" and "Batch jobs" in order, feedback, and a second model trained in that directory
-while unpinned requests keep their model. Ctrl-C (SIGINT) stops it all with status 0.
+its defaults (relative ./artifacts and ./data, its own redis-server), then the Quickstart's
+/predict and `tabserve score`, each example of "Batch jobs" in order, feedback, and a second
+model trained in that directory while unpinned requests keep their model. Ctrl-C (SIGINT)
+stops it all with status 0.
 
 Only what keeps the walk off other tests' ports is set: the Redis URL and API address (free
 loopback ports; `tabserve run` starts redis-server there) and no worker metrics port.
@@ -14,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,18 +28,23 @@ import requests
 from tests.servers import free_port, tabserve_env, wait_until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+PREDICT_STEP = "1. **A prediction with curl**"
+CLI_STEP = "2. **A scored file with the CLI**"
 
 
 def readme_block(after: str) -> str:
-    """The first ```sh block after the line that starts with `after`."""
+    """The first ```sh block after the line that starts with `after` (dedented: a block in a
+    list item is indented)."""
     text = README.read_text()
     start = text.index("\n" + after)
-    return text[start:].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    block = re.search(r"```sh\n(.*?)\n[ \t]*```", text[start:], re.S)
+    assert block is not None, f"no sh block after {after!r}"
+    return textwrap.dedent(block.group(1))
 
 
 def readme_features() -> dict[str, float]:
     """The features of the README's /predict example, as written there."""
-    body = readme_block("Try it").split("-d '", 1)[1].split("'", 1)[0]
+    body = readme_block(PREDICT_STEP).split("-d '", 1)[1].split("'", 1)[0]
     return requests.models.complexjson.loads(body)["features"]
 
 
@@ -99,6 +106,20 @@ def test_the_readme_as_written(walk_dir, customer_frame):
     answer = r.json()
     assert answer["prediction"] == 0 and answer["probabilities"]["0"] > 0.9
     assert answer["model"] == {"name": "breast-cancer", "version": 1}
+
+    # Quickstart step 2, each line as written (the activated venv's `python` and `tabserve`
+    # are this interpreter's), against this run's URL.
+    cli_env = {**env, "TABSERVE_URL": url,
+               "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+    for line in readme_block(CLI_STEP).splitlines():
+        command = line.split("   #", 1)[0].strip()
+        if not command or command.startswith(". "):
+            continue
+        done = subprocess.run(command, shell=True, cwd=home, env=cli_env, capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+    scored = pd.read_csv(home / "customers-predictions.csv")
+    assert len(scored) == 569 and scored["customer"].tolist() == list(range(569))
 
     # Batch jobs, in the README's order: a multipart CSV with options, a Parquet body.
     customer_frame.to_csv(home / "big.csv", index=False)
@@ -173,4 +194,4 @@ def test_readme_examples_are_the_ones_walked():
     for line in ("/jobs/<id>/result", "/jobs/<id>/errors", "limit=20&status=running",
                  "-X DELETE"):
         assert line in block
-    assert '"mean radius": 17.99' in readme_block("Try it")
+    assert '"mean radius": 17.99' in readme_block(PREDICT_STEP)

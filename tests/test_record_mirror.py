@@ -131,3 +131,14 @@ def test_a_copy_is_written_at_every_change_of_status(redis_client, base_settings
     assert jobs.finish(job.id, JobStatus.SUCCEEDED, 1, rows_done=10) is JobStatus.SUCCEEDED
     copy = mirror.load(job.id)
     assert copy.status is JobStatus.SUCCEEDED and copy.rows_done == 10 and copy.finished_at
+
+
+def test_a_result_gone_from_storage_is_a_410_not_a_500(api_server, worker, redis_client,
+                                                      base_settings, demo_data):
+    job = submit(api_server.url, _csv(demo_data, 300), "csv", id_column="key").json()
+    assert wait_job(api_server.url, job["id"])["status"] == "succeeded"
+    (Path(base_settings.data_dir) / paths.result(job["id"], "csv")).unlink()
+    r = requests.get(f"{api_server.url}/jobs/{job['id']}/result", timeout=10)
+    assert r.status_code == 410, r.text
+    assert r.json()["error"]["code"] == "result_gone"
+    assert base_settings.data_dir not in r.text  # no path in the message

@@ -273,7 +273,8 @@ def keyed(base_settings, artifacts_dir, tmp_path_factory):
     keys_file = tmp_path_factory.mktemp("web-keys") / "keys.json"
     token = create_key(keys_file, "analyst", "submit")
     artifacts = tmp_path_factory.mktemp("web-artifacts") / "artifacts"
-    shutil.copytree(artifacts_dir, artifacts)
+    # The demo model only: other tests add models (a `loans` too) to the session's directory.
+    shutil.copytree(artifacts_dir / "breast-cancer", artifacts / "breast-cancer")
     table = tmp_path_factory.mktemp("web-loans") / "loans.csv"
     _loans().to_csv(table, index=False)
     train_from_file(ModelStore(artifacts), table, "approved", name="loans")

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, request, send_file
 
 from api.views import json_body, json_response, limit_body, principal, runtime
-from shared.errors import ValidationError
+from shared.errors import ResultGoneError, ValidationError
 from shared.jobs.inputs import InputFormat
 from shared.jobs.lifecycle import cancel_or_delete, finished_file, visible_job, visible_jobs
 from shared.jobs.outputs import CONTENT_TYPES
@@ -26,6 +26,7 @@ from shared.jobs.submit import (
 )
 from shared.redisguard import redis_errors as queue_errors
 from shared.services import Services
+from shared.storage import Storage
 
 bp = Blueprint("jobs", __name__)
 
@@ -132,6 +133,7 @@ def _stem(job: Job) -> str:
 def _send_stored(key: str, mimetype: str, name: str, conditional: bool = False) -> Response:
     """A stored file as an attachment: sendfile from a directory, streamed from a bucket."""
     storage = runtime().storage
+    _check_stored(storage, [key])
     path = storage.local_path(key)
     if path is not None:
         return send_file(path, mimetype=mimetype, as_attachment=True, download_name=name,
@@ -142,8 +144,16 @@ def _send_stored(key: str, mimetype: str, name: str, conditional: bool = False) 
 def _send_parts(keys: list[str], size: int, mimetype: str, name: str) -> Response:
     """Stored files streamed one after another as one attachment."""
     storage = runtime().storage
+    _check_stored(storage, keys)
     return _streamed((piece for key in keys for piece in storage.iter_bytes(key)), size,
                      mimetype, name)
+
+
+def _check_stored(storage: Storage, keys: list[str]) -> None:
+    # Checked before the answer starts: a missing file found mid-stream would cut it short.
+    if not all(storage.exists(key) for key in keys):
+        raise ResultGoneError("the job's file is no longer in storage (removed after the job "
+                              "ended); submit the job again")
 
 
 def _streamed(pieces: Iterator[bytes], size: int, mimetype: str, name: str) -> Response:

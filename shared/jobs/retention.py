@@ -61,9 +61,13 @@ def purge_expired(jobs: JobStore, storage: Storage, every_seconds: int = 600,
 def _sweep_job(jobs: JobStore, storage: Storage, prefix: str, job: Job, grace: float) -> int:
     now = time.time()
     if failed_files_due(job, now, grace):  # nothing writes there again
-        files = [f for f in storage.list_files(prefix) if f != paths.record(job.id)]
-        for key in files:
-            storage.delete(key)
+        files = storage.list_files(prefix)
+        if paths.record(job.id) in files:  # the record's copy stays as long as the record
+            files.remove(paths.record(job.id))
+            for key in files:
+                storage.delete(key)
+        else:
+            storage.delete_prefix(prefix)
         if files:
             logger.info("job %s: files removed, %s more than %d s ago", job.id, job.status,
                         grace)

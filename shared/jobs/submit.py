@@ -322,8 +322,8 @@ def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: Jo
                    "columns": info.columns, **dialect}, info.rows_total, info.size_bytes,
                   owner)
     try:
-        rt.jobs.create(job)
-    except QueueUnavailableError:
+        rt.jobs.create(job)  # its copy in storage first (shared.jobs.mirror), then Redis
+    except Exception:  # Redis away, or no room for the copy: nothing of the job is kept
         rt.storage.delete_prefix(paths.job_dir(job_id))
         raise
     try:

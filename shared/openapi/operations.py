@@ -24,12 +24,14 @@ ERROR_TEXT = {
     404: "Unknown model, job or path",
     408: "The body arrived slower than TABSERVE_UPLOAD_MIN_BYTES_PER_SECOND",
     409: "The job is not in a state that allows this",
+    410: "The finished job's file is no longer in storage",
     413: "Too large: the body, or too many rows",
     415: "Unsupported content type",
     422: "Invalid input: each bad row and field is named in `details`",
     429: "Over the key's rate limit or live-job cap (Retry-After says when to retry)",
     431: "A request header longer than TABSERVE_MAX_HEADER_BYTES",
     503: "A dependency is unavailable: the model cannot be loaded, or Redis is down",
+    507: "No room to store the upload (TABSERVE_MIN_FREE_BYTES, or the disk is full)",
 }
 
 
@@ -156,7 +158,7 @@ def _ops_jobs() -> list[Operation]:
     return [
         Operation("post", "/jobs", "jobs.create_job", "Submit a file to score", "jobs",
                   {202: ("Accepted and queued", job)},
-                  (400, 403, 404, 415, 422, 503) + BODY, upload, (),
+                  (400, 403, 404, 415, 422, 503, 507) + BODY, upload, (),
                   description="The options are form fields or query parameters (both: the "
                   "form wins). 403 `input_url_forbidden`: an input_url outside "
                   "TABSERVE_INPUT_URL_PREFIXES. 429 also when the key has "
@@ -174,12 +176,12 @@ def _ops_jobs() -> list[Operation]:
                   "jobs", {200: ("The job", job)}, (404, 503), params=(JOB_PATH,)),
         Operation("get", "/jobs/{job_id}/result", "jobs.get_result", "Download the output",
                   "jobs", {200: ("The output file, as an attachment", outputs)},
-                  (404, 409, 503), params=(JOB_PATH,),
+                  (404, 409, 410, 503), params=(JOB_PATH,),
                   description="409 until the job has succeeded."),
         Operation("get", "/jobs/{job_id}/errors", "jobs.get_errors", "Download the skipped "
                   "rows (on_error=skip)", "jobs",
                   {200: ("row,field,message", binary("text/csv"))},
-                  (404, 409, 503), params=(JOB_PATH,)),
+                  (404, 409, 410, 503), params=(JOB_PATH,)),
         Operation("delete", "/jobs/{job_id}", "jobs.delete_job", "Cancel a live job, or "
                   "delete a finished one and its files", "jobs",
                   {200: ("Cancelled: the record", job), 204: ("Deleted", None)},
