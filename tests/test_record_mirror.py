@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import redis
 import requests
 
@@ -40,22 +41,26 @@ class EmptyRedis(Process):
         client.close()
 
 
-def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_data, tmp_path):
+# A job scored whole and one split into parts, each with 20 queued jobs behind it.
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "parts"])
+def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_data, tmp_path,
+                                                         split):
     server = EmptyRedis(tmp_path / "redis")
     settings = base_settings.with_overrides(
         redis_url=server.url, queue_name="empty", job_lease_seconds=LEASE, chunk_rows=2000,
-        part_rows=0, worker_threads=1, data_dir=str(tmp_path / "data"))
+        part_rows=30_000 if split else 0, worker_threads=1, data_dir=str(tmp_path / "data"))
     s = Stack(settings, tmp_path)
     try:
-        s.worker("w1")
-        n_big, n_small = 90_000, 300
+        s.worker("w1", concurrency=2)
+        n_big, n_small = 300_000 if split else 90_000, 300  # parts run side by side: longer
         small = _csv(demo_data, n_small)
         done = submit(s.api.url, small, "csv", id_column="key").json()
         assert wait_job(s.api.url, done["id"])["status"] == "succeeded"
         big = submit(s.api.url, _csv(demo_data, n_big), "csv", id_column="key").json()
         s.wait_rows(big["id"])
         queued = [submit(s.api.url, small, "csv", id_column="key").json()["id"]
-                  for _ in range(5)]
+                  for _ in range(20)]
+        assert s.record(big["id"]).status is JobStatus.RUNNING
         server.kill()
         server.proc.wait(timeout=30)
         s.procs.append(EmptyRedis(server.workdir, server.port))  # same port, nothing kept
@@ -64,7 +69,7 @@ def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_dat
         def all_back() -> bool:
             return all(s.record(i).status is JobStatus.SUCCEEDED for i in ids)
 
-        wait_until(all_back, 90, "every job's record to come back and succeed")
+        wait_until(all_back, 120, "every job's record to come back and succeed")
         _ledger(s.api.url, big["id"], n_big)
         for job_id in [done["id"], *queued]:
             _ledger(s.api.url, job_id, n_small)
@@ -73,6 +78,7 @@ def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_dat
         assert s.jobs.r.ttl(keys.job(done["id"])) > 0
         listed = requests.get(f"{s.api.url}/jobs?limit=100", timeout=10).json()["jobs"]
         assert {j["id"] for j in listed} == set(ids)
+        assert s.logged("record restored from storage") >= 2
     finally:
         s.stop()
         server.stop()

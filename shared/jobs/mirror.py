@@ -25,6 +25,7 @@ from shared import keys
 from shared.jobs import paths
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import Job, JobStatus, decode, encode, job_fields, now
+from shared.monitoring.metrics import JOB_RECORDS_RESTORED, JOBS_REQUEUED
 from shared.storage import Storage
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def restore_lost(rt: Services) -> int:
             left = int((job.finished_at or job.created_at) + jobs.ttl - now())
             if jobs.restore(job, max(left, 1)):
                 logger.warning("job %s: record restored from storage (%s)", job_id, job.status)
+                JOB_RECORDS_RESTORED.labels("final").inc()
                 restored += 1
             continue
         again = _requeued(job)
@@ -89,6 +91,8 @@ def restore_lost(rt: Services) -> int:
         rt.storage.delete_prefix(paths.parts_dir(job_id))
         mirror.save(again)
         send_score_job(rt.celery, rt.settings, job_id, again.attempt + 1)
+        JOB_RECORDS_RESTORED.labels("live").inc()
+        JOBS_REQUEUED.labels("job", REDIS_LOST).inc()
         logger.warning("job %s: record restored from storage; Redis had lost it while the job "
                        "was %s: sending attempt %d", job_id, job.status, again.attempt + 1)
         restored += 1

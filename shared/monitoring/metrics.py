@@ -92,6 +92,10 @@ JOB_ATTEMPTS = Counter(
 JOBS_REQUEUED = Counter(
     "tabserve_jobs_requeued_total", "Jobs and parts sent again by the reaper, by reason.",
     ("kind", "reason"))
+JOB_RECORDS_RESTORED = Counter(
+    "tabserve_job_records_restored_total",
+    "Job records Redis had lost, put back from their copies in storage (shared.jobs.mirror), "
+    "by what the job was: final (as it ended) or live (queued again).", ("state",))
 # mostrecent: one reaper at a time counts them; whichever ran last is the truth.
 JOBS_WAITING_RETRY = Gauge(
     "tabserve_jobs_waiting_retry", "Queued jobs waiting for their next attempt after a lost one.",
