@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 from flask import Blueprint, Response, g, request
 
+from api.asyncjobs import respond_async
 from api.views import json_body, json_response, runtime
+from shared.errors import PayloadTooLargeError
+from shared.jobs.fromrows import asks_async
 from shared.online.predict import extract_rows, predict_rows
 
 bp = Blueprint("predict", __name__)
@@ -14,8 +19,15 @@ bp = Blueprint("predict", __name__)
 def predict() -> Response:
     rt = runtime()
     body = json_body()
-    rows, single = extract_rows(body, rt.settings.max_online_rows)
     ref = request.args.get("model") if request.query_string else None
+    try:
+        rows, single = extract_rows(body, rt.settings.max_online_rows)
+    except PayloadTooLargeError:  # more rows than the online limit: run them as a job
+        rows = extract_rows(body, sys.maxsize)[0]
+        return respond_async(rows, rt.models.resolve(ref, rt.settings.default_model),
+                             asks_async(request.headers.get("Prefer")))
     loaded = rt.models.resolve(ref, rt.settings.default_model)
     g.model_ref = loaded.manifest.ref
+    if "Prefer" in request.headers and asks_async(request.headers["Prefer"]):
+        return respond_async(rows, loaded, asked=True)
     return json_response(predict_rows(rt, loaded, rows, single))
