@@ -42,7 +42,7 @@ def invocations() -> Response:
         rows = parse_csv_input(read_body(request.max_content_length), loaded)
     else:
         rows, params = parse_json_input(json_body(), loaded.validator.names)
-    asked = "Prefer" in request.headers and asks_async(request.headers["Prefer"])
+    asked = asks_async(request.environ.get("HTTP_PREFER"))
     if asked or len(rows) > rt.settings.max_online_rows:
         return respond_async(rows, loaded, asked)
     body, prediction_id = invoke(rt, loaded, rows, params)

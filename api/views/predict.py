@@ -25,9 +25,10 @@ def predict() -> Response:
     except PayloadTooLargeError:  # more rows than the online limit: run them as a job
         rows = extract_rows(body, sys.maxsize)[0]
         return respond_async(rows, rt.models.resolve(ref, rt.settings.default_model),
-                             asks_async(request.headers.get("Prefer")))
+                             asks_async(request.environ.get("HTTP_PREFER")))
     loaded = rt.models.resolve(ref, rt.settings.default_model)
     g.model_ref = loaded.manifest.ref
-    if "Prefer" in request.headers and asks_async(request.headers["Prefer"]):
+    prefer = request.environ.get("HTTP_PREFER")  # a dict look-up: the hot path's only cost
+    if prefer is not None and asks_async(prefer):
         return respond_async(rows, loaded, asked=True)
     return json_response(predict_rows(rt, loaded, rows, single))
