@@ -56,11 +56,11 @@ class PayloadTooLargeError(TabserveError):
 
 class RowsRunAsJobError(PayloadTooLargeError):
     """202 to predict(): more rows than the server's online limit, which it runs as a job
-    (`job_id`; wait for it with wait_job and read its result) instead of answering them."""
+    (`job_id`; wait for it with Client.wait and read its result) instead of answering them."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"more rows than the server answers online: it runs them as job "
-                         f"{job_id} (wait_job, then the job's result)", code="rows_run_as_job",
+                         f"{job_id} (wait for it, then read its result)", code="rows_run_as_job",
                          status=202)
         self.job_id = job_id
 
