@@ -206,3 +206,62 @@ def test_the_job_input_is_parquet_in_feature_order(api_server, worker, redis_cli
     assert wait_job(api_server.url, job["id"])["status"] == "succeeded"
     result, _ = read_result(api_server.url, job["id"])
     assert len(pd.read_json(io.StringIO(result.to_json(orient="records")))) == 1
+
+
+# --- in process: keys per owner, and roles (create_app().test_client(), the real Redis) ---
+
+@pytest.fixture(scope="module")
+def keyed_client(base_settings, redis_server, tmp_path_factory):
+    import logging
+    import uuid
+
+    from api import create_app
+    from shared.security.keystore import hash_key
+
+    roles = {"alice": "submit", "bob": "submit", "pat": "predict"}
+    tokens = {name: "tsk_" + uuid.uuid4().hex for name in roles}
+    settings = base_settings.with_overrides(
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/7", queue_name="idem-inproc",
+        data_dir=str(tmp_path_factory.mktemp("idem-data")), rate_limit_requests=0,
+        api_keys=",".join(f"{n}:{roles[n]}:{hash_key(t)}" for n, t in tokens.items()))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        app = create_app(settings)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    yield app.test_client(), {n: {"Authorization": f"Bearer {t}"} for n, t in tokens.items()}
+    app.extensions["tabserve"].predictions.flush()
+    app.extensions["tabserve"].drift.drain()
+
+
+def test_an_idempotency_key_belongs_to_its_owner(keyed_client, redis_client, customer_frame):
+    client, auth = keyed_client
+    data = file_bytes(customer_frame.iloc[:20], "csv")
+
+    def post(who: str):
+        return client.post("/jobs", data=data, content_type="text/csv",
+                           headers={**auth[who], "Idempotency-Key": "shared-name"})
+
+    alice, bob, alice_again = post("alice"), post("bob"), post("alice")
+    assert [r.status_code for r in (alice, bob, alice_again)] == [202] * 3
+    assert bob.get_json()["id"] != alice.get_json()["id"]
+    assert alice_again.get_json()["id"] == alice.get_json()["id"]
+    assert alice_again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in bob.headers
+
+
+def test_async_needs_a_key_that_may_submit_jobs(keyed_client, redis_client, demo_rows):
+    client, auth = keyed_client
+    r = client.post("/predict", json={"instances": demo_rows[:2]},
+                    headers={**auth["pat"], "Prefer": "respond-async"})
+    assert r.status_code == 403, r.get_data(as_text=True)
+    assert "respond-async" in r.get_json()["error"]["message"]
+    ok = client.post("/predict", json={"instances": demo_rows[:2]}, headers=auth["pat"])
+    assert ok.status_code == 200
+    mine = client.post("/predict", json={"instances": demo_rows[:2]},
+                       headers={**auth["alice"], "Prefer": "respond-async"})
+    assert mine.status_code == 202 and mine.headers["Preference-Applied"] == "respond-async"
+    listed = client.get("/jobs", headers=auth["alice"]).get_json()["jobs"]
+    assert [j["id"] for j in listed] == [mine.get_json()["id"]]
