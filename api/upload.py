@@ -15,12 +15,14 @@ import logging
 import socket
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from flask import Request, current_app
 from werkzeug.utils import cached_property
 
 from shared.errors import RequestTimeoutError
+from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.jobs.idempotency import Fingerprint
 
 logger = logging.getLogger(__name__)
 # Largest piece asked of the server's stream at once: the watchdog can only bound a read by the
@@ -60,7 +62,30 @@ class UploadRequest(Request):
         if not hasattr(self, "staged"):
             self.staged = []
         self.staged.append(path)
+        if IDEMPOTENCY_HEADER in self.headers:  # the file's SHA-256, taken as it is staged
+            return cast(IO[bytes], HashingWriter(fh, Fingerprint()))
         return fh
+
+
+class HashingWriter:
+    """A staging file that feeds what is written to it to a fingerprint."""
+
+    def __init__(self, fh: IO[bytes], fingerprint: Fingerprint) -> None:
+        self._fh = fh
+        self.fingerprint = fingerprint
+
+    def write(self, data: bytes) -> int:
+        self.fingerprint.update(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
 
 
 class PacedInput:

@@ -121,3 +121,9 @@ def owner_jobs(key_name: str) -> str:
     """Jobs an API key submitted that may still be live, scored by submit time: a sorted
     set, trimmed of final jobs when the job cap is checked."""
     return f"{PREFIX}owner:{key_name}:jobs"
+
+
+def idempotency_key(owner: str, key_digest: str) -> str:
+    """A POST /jobs Idempotency-Key of one owner (the header's SHA-256, so any printable
+    value makes a plain key): a string holding the job id and the request's fingerprint."""
+    return f"{PREFIX}idem:{owner}:{key_digest}"

@@ -22,6 +22,7 @@ from tabserve_client.errors import (
     PermissionDeniedError,
     RateLimitedError,
     RetryableError,
+    RowsRunAsJobError,
     ServerError,
     ServiceUnavailableError,
     TabserveConnectionError,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_URL", "FINAL", "STATUSES", "AuthenticationError", "BadRequestError", "Client",
     "ConflictError", "Job", "JobCancelledError", "JobFailedError", "NotFoundError",
     "PayloadTooLargeError", "PermissionDeniedError", "RateLimitedError", "RetryableError",
+    "RowsRunAsJobError",
     "ServerError", "ServiceUnavailableError", "TabserveConnectionError", "TabserveError",
     "UnsupportedMediaTypeError", "ValidationError", "WaitTimeoutError",
 ]

@@ -13,7 +13,12 @@ from urllib.parse import quote, unquote
 import requests
 
 from tabserve_client import frames
-from tabserve_client.errors import JobCancelledError, JobFailedError, WaitTimeoutError
+from tabserve_client.errors import (
+    JobCancelledError,
+    JobFailedError,
+    RowsRunAsJobError,
+    WaitTimeoutError,
+)
 from tabserve_client.jobs import CANCELLED, FAILED, Job
 from tabserve_client.transport import Transport
 from tabserve_client.uploads import MultipartBody
@@ -74,7 +79,10 @@ class Client:
         else:
             body = {"instances": list(rows)}
         params = {"model": model} if model else None
-        return self._http.request("POST", "/predict", json=body, params=params).json()
+        response = self._http.request("POST", "/predict", json=body, params=params)
+        if response.status_code == 202:  # over the online limit: the server queued a job
+            raise RowsRunAsJobError(response.json()["id"])
+        return response.json()
 
     def models(self) -> dict[str, Any]:
         """GET /models: every model's manifests (and those that cannot be read)."""

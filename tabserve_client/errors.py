@@ -54,6 +54,17 @@ class PayloadTooLargeError(TabserveError):
     """413: too many rows or too large a body or upload."""
 
 
+class RowsRunAsJobError(PayloadTooLargeError):
+    """202 to predict(): more rows than the server's online limit, which it runs as a job
+    (`job_id`; wait for it with Client.wait and read its result) instead of answering them."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"more rows than the server answers online: it runs them as job "
+                         f"{job_id} (wait for it, then read its result)", code="rows_run_as_job",
+                         status=202)
+        self.job_id = job_id
+
+
 class UnsupportedMediaTypeError(TabserveError):
     """415: a content type or file format the server does not take."""
 

@@ -142,9 +142,7 @@ INVALID = [
     ("not an object", lambda row: b"[1, 2]", 400, _error(
         "invalid_json",
         'request body must be a JSON object: {"features": {...}} or {"instances": [...]}')),
-    ("too many rows", lambda row: {"instances": [row] * 1001}, 413, _error(
-        "payload_too_large",
-        '"instances" has 1001 rows; at most 1000 per request (use POST /jobs for files)')),
+    # More rows than TABSERVE_MAX_ONLINE_ROWS run as a job: tests/test_job_idempotency.py.
 ]
 
 

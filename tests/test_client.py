@@ -24,6 +24,7 @@ from tabserve_client import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RowsRunAsJobError,
     ServiceUnavailableError,
     TabserveConnectionError,
     UnsupportedMediaTypeError,
@@ -209,8 +210,10 @@ def test_typed_errors_carry_the_servers_code_message_and_status(client, demo_row
         client.submit_job(sheet)
     assert media.value.status == 415
 
-    with pytest.raises(PayloadTooLargeError):
+    with pytest.raises(PayloadTooLargeError) as too_many:
         client.predict(demo_rows * 2)  # 1138 rows: over TABSERVE_MAX_ONLINE_ROWS
+    assert isinstance(too_many.value, RowsRunAsJobError)  # the server runs them as a job
+    assert client.wait(too_many.value.job_id, timeout=120).status == "succeeded"
 
     with pytest.raises(NotFoundError) as model:
         client.predict(demo_rows[0], model="no-such-model")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, cast
 from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
 
+from api.upload import HashingWriter
 from api.views import json_body, json_response, limit_body, principal, runtime
 from shared.errors import ResultGoneError, ValidationError
+from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.jobs.idempotency import Fingerprint, check_key, submit_once
 from shared.jobs.inputs import InputFormat
 from shared.jobs.lifecycle import cancel_or_delete, finished_file, visible_job, visible_jobs
 from shared.jobs.outputs import CONTENT_TYPES
@@ -19,11 +23,14 @@ from shared.jobs.submit import (
     check_upload_room,
     copy_limited,
     format_of,
+    inspect_input_url,
+    inspect_upload,
     parse_options,
     parse_url_request,
     submit_input_url,
     submit_job,
 )
+from shared.jobs.validation import validation_report
 from shared.redisguard import redis_errors as queue_errors
 from shared.services import Services
 from shared.storage import Storage
@@ -40,30 +47,54 @@ def _ping_queue() -> None:
 @bp.post("/jobs")
 def create_job() -> Response:
     rt = runtime()
+    key = check_key(request.headers.get(IDEMPOTENCY_HEADER))
     _ping_queue()
-    if request.mimetype == "application/json":  # {"input_url": ...}: a file already stored
-        limit_body(rt.settings.max_body_bytes, "TABSERVE_MAX_BODY_BYTES")
-        source, options = parse_url_request(json_body(), request.args.to_dict())
-        job = submit_input_url(rt, source, options, owner=principal().owner)
-    else:
-        job = _submit_upload(rt)
-    return json_response(job.public(), status=202, headers={"Location": f"/jobs/{job.id}"})
+    if request.mimetype != "application/json":
+        return _create_from_upload(rt, key)
+    # {"input_url": ...}: a file already stored
+    limit_body(rt.settings.max_body_bytes, "TABSERVE_MAX_BODY_BYTES")
+    source, options = parse_url_request(json_body(), request.args.to_dict())
+    if options.validate_only:
+        return json_response(validation_report(
+            rt, options.model, lambda: inspect_input_url(rt, source, options)))
+    fingerprint = Fingerprint().finish(source=source.model_dump(), options=options.model_dump())
+    return _accepted(rt, key, fingerprint, lambda job_id: submit_input_url(
+        rt, source, options, owner=principal().owner, job_id=job_id))
 
 
-def _submit_upload(rt: Services) -> Job:
+def _create_from_upload(rt: Services, key: str | None) -> Response:
     limit_body(rt.settings.max_upload_bytes, "TABSERVE_MAX_UPLOAD_BYTES")
     check_upload_room(rt, request.content_length or 0)  # 507 before a byte is staged
     try:
-        staged, fmt, filename = _stage_upload()
+        staged, fmt, filename, hashed = _stage_upload()
         values = {**request.args.to_dict(), **request.form.to_dict()}
         options = parse_options(values)
-        return submit_job(rt, staged, fmt, filename, options, owner=principal().owner)
+        if options.validate_only:
+            return json_response(validation_report(
+                rt, options.model, lambda: inspect_upload(rt, staged, fmt, options)))
+        fingerprint = hashed.finish(format=fmt, options=options.model_dump()) if hashed else ""
+        return _accepted(rt, key, fingerprint, lambda job_id: submit_job(
+            rt, staged, fmt, filename, options, owner=principal().owner, job_id=job_id))
     finally:
         for path in getattr(request, "staged", []):
             Path(path).unlink(missing_ok=True)  # already adopted into the store when accepted
 
 
-def _stage_upload() -> tuple[Path, InputFormat, str | None]:
+def _accepted(rt: Services, key: str | None, fingerprint: str,
+              submit: Callable[[str | None], Job]) -> Response:
+    """202 and the job: a new one, or with an Idempotency-Key seen before, the job it made."""
+    if key is None:
+        job, replayed = submit(None), False
+    else:
+        job, replayed = submit_once(rt, principal().owner, key, fingerprint, submit)
+    headers = {"Location": f"/jobs/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(job.public(), status=202, headers=headers)
+
+
+def _stage_upload() -> tuple[Path, InputFormat, str | None, Fingerprint | None]:
+    """The staged file, its format and name, and its fingerprint when one was asked for."""
     storage = runtime().storage
     if request.mimetype == "multipart/form-data":
         part = request.files.get("file")
@@ -73,13 +104,16 @@ def _stage_upload() -> tuple[Path, InputFormat, str | None]:
         part.stream.close()
         fmt = format_of(part.mimetype if part.mimetype != "application/octet-stream" else None,
                         part.filename)
-        return Path(part.stream.name), fmt, part.filename or None
+        return (Path(part.stream.name), fmt, part.filename or None,
+                getattr(part.stream, "fingerprint", None))
     fmt = format_of(request.mimetype, None)
     path, fh = storage.staging_file()
     request.staged = [path]  # type: ignore[attr-defined]
-    with fh:
-        copy_limited(request.stream, fh, runtime().settings.max_upload_bytes)
-    return path, fmt, None
+    hashed = Fingerprint() if IDEMPOTENCY_HEADER in request.headers else None
+    out = cast(IO[bytes], HashingWriter(fh, hashed)) if hashed else fh
+    with out:
+        copy_limited(request.stream, out, runtime().settings.max_upload_bytes)
+    return path, fmt, None, hashed
 
 
 @bp.get("/jobs")

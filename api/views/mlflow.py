@@ -9,9 +9,11 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.asyncjobs import respond_async
 from api.errors import note_domain_error, too_large_message
 from api.views import json_body, json_response, read_body, runtime
 from shared.errors import TabserveError, UnsupportedMediaTypeError
+from shared.jobs.fromrows import asks_async
 from shared.monitoring.health import check_model
 from shared.online.mlflow import (
     error_body,
@@ -40,6 +42,9 @@ def invocations() -> Response:
         rows = parse_csv_input(read_body(request.max_content_length), loaded)
     else:
         rows, params = parse_json_input(json_body(), loaded.validator.names)
+    asked = asks_async(request.environ.get("HTTP_PREFER"))
+    if asked or len(rows) > rt.settings.max_online_rows:
+        return respond_async(rows, loaded, asked)
     body, prediction_id = invoke(rt, loaded, rows, params)
     return json_response(body, headers={"X-Prediction-Id": prediction_id})
 

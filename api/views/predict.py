@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 from flask import Blueprint, Response, g, request
 
+from api.asyncjobs import respond_async
 from api.views import json_body, json_response, runtime
+from shared.errors import PayloadTooLargeError
+from shared.jobs.fromrows import asks_async
 from shared.online.predict import extract_rows, predict_rows
 
 bp = Blueprint("predict", __name__)
@@ -14,8 +19,16 @@ bp = Blueprint("predict", __name__)
 def predict() -> Response:
     rt = runtime()
     body = json_body()
-    rows, single = extract_rows(body, rt.settings.max_online_rows)
     ref = request.args.get("model") if request.query_string else None
+    try:
+        rows, single = extract_rows(body, rt.settings.max_online_rows)
+    except PayloadTooLargeError:  # more rows than the online limit: run them as a job
+        rows = extract_rows(body, sys.maxsize)[0]
+        return respond_async(rows, rt.models.resolve(ref, rt.settings.default_model),
+                             asks_async(request.environ.get("HTTP_PREFER")))
     loaded = rt.models.resolve(ref, rt.settings.default_model)
     g.model_ref = loaded.manifest.ref
+    prefer = request.environ.get("HTTP_PREFER")  # a dict look-up: the hot path's only cost
+    if prefer is not None and asks_async(prefer):
+        return respond_async(rows, loaded, asked=True)
     return json_response(predict_rows(rt, loaded, rows, single))

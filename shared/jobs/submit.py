@@ -65,6 +65,8 @@ class JobOptions(BaseModel):
     # Seconds from the job's first start to its failure with `timeout`; at most the
     # TABSERVE_JOB_TIME_LIMIT_MAX_SECONDS setting (checked at submit).
     time_limit_seconds: int | None = Field(None, ge=1)
+    # Check the input against the model and answer what was found; no job, nothing stored.
+    validate_only: bool = False
 
     @field_validator("id_column", "model", "delimiter")
     @classmethod
@@ -210,9 +212,22 @@ def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest,
 
 
 def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | None,
-               options: JobOptions, owner: str | None = None) -> Job:
+               options: JobOptions, owner: str | None = None,
+               job_id: str | None = None) -> Job:
     """Check a staged upload against the pinned model, store it, record and queue the job
-    (as `owner`'s: the name of the key that sent it)."""
+    (as `owner`'s: the name of the key that sent it; `job_id`: one already chosen)."""
+    manifest, info = inspect_upload(rt, staged, fmt, options)
+    job_id = job_id or new_job_id()
+    _reserve(rt, owner, job_id)
+    key = paths.upload(job_id, fmt)
+    rt.storage.adopt(staged, key)
+    source = {"name": filename or f"input.{fmt}", "key": key}
+    return _record_and_queue(rt, job_id, manifest, options, info, source, owner)
+
+
+def inspect_upload(rt: Services, staged: Path, fmt: InputFormat,
+                   options: JobOptions) -> tuple[Manifest, InputInfo]:
+    """The pinned model and what the staged file holds; 422 when it does not fit the model."""
     _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
@@ -221,12 +236,7 @@ def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | Non
                              options.id_column, options.dialect(rt.settings.max_line_bytes),
                              sniff=options.delimiter is None,
                              limits=input_limits(rt, manifest))
-    job_id = new_job_id()
-    _reserve(rt, owner, job_id)
-    key = paths.upload(job_id, fmt)
-    rt.storage.adopt(staged, key)
-    source = {"name": filename or f"input.{fmt}", "key": key}
-    return _record_and_queue(rt, job_id, manifest, options, info, source, owner)
+    return manifest, info
 
 
 def _reserve(rt: Services, owner: str | None, job_id: str) -> None:
@@ -236,8 +246,21 @@ def _reserve(rt: Services, owner: str | None, job_id: str) -> None:
 
 
 def submit_input_url(rt: Services, source: InputSource, options: JobOptions,
-                     owner: str | None = None) -> Job:
+                     owner: str | None = None, job_id: str | None = None) -> Job:
     """Check a file already in the store (an allowed input_url), record and queue the job."""
+    manifest, info = inspect_input_url(rt, source, options)
+    url = source.input_url
+    name = url.rsplit("/", 1)[-1] or f"input.{info.format}"
+    job_id = job_id or new_job_id()
+    _reserve(rt, owner, job_id)
+    # "url" marks an input the job does not own: it is never deleted with the job.
+    return _record_and_queue(rt, job_id, manifest, options, info,
+                             {"name": name, "key": url, "url": url}, owner)
+
+
+def inspect_input_url(rt: Services, source: InputSource,
+                      options: JobOptions) -> tuple[Manifest, InputInfo]:
+    """The pinned model and what the file at an allowed input_url holds."""
     _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
     storage = rt.storage
     url = source.input_url
@@ -256,12 +279,7 @@ def submit_input_url(rt: Services, source: InputSource, options: JobOptions,
         raise InputNotFoundError(f"there is no file at input_url {url}") from None
     except PermissionError:
         raise InputURLForbiddenError(f"the store refused to read input_url {url}") from None
-    name = url.rsplit("/", 1)[-1] or f"input.{fmt}"
-    job_id = new_job_id()
-    _reserve(rt, owner, job_id)
-    # "url" marks an input the job does not own: it is never deleted with the job.
-    return _record_and_queue(rt, job_id, manifest, options, info,
-                             {"name": name, "key": url, "url": url}, owner)
+    return manifest, info
 
 
 def check_input_url(url: str, allowed: str, storage: Storage) -> None:
@@ -312,7 +330,7 @@ def _check_time_limit(options: JobOptions, most: int) -> None:
 
 def _record_and_queue(rt: Services, job_id: str, manifest: Manifest, options: JobOptions,
                       info: InputInfo, source: dict[str, Any], owner: str | None) -> Job:
-    opts = options.model_dump()
+    opts = options.model_dump(exclude={"validate_only"})
     opts["output_format"] = options.output_format or info.format
     opts["model"] = manifest.ref
     dialect = {"delimiter": info.dialect.delimiter, "encoding": info.dialect.encoding,

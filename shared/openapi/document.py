@@ -31,6 +31,7 @@ ANSWERS: list[type[BaseModel]] = [
     shapes.Error, shapes.PredictResponse, shapes.ModelList, shapes.ModelDetail,
     shapes.AliasRequest, shapes.AliasResult, shapes.Alive,
     shapes.Check, shapes.Readiness, shapes.FeedbackResult, shapes.JobRecord, shapes.JobList,
+    shapes.ValidationReport,
     protocols.V2Error, protocols.V2ServerMetadata, protocols.V2Live, protocols.V2Ready,
     protocols.V2ModelMetadata, protocols.V2ModelReady, protocols.V2RepositoryIndex,
     protocols.V2Empty, protocols.V2InferResponse, protocols.MlflowError,

@@ -67,6 +67,21 @@ NAME_PATH = param("name", "path", MODEL_NAME, "the model's name")
 VERSION_PATH = param("version", "path", VERSION, "the model's version")
 ALIAS_PATH = param("alias", "path", {"type": "string"}, "the alias, e.g. live or champion")
 JOB_PATH = param("job_id", "path", {"type": "string"}, "the job's id")
+PREFER = param("Prefer", "header", {"type": "string"},
+               "`respond-async`: run the rows as a job and answer 202 (rows over "
+               "TABSERVE_MAX_ONLINE_ROWS always do)")
+IDEMPOTENCY_KEY = param("Idempotency-Key", "header",
+                        {"type": "string", "minLength": 1, "maxLength": 255,
+                         "pattern": "^[\\x20-\\x7e]+$"},
+                        "a retried request with the same key and body gets the same job "
+                        "(for the job's TTL, per API key owner); another body: 422")
+LOCATION = {"description": "/jobs/{id}", "schema": {"type": "string"}}
+ASYNC_HEADERS = {"Location": LOCATION, "Preference-Applied": {
+    "description": "respond-async, when the request asked for it", "schema": {"type": "string"}}}
+ASYNC_TEXT = ("With `Prefer: respond-async`, or more rows than TABSERVE_MAX_ONLINE_ROWS, the "
+              "rows are validated and run as a job of the resolved model version (Parquet "
+              "input, JSON lines result): 202, the job, `Location: /jobs/{id}`. 403 when the "
+              "key's role may not submit jobs; 429 at its live-job cap; 507 without room.")
 
 
 @dataclass(frozen=True)
@@ -96,13 +111,15 @@ class Operation:
 
 
 def _ops_core() -> list[Operation]:
-    predict_errors = (400, 404, 415, 422, 503) + BODY
+    predict_errors = (400, 404, 415, 422, 503, 507) + BODY
     return [
         Operation("post", "/predict", "predict.predict", "Predict one row or many", "predict",
-                  {200: ("Predictions in input order", json_of("PredictResponse"))},
-                  predict_errors, json_of("PredictRequest"), (MODEL_QUERY,),
+                  {200: ("Predictions in input order", json_of("PredictResponse")),
+                   202: ("Run as a job", json_of("JobRecord"))},
+                  predict_errors, json_of("PredictRequest"), (MODEL_QUERY, PREFER),
                   description="`features` is one row of the model's feature schema "
-                  "(components `Features.<name>.<version>`; GET /models/{name} links it)."),
+                  "(components `Features.<name>.<version>`; GET /models/{name} links it). "
+                  + ASYNC_TEXT, headers={202: ASYNC_HEADERS}),
         Operation("get", "/models", "models.list_models", "Every model and its latest "
                   "manifest", "models", {200: ("The models", json_of("ModelList"))}),
         Operation("get", "/models/{name}", "models.get_model", "A model's versions",
@@ -157,14 +174,22 @@ def _ops_jobs() -> list[Operation]:
     outputs = binary("text/csv", "application/vnd.apache.parquet", "application/x-ndjson")
     return [
         Operation("post", "/jobs", "jobs.create_job", "Submit a file to score", "jobs",
-                  {202: ("Accepted and queued", job)},
-                  (400, 403, 404, 415, 422, 503, 507) + BODY, upload, (),
+                  {202: ("Accepted and queued (or, with an Idempotency-Key seen before, the "
+                         "job it made)", job),
+                   200: ("validate_only=true: what the check found; no job, nothing stored",
+                         json_of("ValidationReport"))},
+                  (400, 403, 404, 409, 415, 422, 503, 507) + BODY, upload, (IDEMPOTENCY_KEY,),
                   description="The options are form fields or query parameters (both: the "
                   "form wins). 403 `input_url_forbidden`: an input_url outside "
                   "TABSERVE_INPUT_URL_PREFIXES. 429 also when the key has "
-                  "TABSERVE_MAX_LIVE_JOBS_PER_KEY live jobs.",
-                  headers={202: {"Location": {"description": "/jobs/{id}",
-                                              "schema": {"type": "string"}}}}),
+                  "TABSERVE_MAX_LIVE_JOBS_PER_KEY live jobs. Idempotency-Key: 400 unless 1 "
+                  "to 255 printable ASCII characters; 422 `idempotency_key_reused` for the "
+                  "same key with another file or options; 409 "
+                  "`idempotency_key_in_progress` while a concurrent request with the key "
+                  "is still being accepted.",
+                  headers={202: {"Location": LOCATION, "Idempotent-Replayed": {
+                      "description": "true: an earlier request with this Idempotency-Key "
+                      "made this job", "schema": {"type": "string"}}}}),
         Operation("get", "/jobs", "jobs.list_jobs", "Recent jobs (the key's own; every job "
                   "for admin)", "jobs", {200: ("The jobs, newest first", json_of("JobList"))},
                   (422, 503),
@@ -195,13 +220,15 @@ def _ops_mlflow() -> list[Operation]:
     return [
         Operation("post", "/invocations", "mlflow.invocations", "MLflow's (and SageMaker's) "
                   "scoring protocol", "mlflow",
-                  {200: ("Labels, or class probabilities", json_of("MlflowResponse"))},
-                  (400, 404, 415, 422, 503) + BODY,
+                  {200: ("Labels, or class probabilities", json_of("MlflowResponse")),
+                   202: ("Run as a job", json_of("JobRecord"))},
+                  (400, 404, 415, 422, 503, 507) + BODY,
                   {"application/json": {"schema": ref("MlflowRequest")},
-                   "text/csv": {"schema": {"type": "string"}}}, (MODEL_QUERY,),
-                  shape="MlflowError",
+                   "text/csv": {"schema": {"type": "string"}}}, (MODEL_QUERY, PREFER),
+                  shape="MlflowError", description=ASYNC_TEXT,
                   headers={200: {"X-Prediction-Id": {"schema": {"type": "string"},
-                                                     "description": "for /feedback"}}}),
+                                                     "description": "for /feedback"}},
+                           202: ASYNC_HEADERS}),
         Operation("get", "/ping", "mlflow.ping", "SageMaker's health check", "mlflow", ping,
                   public=True, shape="MlflowError"),
         Operation("get", "/health", "mlflow.ping", "MLflow's health check", "mlflow", ping,

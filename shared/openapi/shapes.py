@@ -4,7 +4,7 @@ validators keep their code; these describe what they accept and give."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -235,3 +235,21 @@ class JobRecord(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobRecord]
+
+
+class ValidationProblem(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ValidationReport(BaseModel):
+    """POST /jobs with validate_only=true: what the submit-time check found (no job)."""
+
+    valid: bool
+    model: ModelRef
+    format: Literal["csv", "parquet"] | None = None
+    size_bytes: int | None = None
+    rows_estimate: int | None = None
+    columns: list[str] | None = None
+    problems: list[ValidationProblem]
