@@ -38,8 +38,11 @@ TABSERVE_BIND ?=
 run: setup
 	TABSERVE_BIND='$(TABSERVE_BIND)' $(BIN)/tabserve run
 
+# Two pytest processes (pytest-xdist), each with its own redis-server, API and worker; a test
+# file stays in one process (`make test TEST_WORKERS=0` runs them all in this one).
+TEST_WORKERS ?= 2
 test: setup-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # docs/web-page.png: the web page with a prediction shown and a job done, in headless chromium.
 screenshot: setup-test
