@@ -101,6 +101,7 @@ class Job:
     finished: float | None = None
     ledger: str = ""  # "ok", or what was wrong
     error: dict | None = None
+    deleted: bool = False
 
 
 def job_csv(rows: int) -> bytes:
@@ -146,7 +147,7 @@ class JobStream:
 
     def pending(self) -> list[Job]:
         with self._lock:
-            return [j for j in self.jobs.values() if not j.ledger and j.status != "failed"]
+            return [j for j in self.jobs.values() if not j.deleted]
 
     def _submit_loop(self) -> None:
         session = requests.Session()
@@ -180,6 +181,9 @@ class JobStream:
             time.sleep(0.5)
 
     def _check(self, session: requests.Session, job: Job) -> None:
+        if job.ledger:  # checked; its deletion failed before (Redis away): again
+            self._delete(session, job)
+            return
         r = session.get(f"{self.url}/jobs/{job.id}", timeout=30)
         if r.status_code != 200:
             self.poll_errors[_reason(r)] += 1
@@ -193,6 +197,7 @@ class JobStream:
         job.finished = job.finished or time.monotonic() - self.t0
         if job.status != "succeeded":
             job.ledger = f"{job.status}: {job.error}"
+            job.deleted = True  # kept, to be looked at
             return
         result = session.get(f"{self.url}/jobs/{job.id}/result", timeout=120)
         if result.status_code != 200:
@@ -202,8 +207,15 @@ class JobStream:
         job.ledger = "ok" if keys.tolist() == list(range(job.rows)) else (
             f"{len(keys)} rows for {job.rows}, {keys.nunique()} distinct, "
             f"{'in' if keys.is_monotonic_increasing else 'out of'} order")
+        if job.ledger != "ok":
+            job.deleted = True  # kept, to be looked at
+            return
+        self._delete(session, job)
+
+    def _delete(self, session: requests.Session, job: Job) -> None:
         deleted = session.delete(f"{self.url}/jobs/{job.id}", timeout=30)
-        if deleted.status_code not in (200, 204):
+        job.deleted = deleted.status_code in (200, 204)
+        if not job.deleted:
             self.poll_errors[f"delete: {_reason(deleted)}"] += 1
 
 

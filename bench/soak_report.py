@@ -36,10 +36,14 @@ def _minute_rows(load: PredictLoad, soak: Soak) -> list[str]:
         ok = np.asarray([a.seconds for a in got if a.ok]) * 1e3
         p50, p99, top = (np.percentile(ok, [50, 99]).tolist() + [ok.max()]) if len(ok) else \
             (0.0, 0.0, 0.0)
+        s = _at(soak.samples, min((m + 1) * 60, soak.samples[-1].at))
+        used = f"{s.redis_used / MB:.1f}" if s.redis_used is not None else "down"
+        memory = (f"{s.rss['api'] / MB:.0f} | {s.rss['steady worker'] / MB:.0f} | "
+                  f"{s.rss['churn worker'] / MB:.0f} | {used}")
         events = "; ".join(f"{t:.0f} s: {e}" for t, e in soak.events
                            if m * 60 <= t < (m + 1) * 60) or "-"
         rows.append(f"| {m + 1} | {len(got)} | {len(got) - len(ok)} | {p50:.1f} | {p99:.1f} | "
-                    f"{top:.0f} | {events} |")
+                    f"{top:.0f} | {memory} | {events} |")
     return rows
 
 
@@ -178,8 +182,10 @@ def report(args: argparse.Namespace, soak: Soak, load: PredictLoad, stream: JobS
              "worker runs throughout. Redis is stopped with SIGTERM once, halfway, and started "
              "again on the same port and directory. Memory sampled every 10 s.", "",
              *_requests(load), *_jobs(stream, soak), *_hits(soak, stream), *_logs(soak), "",
-             "| minute | /predict requests | failed | p50 ms | p99 ms | max ms | events |",
-             "|---|---|---|---|---|---|---|", *_minute_rows(load, soak), "",
+             "Per minute (memory: the sample nearest the minute's end, MB):", "",
+             "| minute | /predict requests | failed | p50 ms | p99 ms | max ms | API RSS | "
+             "steady worker RSS | churn worker RSS | Redis used_memory | events |",
+             "|---|---|---|---|---|---|---|---|---|---|---|", *_minute_rows(load, soak), "",
              *memory, "", *[f"- {v}" for v in verdicts], "",
              "Logs of every process: `bench/out/soak/` (not committed)."]
     return "\n".join(lines) + "\n"
