@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := redis-server prometheus
 TEST_SYSTEM_PACKAGES := chromium
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup setup-test system-deps test-system-deps run test screenshot lint audit lock bench bench-quick bench-batch bench-overhead bench-deps clean
+.PHONY: setup setup-test system-deps test-system-deps run test screenshot lint audit lock bench bench-quick bench-batch bench-overhead bench-soak bench-deps clean
 
 setup: $(STAMP) system-deps
 
@@ -72,6 +72,11 @@ bench-batch: setup-test
 
 bench-overhead: setup-test bench-deps
 	$(BIN)/python -m bench.overhead
+
+# The 10-minute soak of issue 13 (not part of `make test` nor `make bench`):
+# bench-soak SOAK_ARGS=--quick for 2 minutes, not written.
+bench-soak: setup-test
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 bench-deps:
 	@./scripts/system-deps.sh wrk
