@@ -113,8 +113,11 @@ def test_a_lost_record_answers_from_its_copy_and_is_put_back(api_server, worker,
     assert 0 < redis_client.ttl(keys.job(job["id"])) <= base_settings.job_ttl_seconds
     assert restore_lost(rt) == 0  # once
 
-    # A deleted job is gone for good: files and copy first, then the record.
+    # A deleted job is gone for good: files and copy first, then the record, and the
+    # predictions it kept for feedback.
+    assert redis_client.exists(keys.job_predictions(job["id"]))
     assert requests.delete(f"{api_server.url}/jobs/{job['id']}", timeout=10).status_code == 204
+    assert not redis_client.exists(keys.job_predictions(job["id"]))
     assert not job_dir.exists()
     assert requests.get(f"{api_server.url}/jobs/{job['id']}", timeout=10).status_code == 404
     assert RecordMirror(rt.storage).load(job["id"]) is None

@@ -12,6 +12,9 @@ SCORE_JOB = "tabserve.score_job"
 SCORE_PART = "tabserve.score_part"
 
 
+PROC_ALIVE_SECONDS = 300
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured so that accepted jobs are not lost."""
     app = Celery("tabserve", broker=settings.redis_url, backend=settings.redis_url)
@@ -20,6 +23,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,       # requeue when a pool child dies mid-job
         worker_prefetch_multiplier=1,          # a worker holds one job at a time per process
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A pool child loads the model before it reports up (worker.app _init_process);
+        # Celery's 4 s default killed children whose load took longer, one after another
+        # (bench/soak.py saw seven in a row on a loaded machine).
+        worker_proc_alive_timeout=PROC_ALIVE_SECONDS,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

@@ -338,6 +338,7 @@ class JobStore:
             pipe = self.r.pipeline()
             pipe.delete(keys.job(job_id))
             pipe.delete(keys.job_parts(job_id))
+            pipe.delete(keys.job_predictions(job_id))  # kept for feedback, else for days
             pipe.zrem(keys.jobs_index(), job_id)
             pipe.execute()
 
