@@ -20,7 +20,7 @@ import redis
 import requests
 
 from shared.jobs.checkpoint import Checkpoint
-from tests.jobclient import read_result, submit, wait_job
+from tests.jobclient import file_bytes, read_result, submit, wait_job
 from tests.servers import ApiServer, tabserve_env, wait_until
 from tests.test_job_reliability import LEASE, Stack, _csv, _pool_children
 
@@ -95,15 +95,21 @@ def _resumed(s: Stack, job_id: str, n: int, lost_at: float) -> int:
     return n - resumed
 
 
-@pytest.mark.parametrize("on_error", ["fail", "skip"])
-def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(stack, demo_data, on_error):
+@pytest.mark.parametrize("on_error,fmt", [("fail", "csv"), ("skip", "csv"),
+                                          ("fail", "parquet")])
+def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(stack, demo_data, on_error,
+                                                                  fmt):
     data, n = _csv(demo_data, N), N
     bad: list[int] = []
     if on_error == "skip":
         data, bad = _with_bad_rows(data, 997)
-    s = stack()
+    if fmt == "parquet":  # row groups that chunks do not line up with: resumed mid-group
+        data = file_bytes(pd.read_csv(io.BytesIO(data)), "parquet", row_group_size=7_000)
+    # Parquet is read faster: smaller chunks, so that the kill comes mid-job.
+    s = stack(chunk_rows=500 if fmt == "parquet" else 2000)
     worker = s.worker("w1")
-    job = submit(s.api.url, data, "csv", id_column="key", on_error=on_error).json()
+    job = submit(s.api.url, data, fmt, id_column="key", on_error=on_error,
+                 output_format="csv").json()
     _checkpointed(s, job["id"])
     for child in _pool_children(worker):
         child.kill()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, usable
+from shared.jobs.inputs import iter_chunks, resumed_range, whole_range
 from shared.jobs.leftovers import dead_files
 from shared.jobs.record import JobStatus, new_job
 from shared.jobs.store import PartAttempt
@@ -80,10 +85,36 @@ def test_a_checkpoint_is_used_only_while_its_files_hold_its_bytes(tmp_path):
     assert Checkpoint.from_raw(kept.to_json()) == kept
 
 
-def test_only_csv_input_to_csv_or_jsonl_on_local_storage_is_checkpointed(tmp_path):
+def test_only_csv_or_jsonl_outputs_on_local_storage_are_checkpointed(tmp_path):
     local = LocalStorage(tmp_path)
     assert can_checkpoint(local, "csv", "csv") and can_checkpoint(local, "csv", "jsonl")
+    assert can_checkpoint(local, "parquet", "csv")
     assert not can_checkpoint(local, "csv", "parquet")
-    assert not can_checkpoint(local, "parquet", "csv")
     bucket = ObjectStorage("s3://bucket/data", fs=object(), staging_dir=tmp_path)
     assert not can_checkpoint(bucket, "csv", "csv")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_resumed_range_reads_the_rows_after_the_checkpoint_numbered_as_before(fmt):
+    n = 40_000  # CSV blocks are at least 64 KB: several chunks
+    frame = pd.DataFrame({"key": np.arange(n), "x": np.arange(n) * 0.5})
+    buf = io.BytesIO()
+    if fmt == "csv":
+        frame.to_csv(buf, index=False)
+    else:  # row groups of 1,500 rows, chunks of 640: the checkpoint falls inside a group
+        frame.to_parquet(buf, index=False, row_group_size=1_500)
+    types = {"key": pa.float64(), "x": pa.float64()}
+
+    def read(part=None):
+        buf.seek(0)
+        return list(iter_chunks(buf, fmt, types, ["key", "x"], 640, part))
+
+    chunks = read()
+    done = chunks[4]  # the checkpoint: after the fifth chunk
+    assert len(chunks) > 5
+    rows_done = done.start_row + done.span
+    part = resumed_range(buf, fmt, whole_range(buf, fmt), rows_done, done.bytes_done)
+    rest = read(part)
+    keys = [k for c in rest for k in c.table.column("key").to_pylist()]
+    assert keys == list(range(rows_done, n))
+    assert rest[0].start_row == rows_done

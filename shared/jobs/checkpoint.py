@@ -6,12 +6,13 @@ the same compare-and-set progress write as its counts, how far it got: the rows 
 input position (the byte offset of the next CSV record), the bytes of its files written, and
 the keys of those files (the storage writer's temporary `.part` files). The next attempt
 copies those first bytes into its own temporary files (whatever the dead attempt wrote past
-them, a half-written chunk, is left behind), reads the input from the position on and
+them, a half-written chunk, is left behind), reads the input from the position on (Parquet:
+from the row group holding the next row, skipping the rows of it already done) and
 appends. Copying rather than reopening the dead attempt's file fences it off: a zombie
 attempt still holding that file open writes only into its own, and its progress writes fail
 on the attempt number.
 
-Resumed: CSV input, CSV and JSON lines outputs, on local storage. Parquet input or output
+Resumed: CSV or Parquet input, CSV and JSON lines outputs, on local storage. Parquet output
 and S3 storage start over (a Parquet file cannot be appended to; an S3 multipart upload
 cannot be reopened).
 """
@@ -35,8 +36,9 @@ RESUMABLE_OUTPUTS = ("csv", "jsonl")
 @dataclass(frozen=True)
 class Checkpoint:
     """How far an attempt (at a job, or at one part) got: `rows` of its range done (of which
-    `rows_failed` skipped), the input read up to byte `position`, and the first `*_bytes`
-    bytes of its files (`output`, `errors`: storage keys) complete."""
+    `rows_failed` skipped), a CSV input read up to byte `position` (a Parquet input resumes
+    by rows), and the first `*_bytes` bytes of its files (`output`, `errors`: storage keys)
+    complete."""
 
     attempt: int
     rows: int
@@ -71,7 +73,7 @@ class Checkpoint:
 
 def can_checkpoint(storage: Storage, input_format: str, output_format: str) -> bool:
     """Whether an attempt at such a job records checkpoints (and so can be resumed)."""
-    return storage.appendable and input_format == "csv" and \
+    return storage.appendable and input_format in ("csv", "parquet") and \
         output_format in RESUMABLE_OUTPUTS
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from shared import keys
 from shared.errors import TabserveError
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
-from shared.jobs.inputs import Part
+from shared.jobs.inputs import resumed_range, whole_range
 from shared.jobs.lease import Lease
 from shared.jobs.parts import split_job
 from shared.jobs.record import Answer, Job, JobStatus, Outcome
@@ -114,7 +114,9 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
     part = None
     if resume is not None:
         run.adopt(resume)
-        part = Part(0, resume.position, storage.size(job.input["key"]), resume.rows)
+        with storage.open(job.input["key"]) as fh:
+            fmt = job.input["format"]
+            part = resumed_range(fh, fmt, whole_range(fh, fmt), resume.rows, resume.position)
     else:
         rt.redis.delete(keys.job_predictions(job_id))  # a re-delivered job starts them afresh
     note_attempt(job_id, None, attempt, job.rows_done if attempt > 1 else 0, resume)

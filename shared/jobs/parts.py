@@ -24,7 +24,7 @@ from shared.diskspace import is_disk_full
 from shared.jobs import paths
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
 from shared.jobs.csvrecords import count_csv_rows
-from shared.jobs.inputs import Part, plan_parts
+from shared.jobs.inputs import Part, plan_parts, resumed_range
 from shared.jobs.lease import Lease
 from shared.jobs.queue import send_score_part
 from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
@@ -109,7 +109,8 @@ def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str,
     part = Part(index, spec["start"], spec["end"], 0)
     if resume is not None:  # rows numbered within the part, shifted by its first row
         run.adopt(resume)
-        part = Part(index, resume.position, spec["end"], resume.rows)
+        with storage.open(job.input["key"]) as fh:
+            part = resumed_range(fh, job.input["format"], part, resume.rows, resume.position)
     note_attempt(job_id, index, attempt, earlier[1], resume)
     output = paths.part_result(job_id, index, run.out_fmt, attempt)
     errors = paths.part_errors(job_id, index, attempt)
