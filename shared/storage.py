@@ -55,6 +55,9 @@ class Storage(ABC):
     """What every store offers; the local staging area for uploads is common to all."""
 
     scheme = ""
+    # Whether a writer's temporary file can be found and read by another process before it
+    # is complete, and so continued by a resumed job attempt (shared.jobs.checkpoint).
+    appendable = False
 
     def __init__(self, staging_dir: str | Path) -> None:
         self.staging_dir = Path(staging_dir)
@@ -87,6 +90,15 @@ class Storage(ABC):
     def local_path(self, key: str) -> Path | None:
         """The key's file on this machine's filesystem, if the store is one (for sendfile)."""
         return None
+
+    def partial_key(self, key: str, fh: Any) -> str:
+        """The key of the temporary file a writer for `key` writes into (appendable stores)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def sync(fh: Any) -> int:
+        """Flush a writer's file to disk (appendable stores); its size in bytes."""
+        raise NotImplementedError
 
     # Each store implements these.
     @abstractmethod
@@ -138,10 +150,23 @@ class Storage(ABC):
         ...
 
 
+def _copy_head(source: Path, target: Path, length: int) -> None:
+    """Copy the first `length` bytes of source into a new file target."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        left = length
+        while left > 0:
+            piece = src.read(min(PIECE_BYTES, left))
+            if not piece:
+                raise ValueError(f"{source} holds fewer than {length} bytes")
+            dst.write(piece)
+            left -= len(piece)
+
+
 class LocalStorage(Storage):
     """Storage on a local or shared filesystem (TABSERVE_DATA_DIR is a directory)."""
 
     scheme = "file"
+    appendable = True
 
     def __init__(self, root: str | Path, staging_dir: str | Path | None = None) -> None:
         self.root = Path(root)
@@ -161,11 +186,17 @@ class LocalStorage(Storage):
         return self.path(key)
 
     @contextmanager
-    def writer(self, key: str, mode: str = "wb") -> Iterator[IO]:
+    def writer(self, key: str, mode: str = "wb",
+               start: tuple[str, int] | None = None) -> Iterator[IO]:
+        """A file for key; `start` (a key, a length): it begins with that file's first bytes
+        (copied: the other file's writer, if still alive, never writes into this one)."""
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(_temporary_name(final.name))
         try:
+            if start is not None:
+                _copy_head(self.path(start[0]), tmp, start[1])
+                mode = mode.replace("w", "a")
             with open(tmp, mode) as fh:
                 yield fh
                 fh.flush()
@@ -173,6 +204,16 @@ class LocalStorage(Storage):
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def partial_key(self, key: str, fh: Any) -> str:
+        head, slash, _ = key.rpartition("/")
+        return f"{head}{slash}{Path(fh.name).name}"
+
+    @staticmethod
+    def sync(fh: Any) -> int:
+        fh.flush()
+        os.fsync(fh.fileno())
+        return os.fstat(fh.fileno()).st_size
 
     def open(self, key: str) -> IO[bytes]:
         return open(self.path(key), "rb")

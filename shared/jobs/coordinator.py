@@ -3,19 +3,22 @@
 Each message is for one attempt. Only a queued job whose next attempt is the message's
 starts; a running one is never taken over by a delivery, so a late or duplicate message is
 acknowledged and dropped. A dead or frozen attempt is found by its lease (shared.jobs.lease)
-and sent to its next attempt by the reaper (shared.jobs.reaper), which starts again from the
-first row; the superseded attempt stops at its next chunk.
+and sent to its next attempt by the reaper (shared.jobs.reaper), which continues from the
+dead attempt's last checkpoint (shared.jobs.checkpoint), or from the first row where there is
+none; the superseded attempt stops at its next chunk.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from shared import keys
 from shared.errors import TabserveError
-from shared.jobs.inputs import Chunk
+from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
+from shared.jobs.inputs import resumed_range, whole_range
 from shared.jobs.lease import Lease
 from shared.jobs.parts import split_job
 from shared.jobs.record import Answer, Job, JobStatus, Outcome
@@ -25,6 +28,7 @@ from shared.jobs.run import (
     JobRun,
     JobStopped,
     RowsRejectedError,
+    Scored,
     error_of,
     fail_job,
     score_range,
@@ -93,16 +97,30 @@ def _run(rt: Services, job: Job, attempt: int, worker: str) -> JobOutcome:
 
 
 def _score(rt: Services, job: Job, attempt: int) -> int:
-    """Score every chunk, then publish the output and mark the job succeeded."""
+    """Score every chunk (from the last checkpoint on, when there is one), then publish the
+    output and mark the job succeeded."""
     jobs, storage, job_id = rt.jobs, rt.storage, job.id
 
-    def report(run: JobRun, chunk: Chunk) -> Answer:
-        return jobs.progress(job_id, attempt, rows_done=run.rows_done,
-                             rows_failed=run.rows_failed, bytes_done=chunk.bytes_done)
+    def report(run: JobRun, scored: Scored, checkpoint: Checkpoint | None) -> Answer:
+        return jobs.progress(job_id, attempt, rows_done=scored.rows_done,
+                             rows_failed=scored.rows_failed, bytes_done=scored.bytes_done,
+                             rows_resumed=run.rows_resumed,
+                             checkpoint=None if checkpoint is None else asdict(checkpoint))
 
     run = JobRun(rt, job, report, attempt)
-    rt.redis.delete(keys.job_predictions(job_id))  # a re-delivered job starts them afresh
-    rows = score_range(storage, job, run, None, run.output_key, run.errors_key)
+    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt)
+    resume = usable(Checkpoint.from_raw(job.checkpoint), storage, run.skip) \
+        if run.checkpoints else None
+    part = None
+    if resume is not None:
+        run.adopt(resume)
+        with storage.open(job.input["key"]) as fh:
+            fmt = job.input["format"]
+            part = resumed_range(fh, fmt, whole_range(fh, fmt), resume.rows, resume.position)
+    else:
+        rt.redis.delete(keys.job_predictions(job_id))  # a re-delivered job starts them afresh
+    note_attempt(job_id, None, attempt, job.rows_done if attempt > 1 else 0, resume)
+    rows = score_range(storage, job, run, part, run.output_key, run.errors_key)
     if run.rows_done == 0:
         raise RowsRejectedError("the file has no data rows")
     # Both files are in place now; only then does the job become "succeeded".

@@ -296,6 +296,29 @@ class Part:
     start: int
     end: int
     first_row: int = 0
+    skip: int = 0  # Parquet: rows of the first row group already done (a resumed range)
+
+
+def whole_range(fh: IO[bytes], fmt: InputFormat) -> Part:
+    """The whole file as one range (CSV: its bytes; Parquet: its row groups)."""
+    if fmt == "parquet":
+        return Part(0, 0, pq.ParquetFile(fh).metadata.num_row_groups)
+    return Part(0, 0, fh.seek(0, io.SEEK_END))
+
+
+def resumed_range(fh: IO[bytes], fmt: InputFormat, part: Part, rows_done: int,
+                  position: int) -> Part:
+    """What is left of a range after its first rows_done rows, which end at byte `position`
+    (CSV); a Parquet range restarts at the row group holding its next row, skipping the rows
+    of that group already done."""
+    if fmt != "parquet":
+        return replace(part, start=position, first_row=part.first_row + rows_done)
+    meta = pq.ParquetFile(fh).metadata
+    group, left = part.start, rows_done
+    while group < part.end and left >= meta.row_group(group).num_rows:
+        left -= meta.row_group(group).num_rows
+        group += 1
+    return Part(part.index, group, part.end, part.first_row + rows_done, left)
 
 
 def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int,
@@ -340,8 +363,14 @@ def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns
     total = max(pf.metadata.num_rows, 1)
     start = part.first_row if part else 0
     groups = list(range(part.start, part.end)) if part else None
+    skip = part.skip if part else 0
     for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True,
                                  row_groups=groups):
+        if skip:  # rows a resumed range has done already
+            if batch.num_rows <= skip:
+                skip -= batch.num_rows
+                continue
+            batch, skip = batch.slice(skip), 0
         table = pa.Table.from_batches([batch])
         table = table.cast(pa.schema([
             pa.field(n, column_types.get(n, table.schema.field(n).type)) for n in table.column_names

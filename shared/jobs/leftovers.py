@@ -9,7 +9,8 @@ when complete (shared.storage), so the record says which files are alive:
 - a live job needs the files of its running attempt (or of any later one): an earlier
   attempt's are dead, as are a part's earlier attempts' unless they are its result. A split
   job's own result and errors files are written by whichever part completes the set, so
-  they are left alone while it runs.
+  they are left alone while it runs. The temporary files a checkpoint names (the job's or a
+  part's, shared.jobs.checkpoint) are kept too: the next attempt resumes from them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared.jobs import paths
+from shared.jobs.checkpoint import Checkpoint
 from shared.jobs.record import Job, JobStatus
 from shared.jobs.store import PartAttempt
 from shared.storage import written_key
@@ -46,7 +48,14 @@ def dead_files(job: Job, files: Sequence[str], parts: Sequence[PartAttempt], now
         return [f for f in files if f not in keep]
     if job.status.final:  # failed or cancelled, within its grace period
         return [f for f in files if f not in keep]
+    keep |= _checkpointed(job, parts)
     return [f for f in files if f not in keep and _dead_attempt(job, f, parts)]
+
+
+def _checkpointed(job: Job, parts: Sequence[PartAttempt]) -> set[str | None]:
+    """The files a live job's checkpoints name (its own, and its unfinished parts')."""
+    found = [job.checkpoint] + [p.checkpoint for p in parts if p.done is None]
+    return {key for raw in found if (c := Checkpoint.from_raw(raw)) for key in c.files()}
 
 
 def _dead_attempt(job: Job, key: str, parts: Sequence[PartAttempt]) -> bool:

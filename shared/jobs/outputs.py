@@ -92,9 +92,10 @@ class OutputWriter:
 class ErrorsWriter:
     """The errors file of an on_error=skip job: row, field, message (as a job error says)."""
 
-    def __init__(self, fh: IO[str]) -> None:
+    def __init__(self, fh: IO[str], header: bool = True) -> None:
         self._csv = csv.writer(fh)
-        self._csv.writerow(["row", "field", "message"])
+        if header:  # False: continuing a resumed attempt's file
+            self._csv.writerow(["row", "field", "message"])
         self.count = 0
 
     def write(self, errors: list[RowError]) -> None:

@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 from shared import keys
 from shared.diskspace import is_disk_full
 from shared.jobs import paths
+from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
 from shared.jobs.csvrecords import count_csv_rows
-from shared.jobs.inputs import Part, plan_parts
+from shared.jobs.inputs import Part, plan_parts, resumed_range
 from shared.jobs.lease import Lease
 from shared.jobs.queue import send_score_part
 from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
@@ -32,6 +33,7 @@ from shared.jobs.run import (
     JobOutcome,
     JobRun,
     JobStopped,
+    Scored,
     dialect_of,
     error_of,
     fail_job,
@@ -80,6 +82,7 @@ def run_part(rt: Services, job_id: str, index: int, worker: str,
     """Run one attempt at a part (None: its next); the part that completes the set
     assembles the result. A part already done, or running, is left alone."""
     jobs, lease = rt.jobs, rt.settings.job_lease_seconds
+    checkpoint, previous_rows = jobs.part_checkpoint(job_id, index)  # before a start resets
     status, started = jobs.part_start(job_id, index, attempt, lease)
     if status is not JobStatus.RUNNING:
         logger.info("job %s part %d: message for attempt %s dropped (%s)", job_id, index,
@@ -90,21 +93,30 @@ def run_part(rt: Services, job_id: str, index: int, worker: str,
         logger.warning("job %s part %d: attempt %d (an earlier attempt was lost)", job_id,
                        index, started)
     with Lease(jobs, keys.part_lease(job_id, index), started, lease):
-        return _run_part(rt, job_id, index, started, worker)
+        return _run_part(rt, job_id, index, started, worker,
+                         (Checkpoint.from_raw(checkpoint), previous_rows))
 
 
-def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str) -> JobOutcome:
+def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str,
+              earlier: tuple[Checkpoint | None, int]) -> JobOutcome:
     jobs, storage = rt.jobs, rt.storage
     job = jobs.get(job_id)
     spec = jobs.part_spec(job_id, index)
     run = JobRun(rt, job, _PartProgress(jobs, job, index, attempt, spec["start"]), attempt)
     run.header = index == 0 or run.out_fmt not in CONCATENATED
+    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt)
+    resume = usable(earlier[0], storage, run.skip) if run.checkpoints else None
+    part = Part(index, spec["start"], spec["end"], 0)
+    if resume is not None:  # rows numbered within the part, shifted by its first row
+        run.adopt(resume)
+        with storage.open(job.input["key"]) as fh:
+            part = resumed_range(fh, job.input["format"], part, resume.rows, resume.position)
+    note_attempt(job_id, index, attempt, earlier[1], resume)
     output = paths.part_result(job_id, index, run.out_fmt, attempt)
     errors = paths.part_errors(job_id, index, attempt)
     try:
         first_row = _first_row(jobs, storage, job, index, spec)
         run.row_offset = first_row.result  # waited for at the first chunk, after its parse
-        part = Part(index, spec["start"], spec["end"], 0)
         rows = score_range(storage, job, run, part, output, errors)
     except JobStopped as stop:
         return JobOutcome(stop.answer)
@@ -136,7 +148,8 @@ def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str) 
 
 
 class _PartProgress:
-    """Adds each chunk's rows and bytes to the job's progress (fenced by the attempt)."""
+    """Adds each chunk's rows and bytes to the job's progress, with the part's checkpoint
+    (fenced by the attempt)."""
 
     def __init__(self, jobs: JobStore, job: Job, index: int, attempt: int,
                  offset: int) -> None:
@@ -144,16 +157,17 @@ class _PartProgress:
         self.offset = offset
         self.rows = self.failed = 0
 
-    def __call__(self, run: JobRun, chunk: Any) -> Answer:
-        rows, failed = run.rows_done - self.rows, run.rows_failed - self.failed
-        self.rows, self.failed = run.rows_done, run.rows_failed
+    def __call__(self, run: JobRun, scored: Scored, checkpoint: Checkpoint | None) -> Answer:
+        rows, failed = scored.rows_done - self.rows, scored.rows_failed - self.failed
+        self.rows, self.failed = scored.rows_done, scored.rows_failed
         if self.job.input["format"] == "csv":
-            nbytes, self.offset = chunk.bytes_done - self.offset, chunk.bytes_done
+            nbytes, self.offset = scored.bytes_done - self.offset, scored.bytes_done
         else:  # Parquet: bytes in proportion to rows
             total_rows = max(self.job.rows_total or 1, 1)
             nbytes = int(self.job.input["size_bytes"] * rows / total_rows)
         return self.jobs.part_progress(self.job.id, self.index, self.attempt, rows, nbytes,
-                                       failed)
+                                       failed, "" if checkpoint is None else
+                                       checkpoint.to_json())
 
 
 def _first_row(jobs: JobStore, storage: Storage, job: Job, index: int,

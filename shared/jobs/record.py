@@ -120,6 +120,10 @@ class Job:
     retry: dict[str, Any] | None = None  # why and when the last attempt was lost
     deadline_at: float | None = None     # set at the first start: started + time limit
     sent_at: float | None = None         # when the job's message was last sent
+    # Where the running attempt stood after its last chunk on disk (shared.jobs.checkpoint),
+    # and the rows the current attempt took over from an earlier one's checkpoint.
+    checkpoint: dict[str, Any] | None = None
+    rows_resumed: int = 0
 
     @property
     def model_name(self) -> str:
@@ -182,9 +186,9 @@ def _without_keys(part: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # --- the record as a Redis hash ---
 
-_JSON = ("model", "options", "input", "output", "drift", "retry")
+_JSON = ("model", "options", "input", "output", "drift", "retry", "checkpoint")
 _INT = ("attempt", "rows_done", "rows_failed", "rows_total", "bytes_done", "bytes_total",
-        "parts_total", "parts_done")
+        "parts_total", "parts_done", "rows_resumed")
 _FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at", "deadline_at", "sent_at")
 _NAMES = frozenset(f.name for f in fields(Job))
 

@@ -1,7 +1,9 @@
 """Scoring a job's input, or a range of it: read in chunks, validate, score, write, report.
 
 The output goes to a temporary file and is moved into place only when the whole range was
-scored, so an attempt killed mid-way leaves no half-written result.
+scored, so an attempt killed mid-way leaves no half-written result. Each chunk is reported
+once it is written; where the store allows, the files are synced first and the report
+carries a checkpoint that a later attempt resumes from (shared.jobs.checkpoint).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from shared import keys
 from shared.diskspace import is_disk_full, storage_full
 from shared.errors import QueueUnavailableError, TabserveError
 from shared.jobs import paths
+from shared.jobs.checkpoint import Checkpoint
 from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
 from shared.jobs.csvblocks import CsvDialect
 from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
@@ -109,20 +112,42 @@ def error_of(exc: Exception, job_id: str) -> JobError:
 def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
                 output_key: str, errors_key: str) -> int:
     """Score the input (or one part of it) into output_key (and errors_key); returns the
-    output's row count. Reading runs ahead and writing behind the scoring."""
+    output's row count. Reading runs ahead and writing behind the scoring. With run.resume,
+    the range continues a checkpoint: its files start with the checkpoint's bytes."""
+    resume = run.resume
     with ExitStack() as files:
         input_fh = files.enter_context(storage.open(job.input["key"]))
-        out_fh = files.enter_context(storage.writer(output_key))
-        err_fh = files.enter_context(storage.writer(errors_key, "w")) if run.skip else None
-        writer = OutputWriter(out_fh, run.out_fmt, header=run.header)
-        run.errors = ErrorsWriter(err_fh) if err_fh else None
+        out_fh = files.enter_context(_writer(storage, output_key, "wb", None if resume is None
+                                             else (resume.output, resume.output_bytes)))
+        err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
+                                             else (resume.errors or "", resume.errors_bytes))
+                                     ) if run.skip else None
+        writer = OutputWriter(out_fh, run.out_fmt, header=run.header and resume is None)
+        if resume is not None:
+            writer.rows = resume.rows - resume.rows_failed
+        run.errors = ErrorsWriter(err_fh, header=resume is None) if err_fh else None
         chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
                              run.rt.settings.chunk_rows, part, run.dialect)
+
+        def write(scored: Scored) -> None:
+            writer.write(scored.table)
+            if run.errors is not None and scored.errors:
+                run.errors.write(scored.errors)
+            checkpoint = None
+            if run.checkpoints:
+                checkpoint = scored.checkpoint(
+                    run.attempt, storage.partial_key(output_key, out_fh), storage.sync(out_fh),
+                    storage.partial_key(errors_key, err_fh) if err_fh else None,
+                    storage.sync(err_fh) if err_fh else 0)
+            state = run.report(run, scored, checkpoint)
+            if state is not JobStatus.RUNNING:
+                raise JobStopped(state)
+
         if run.rt.settings.worker_threads == 1:  # one core: the stages one after another
             for chunk in chunks:
-                writer.write(run.process(chunk))
+                write(run.process(chunk))
         else:
-            behind = WriteBehind(writer.write)
+            behind = WriteBehind(write)
             try:
                 with closing(prefetch(chunks)) as stream:  # stops the reader on any exit
                     for chunk in stream:
@@ -135,12 +160,41 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
     return writer.rows
 
 
+def _writer(storage: Storage, key: str, mode: str, start: tuple[str, int] | None) -> Any:
+    # Only a resumed range passes `start` (only appendable stores resume).
+    if start is None:
+        return storage.writer(key, mode)
+    return storage.writer(key, mode, start)  # type: ignore[call-arg]
+
+
+@dataclass
+class Scored:
+    """One chunk's output rows and row errors, and where its range stood after it: rows done
+    and skipped, the input's byte offset, the job's drift counts (when checkpointing)."""
+
+    table: pa.Table
+    errors: list[RowError]
+    rows_done: int
+    rows_failed: int
+    bytes_done: int
+    drift: np.ndarray | None = None
+
+    def checkpoint(self, attempt: int, output: str, output_bytes: int, errors: str | None,
+                   errors_bytes: int) -> Checkpoint:
+        """The checkpoint once this chunk is on disk in these files."""
+        return Checkpoint(attempt, self.rows_done, self.rows_failed, self.bytes_done, output,
+                          output_bytes, errors, errors_bytes,
+                          None if self.drift is None else self.drift.tolist())
+
+
+Report = Callable[["JobRun", Scored, "Checkpoint | None"], Answer]
+
+
 class JobRun:
     """One attempt at one job (or part): validates, scores and reports chunk by chunk."""
 
-    def __init__(self, rt: Services, job: Job, report: Callable[[JobRun, Chunk], Answer],
-                 attempt: int = 1) -> None:
-        self.rt, self.report = rt, report
+    def __init__(self, rt: Services, job: Job, report: Report, attempt: int = 1) -> None:
+        self.rt, self.report, self.attempt = rt, report, attempt
         self.job_id, options = job.id, job.options
         self.loaded = rt.models.get(job.model_name, int(job.model_version))
         self.manifest = self.loaded.manifest
@@ -163,17 +217,29 @@ class JobRun:
         self.row_offset: Callable[[], int] | None = None
         self.drift = DriftAccumulator(self.manifest)
         self.rows_done = self.rows_failed = self.chunks = 0
+        self.checkpoints = False  # whether each written chunk records a checkpoint
+        self.resume: Checkpoint | None = None
 
-    def process(self, chunk: Chunk) -> pa.Table:
-        """Validate and score one chunk, record it, and return its output rows."""
+    def adopt(self, checkpoint: Checkpoint) -> None:
+        """Continue from an earlier attempt's checkpoint: its rows count as done."""
+        self.resume = checkpoint
+        self.rows_done, self.rows_failed = checkpoint.rows, checkpoint.rows_failed
+        if checkpoint.drift is not None:
+            self.drift.merge(checkpoint.drift)
+
+    @property
+    def rows_resumed(self) -> int:
+        return 0 if self.resume is None else self.resume.rows
+
+    def process(self, chunk: Chunk) -> Scored:
+        """Validate and score one chunk, and return its output rows and errors (reported
+        once written)."""
         if self.row_offset is not None:
             chunk = replace(chunk, start_row=chunk.start_row + self.row_offset())
         checked = check_chunk(chunk.table, chunk.start_row, self.manifest.features,
                               chunk.bad_rows)
-        if checked.errors:
-            if self.errors is None:
-                raise _row_error(checked.errors[0], len(checked.errors))
-            self.errors.write(checked.errors)
+        if checked.errors and self.errors is None:
+            raise _row_error(checked.errors[0], len(checked.errors))
         scored_at = time.perf_counter()
         X, result = score_chunk(self.loaded, checked)
         record_prediction(self.manifest, "batch", checked.num_rows,
@@ -186,10 +252,8 @@ class JobRun:
         self.chunks += 1
         if self.chunks % PROGRESS_LOG_CHUNKS == 0:
             logger.info("job %s: %d rows scored", self.job_id, self.rows_done)
-        state = self.report(self, chunk)
-        if state is not JobStatus.RUNNING:
-            raise JobStopped(state)
-        return table
+        return Scored(table, checked.errors, self.rows_done, self.rows_failed,
+                      chunk.bytes_done, self.drift.counts.copy() if self.checkpoints else None)
 
     def _observe(self, chunk: Chunk, checked: CheckedChunk, X: Any, result: Prediction) -> None:
         # Drift (the job's own, and this process's window) and predictions kept for feedback.

@@ -30,7 +30,7 @@ local want = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= want then return '$stale' end
 redis.call('HSET', KEYS[1], 'status', '$running', 'attempt', want, 'started_at', ARGV[3],
            'heartbeat_at', ARGV[3], 'worker', ARGV[4], 'rows_done', 0, 'bytes_done', 0,
-           'rows_failed', 0)
+           'rows_failed', 0, 'rows_resumed', 0)
 if not redis.call('HGET', KEYS[1], 'deadline_at') then
   redis.call('HSET', KEYS[1], 'deadline_at', tonumber(ARGV[3]) + tonumber(ARGV[6]))
 end
@@ -126,7 +126,8 @@ redis.call('SET', KEYS[3], want, 'PX', ARGV[3])
 return {'$running', want}
 """)
 
-# KEYS: job, parts hash. ARGV: index, attempt, rows, bytes, failed, now
+# KEYS: job, parts hash. ARGV: index, attempt, rows, bytes, failed, now, checkpoint JSON
+# ('' = none: the last one stays; shared.jobs.checkpoint).
 PART_PROGRESS = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '$running' then return status or '$missing' end
@@ -139,6 +140,7 @@ for k = 1, 3 do
   redis.call('HINCRBY', KEYS[2], i .. ':' .. fields[k], ARGV[k + 2])
 end
 redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], i .. ':checkpoint', ARGV[7]) end
 return '$running'
 """)
 

@@ -68,11 +68,13 @@ class PartState:
 
 
 class PartAttempt(NamedTuple):
-    """One part's last started attempt, whether it runs, and its result once done."""
+    """One part's last started attempt, whether it runs, its result once done, and the
+    files its checkpoint names (shared.jobs.checkpoint)."""
 
     attempt: int
     running: bool
     done: dict[str, Any] | None
+    checkpoint: dict[str, Any] | None = None
 
 
 def new_job_id() -> str:
@@ -291,19 +293,30 @@ class JobStore:
                 for i, ((a, r, d), leased) in enumerate(zip(raw[::2], raw[1::2], strict=True))]
 
     def part_attempts(self, job_id: str, total: int) -> list[PartAttempt]:
-        """Every part's last started attempt, whether it runs, and its result once done."""
+        """Every part's last started attempt, whether it runs, its result once done, and
+        its checkpoint."""
         pipe = self.r.pipeline()
         for i in range(total):
-            pipe.hmget(keys.job_parts(job_id), [f"{i}:attempt", f"{i}:running", f"{i}:done"])
-        return [PartAttempt(int(a or 0), r is not None, None if d is None else orjson.loads(d))
-                for a, r, d in pipe.execute()]
+            pipe.hmget(keys.job_parts(job_id), [f"{i}:attempt", f"{i}:running", f"{i}:done",
+                                                f"{i}:checkpoint"])
+        return [PartAttempt(int(a or 0), r is not None, None if d is None else orjson.loads(d),
+                            None if c is None else orjson.loads(c))
+                for a, r, d, c in pipe.execute()]
 
     def part_progress(self, job_id: str, index: int, attempt: int, rows: int, nbytes: int,
-                      failed: int) -> Answer:
-        """Add a chunk's rows to the job's progress; RUNNING or why to stop."""
+                      failed: int, checkpoint: str = "") -> Answer:
+        """Add a chunk's rows to the job's progress, and record the part's checkpoint (JSON,
+        when given); RUNNING or why to stop."""
         result = self._part_progress(keys=self._part_keys(job_id),
-                                     args=[index, attempt, rows, nbytes, failed, now()])
+                                     args=[index, attempt, rows, nbytes, failed, now(),
+                                           checkpoint])
         return answer(result)
+
+    def part_checkpoint(self, job_id: str, index: int) -> tuple[dict[str, Any] | None, int]:
+        """A part's last checkpoint (None if none), and the rows its last attempt reported."""
+        raw, rows = self.r.hmget(keys.job_parts(job_id),
+                                 [f"{index}:checkpoint", f"{index}:rows_done"])
+        return (None if raw is None else orjson.loads(raw)), int(rows or 0)
 
     def part_done(self, job_id: str, index: int, attempt: int,
                   result: dict[str, Any]) -> int | Answer:

@@ -87,6 +87,15 @@ JOB_ROWS_PER_SECOND = Histogram(
 JOB_ATTEMPTS = Counter(
     "tabserve_job_attempts_total", "Attempts at a job or part that started running.",
     ("kind",))
+# Rows of a job or part that a later attempt took over from a dead one's checkpoint, and
+# rows it scored again (done by the dead attempt past its checkpoint, or all, without one).
+JOB_ROWS_RESUMED = Counter(
+    "tabserve_job_rows_resumed_total",
+    "Rows a re-delivered attempt took over from an earlier attempt's checkpoint.", ("kind",))
+JOB_ROWS_RESCORED = Counter(
+    "tabserve_job_rows_rescored_total",
+    "Rows scored again by a re-delivered attempt (past the checkpoint, or all without one).",
+    ("kind",))
 # reason = worker_lost (an attempt's lease expired) | redis_restart | message_lost (a queued
 # job's message re-sent after the broker lost it).
 JOBS_REQUEUED = Counter(

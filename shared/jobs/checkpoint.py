@@ -1,0 +1,112 @@
+"""Checkpoints: where an attempt stood after its last chunk written to disk, so that the next
+attempt (after the reaper re-queued a dead one) continues from there instead of row 0.
+
+After each chunk whose output (and errors) is flushed and fsynced, the attempt records, in
+the same compare-and-set progress write as its counts, how far it got: the rows done, the
+input position (the byte offset of the next CSV record), the bytes of its files written, and
+the keys of those files (the storage writer's temporary `.part` files). The next attempt
+copies those first bytes into its own temporary files (whatever the dead attempt wrote past
+them, a half-written chunk, is left behind), reads the input from the position on (Parquet:
+from the row group holding the next row, skipping the rows of it already done) and
+appends. Copying rather than reopening the dead attempt's file fences it off: a zombie
+attempt still holding that file open writes only into its own, and its progress writes fail
+on the attempt number.
+
+Resumed: CSV or Parquet input, CSV and JSON lines outputs, on local storage. Parquet output
+and S3 storage start over (a Parquet file cannot be appended to; an S3 multipart upload
+cannot be reopened).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from shared.monitoring.metrics import JOB_ROWS_RESCORED, JOB_ROWS_RESUMED
+from shared.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+RESUMABLE_OUTPUTS = ("csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """How far an attempt (at a job, or at one part) got: `rows` of its range done (of which
+    `rows_failed` skipped), a CSV input read up to byte `position` (a Parquet input resumes
+    by rows), and the first `*_bytes` bytes of its files (`output`, `errors`: storage keys)
+    complete."""
+
+    attempt: int
+    rows: int
+    rows_failed: int
+    position: int
+    output: str
+    output_bytes: int
+    errors: str | None = None
+    errors_bytes: int = 0
+    drift: list[list[int]] | None = None
+
+    def to_json(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> Checkpoint | None:
+        """A checkpoint from its record field (a dict, JSON text or bytes); None if absent or
+        unreadable (an older shape: the attempt starts over)."""
+        if raw in (None, b"", ""):
+            return None
+        try:
+            values = raw if isinstance(raw, dict) else orjson.loads(raw)
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            logger.warning("checkpoint not readable, starting over: %s", exc)
+            return None
+
+    def files(self) -> set[str]:
+        """The keys of the files the checkpoint names (kept by the leftovers sweep)."""
+        return {self.output} | ({self.errors} if self.errors else set())
+
+
+def can_checkpoint(storage: Storage, input_format: str, output_format: str) -> bool:
+    """Whether an attempt at such a job records checkpoints (and so can be resumed)."""
+    return storage.appendable and input_format in ("csv", "parquet") and \
+        output_format in RESUMABLE_OUTPUTS
+
+
+def usable(checkpoint: Checkpoint | None, storage: Storage, skip: bool) -> Checkpoint | None:
+    """The checkpoint when its files are still there, at least as long as it says."""
+    if checkpoint is None or checkpoint.rows <= 0:
+        return None
+    try:
+        if storage.size(checkpoint.output) < checkpoint.output_bytes:
+            return None
+        if skip and (checkpoint.errors is None
+                     or storage.size(checkpoint.errors) < checkpoint.errors_bytes):
+            return None
+    except (FileNotFoundError, ValueError):
+        return None
+    return checkpoint
+
+
+def note_attempt(job_id: str, index: int | None, attempt: int, previous_rows: int,
+                 resume: Checkpoint | None) -> None:
+    """Log and count, for a re-delivered attempt, the rows it takes over and those it scores
+    again (`previous_rows`: what the attempt before it had reported)."""
+    if attempt <= 1:
+        return
+    kind, what = ("job", f"job {job_id}") if index is None else \
+        ("part", f"job {job_id} part {index}")
+    resumed = resume.rows if resume is not None else 0
+    rescored = max(previous_rows - resumed, 0)
+    JOB_ROWS_RESUMED.labels(kind).inc(resumed)
+    JOB_ROWS_RESCORED.labels(kind).inc(rescored)
+    if resume is not None:
+        logger.warning("%s: attempt %d resumes after row %d (the checkpoint of attempt %d); "
+                       "%d rows scored again", what, attempt, resumed, resume.attempt, rescored)
+    else:
+        logger.warning("%s: attempt %d starts from the first row; %d rows scored again",
+                       what, attempt, rescored)
