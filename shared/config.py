@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     rate_limit_requests: int = Field(60_000, ge=0)  # per key per window; 0: no limit
     rate_limit_window_seconds: int = Field(60, ge=1)
     max_live_jobs_per_key: int = Field(20, ge=0)  # queued and running; 0: no cap
+    # Job callbacks (shared/jobs/callbacks.py): the hosts a callback_url may name (host or
+    # host:port, comma-separated; empty: callbacks off) and the file holding the HMAC key
+    # that signs them (required when hosts are set).
+    callback_hosts: str = ""
+    callback_secret_file: Path | None = None
     # limits on what a client sends
     max_json_depth: int = Field(32, ge=2)
     max_json_number_chars: int = Field(1000, ge=24)
@@ -195,6 +200,29 @@ class Settings(BaseSettings):
             if folder and "://" not in str(folder) and value.is_relative_to(folder):
                 raise ValueError(f"keep the keys file outside {name} ({folder})")
         return value
+
+    @field_validator("callback_secret_file")
+    @classmethod
+    def _callback_secret(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        hosts = str(info.data.get("callback_hosts") or "").strip()
+        if value is None:
+            if hosts:
+                raise ValueError("required when TABSERVE_CALLBACK_HOSTS is set: a file "
+                                 "holding the key that signs job callbacks")
+            return None
+        value = Path(os.path.abspath(value))
+        try:
+            secret = value.read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the file: {exc.strerror}") from None
+        if len(secret) < 16:
+            raise ValueError("the key in the file must be at least 16 bytes")
+        return value
+
+    @property
+    def callback_host_list(self) -> list[str]:
+        """The hosts (host or host:port, lower case) a job's callback_url may name."""
+        return [h.strip().lower() for h in self.callback_hosts.split(",") if h.strip()]
 
     @property
     def auth_enabled(self) -> bool:

@@ -77,7 +77,12 @@ class Services:
         from shared.jobs.mirror import RecordMirror
         from shared.jobs.store import JobStore
 
-        return JobStore(self.redis, self.settings.job_ttl_seconds, RecordMirror(self.storage))
+        store = JobStore(self.redis, self.settings.job_ttl_seconds, RecordMirror(self.storage))
+        if self.settings.callback_host_list:
+            from shared.jobs.callbacks import queue_callback
+
+            store.on_end = lambda job_id: queue_callback(self, job_id)
+        return store
 
     @cached_property
     def storage(self) -> Storage:

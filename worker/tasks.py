@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from shared.jobs.callbacks import DELIVER_CALLBACK, deliver
 from shared.jobs.coordinator import run_job
 from shared.jobs.parts import run_part
 from shared.jobs.queue import SCORE_JOB, SCORE_PART
@@ -53,3 +54,14 @@ def score_part(self: Any, job_id: str, index: int, attempt: int | None = None) -
     with _logged(job_id=job_id, part=index) as rt:
         outcome = run_part(rt, job_id, index, self.request.hostname, attempt)
     return outcome.status.value
+
+
+@celery_app.task(name=DELIVER_CALLBACK, bind=True)
+def deliver_callback(self: Any, job_id: str, attempt: int = 1) -> None:
+    """POST a finished job's signed record to its callback_url; on failure, the next attempt
+    after a backoff (shared.jobs.callbacks)."""
+    with _logged(job_id=job_id) as rt:
+        wait = deliver(rt, job_id, attempt)
+        if wait is not None:
+            self.apply_async(args=[job_id, attempt + 1], countdown=wait,
+                             queue=rt.settings.queue_name)

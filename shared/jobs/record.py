@@ -124,6 +124,8 @@ class Job:
     # and the rows the current attempt took over from an earlier one's checkpoint.
     checkpoint: dict[str, Any] | None = None
     rows_resumed: int = 0
+    # A callback_url's delivery once the job ended (shared.jobs.callbacks).
+    callback: dict[str, Any] | None = None
 
     @property
     def model_name(self) -> str:
@@ -165,6 +167,8 @@ class Job:
             out["drift"] = self.drift
         if self.retry is not None:
             out["retry"] = {**self.retry, "at": iso(self.retry.get("at"))}
+        if self.callback is not None:
+            out["callback"] = self.callback
         if self.parts_total:
             out["parts"] = {"total": self.parts_total, "done": self.parts_done}
         return out
@@ -186,7 +190,8 @@ def _without_keys(part: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # --- the record as a Redis hash ---
 
-_JSON = ("model", "options", "input", "output", "drift", "retry", "checkpoint")
+_JSON = ("model", "options", "input", "output", "drift", "retry", "checkpoint",
+         "callback")
 _INT = ("attempt", "rows_done", "rows_failed", "rows_total", "bytes_done", "bytes_total",
         "parts_total", "parts_done", "rows_resumed")
 _FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at", "deadline_at", "sent_at")

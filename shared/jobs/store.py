@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -77,6 +77,10 @@ class PartAttempt(NamedTuple):
     checkpoint: dict[str, Any] | None = None
 
 
+_SET_IF_EXISTS = """if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end"""
+
+
 def new_job_id() -> str:
     # 128 random bits (uuid4 keeps 122), in the UUID's dashed form that clients know.
     return str(uuid.UUID(bytes=secrets.token_bytes(16)))
@@ -90,6 +94,9 @@ class JobStore:
         self.r: Any = client  # redis-py's own types are too loose to check against
         self.ttl = ttl_seconds
         self.mirror = mirror
+        # Called with a job's id once it has become final (shared.services wires the
+        # callback's sending there); its failures are logged, never the job's.
+        self.on_end: Callable[[str], None] | None = None
         self._start = client.register_script(jobscripts.START)
         self._finish = client.register_script(jobscripts.FINISH)
         self._progress = client.register_script(jobscripts.PROGRESS)
@@ -210,7 +217,14 @@ class JobStore:
 
     def _copied(self, job_id: str, result: Answer, *changed: JobStatus) -> Answer:
         """After a change of status to one of `changed`: write the record's copy. A copy that
-        cannot be written is logged; the change stands (the next change writes it again)."""
+        cannot be written is logged; the change stands (the next change writes it again).
+        A final one is told to on_end."""
+        if self.on_end is not None and result in changed and result in FINAL:
+            try:
+                self.on_end(job_id)
+            except Exception as exc:  # noqa: BLE001 - a callback never fails the job
+                logger.warning("job %s: its callback was not queued: %s", job_id, exc,
+                               extra={"job_id": job_id})
         if self.mirror is not None and result in changed:
             try:
                 raw = self.r.hgetall(keys.job(job_id))
@@ -220,6 +234,18 @@ class JobStore:
                 logger.warning("job %s: the copy of its record was not written: %s", job_id,
                                exc, extra={"job_id": job_id})
         return result
+
+    def claim_callback(self, job_id: str, state: dict[str, Any]) -> bool:
+        """Set a job's first callback state; False when it has one (the delivery was
+        queued already)."""
+        with redis_errors():
+            return bool(self.r.hsetnx(keys.job(job_id), "callback", orjson.dumps(state)))
+
+    def set_callback(self, job_id: str, state: dict[str, Any]) -> None:
+        """Record a callback's delivery state, while the job has a record."""
+        with redis_errors():
+            # One script: a record deleted meanwhile is not brought back as a stub.
+            self.r.eval(_SET_IF_EXISTS, 1, keys.job(job_id), "callback", orjson.dumps(state))
 
     def missing(self, ids: Iterable[str]) -> list[str]:
         """The ids among `ids` that have no record."""

@@ -22,6 +22,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.jobs import paths
+from shared.jobs.callbacks import check_callback_url
 from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
 from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, InputLimits, inspect_input
 from shared.jobs.queue import send_score_job
@@ -67,8 +68,11 @@ class JobOptions(BaseModel):
     time_limit_seconds: int | None = Field(None, ge=1)
     # Check the input against the model and answer what was found; no job, nothing stored.
     validate_only: bool = False
+    callback_url: str | None = Field(
+        None, description="POSTed the job's record, signed, when it ends (its host must be "
+        "in TABSERVE_CALLBACK_HOSTS; docs/security.md)")
 
-    @field_validator("id_column", "model", "delimiter")
+    @field_validator("id_column", "model", "delimiter", "callback_url")
     @classmethod
     def _non_empty(cls, value: str | None) -> str | None:
         return value or None
@@ -229,6 +233,7 @@ def inspect_upload(rt: Services, staged: Path, fmt: InputFormat,
                    options: JobOptions) -> tuple[Manifest, InputInfo]:
     """The pinned model and what the staged file holds; 422 when it does not fit the model."""
     _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
+    check_callback_url(options.callback_url, rt.settings)
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
         check_header_width(fh, fmt, manifest, rt.settings.max_input_columns)
@@ -262,6 +267,7 @@ def inspect_input_url(rt: Services, source: InputSource,
                       options: JobOptions) -> tuple[Manifest, InputInfo]:
     """The pinned model and what the file at an allowed input_url holds."""
     _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
+    check_callback_url(options.callback_url, rt.settings)
     storage = rt.storage
     url = source.input_url
     check_input_url(url, rt.settings.input_url_prefixes, storage)

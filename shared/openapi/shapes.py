@@ -231,6 +231,10 @@ class JobRecord(BaseModel):
     drift: dict[str, Any] | None = None
     retry: dict[str, Any] | None = None
     parts: JobParts | None = None
+    callback: dict[str, Any] | None = Field(
+        None, description="a callback_url's delivery: url, state (pending, delivered, "
+        "gave_up), attempts, last_status, last_error, last_attempt_at, delivered_at, "
+        "next_attempt_at")
 
 
 class JobList(BaseModel):
