@@ -156,6 +156,26 @@ def test_a_failed_job_calls_back_too(callback_stack, customer_frame):
     assert json.loads(delivery["body"])["status"] == "failed"
 
 
+def test_a_cancelled_job_calls_back_too(callback_stack, customer_frame):
+    import pandas as pd
+
+    api, receiver = callback_stack
+    # The worker (one process) is busy with a big job, so the next one waits in the queue.
+    busy = submit(api.url, file_bytes(pd.concat([customer_frame] * 60), "csv"))
+    assert busy.status_code == 202, busy.text
+    hook = f"http://127.0.0.1:{receiver.port}/hook/cancelled"
+    r = submit(api.url, file_bytes(customer_frame.iloc[:30], "csv"), callback_url=hook)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    cancel = requests.delete(f"{api.url}/jobs/{job_id}", timeout=10)
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled", cancel.text
+    _wait_callback(api.url, job_id, "delivered", 60)
+    [delivery] = receiver.to("/hook/cancelled")
+    assert delivery["verified"]
+    assert json.loads(delivery["body"])["status"] == "cancelled"
+    assert wait_job(api.url, busy.json()["id"])["status"] == "succeeded"
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.2:{port}/hook", "http://127.0.0.1:1/hook",
                                  "http://evil.example/hook", "ftp://127.0.0.1:{port}/hook",
                                  "not a url"])
