@@ -1,10 +1,9 @@
-"""Training the demo model, training on a user's file, and importing a pickled model."""
+"""Training the demo model, training on a user's file, and importing a model file or an MLflow
+model directory."""
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -14,12 +13,13 @@ import pandas as pd
 from sklearn import metrics
 from sklearn.model_selection import train_test_split
 
-from shared.errors import ModelIntegrityError, ValidationError
+from shared.errors import ValidationError
+from shared.models import mlflowdir
 from shared.models.manifest import Manifest
+from shared.models.modelfiles import read_model_file
 from shared.models.reference import feature_reference, prediction_reference
 from shared.models.schema import Schema, infer_schema
 from shared.models.store import ModelStore
-from shared.models.unpickler import RestrictedUnpickler
 from shared.models.versions import library_versions
 
 logger = logging.getLogger(__name__)
@@ -110,34 +110,82 @@ def train_from_file(
 
 
 def import_model(
-    store: ModelStore, model_path: Path, name: str, sample: Path, target: str | None = None,
-    promote: bool | None = None,
+    store: ModelStore, model_path: Path, name: str, sample: Path | None,
+    target: str | None = None, promote: bool | None = None,
 ) -> Manifest:
-    """Register a model the user already has (XGBoost JSON/UBJSON, or a pickle read with the
-    allow-list), with schema from a sample file."""
-    model = _read_model_file(Path(model_path))
+    """Register a model the user already has (XGBoost JSON/UBJSON, a pickle read with the
+    allow-list, or an MLflow sklearn/xgboost directory), with schema from the MLflow signature
+    when there is one and statistics from a sample file."""
+    model_path = Path(model_path)
+    declared = None
+    if model_path.is_dir():
+        imported = mlflowdir.read_mlflow_dir(model_path)
+        model, declared = imported.model, imported.schema
+    else:
+        model = read_model_file(model_path)
     if not hasattr(model, "predict"):
         raise ValidationError(f"{model_path}: the object has no predict method")
+    if sample is None:
+        if declared is None:
+            raise ValidationError(f"{model_path}: no column signature in its MLmodel; give "
+                                  "--sample FILE for the model's input columns")
+        return _register_declared(store, model, name, declared, model_path, promote)
     frame = read_table(sample)
     y = frame.pop(target) if target and target in frame.columns else None
     if target and y is None:
         raise ValidationError(f"target column {target!r} not in {sample}")
     names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        missing = [str(n) for n in names if n not in frame.columns]
+    wanted = declared.names if declared is not None else names
+    if wanted is not None:
+        missing = [str(n) for n in wanted if n not in frame.columns]
         if missing:
             raise ValidationError(f"sample lacks the model's features: {', '.join(missing)}")
-        frame = frame[list(names)]
+        frame = frame[list(wanted)]
     schema = infer_schema(frame)
+    if declared is not None:
+        schema = _declared_with_sample(declared, schema)
     frame = _coerce_frame(frame, schema)
     needs_frame = names is not None or not schema.all_numeric
-    task: Task = "classification" if hasattr(model, "classes_") else "regression"
     return _register(
-        store, model, name, task, schema, frame, frame if y is not None else None, y,
+        store, model, name, _task_of(model), schema, frame, frame if y is not None else None, y,
         input_kind="dataframe" if needs_frame else "numpy",
         algorithm=type(model).__name__, source=str(model_path), target_name=target,
         promote=promote,
     )
+
+
+def _task_of(model: Any) -> Task:
+    return "classification" if hasattr(model, "classes_") else "regression"
+
+
+def _declared_with_sample(declared: Schema, inferred: Schema) -> Schema:
+    """The signature's types, with the sample's categories and ranges."""
+    seen = {f.name: f for f in inferred.features}
+    features = []
+    for spec in declared.features:
+        got = seen[spec.name]
+        if spec.type == "category":
+            spec = spec.model_copy(update={"categories": got.categories, "allow_unknown": False})
+        elif spec.is_numeric and got.is_numeric and spec.type != "boolean":
+            spec = spec.model_copy(update={"min": got.min, "max": got.max})
+        features.append(spec)
+    return Schema(features=features)
+
+
+def _register_declared(store: ModelStore, model: Any, name: str, schema: Schema,
+                       model_path: Path, promote: bool | None) -> Manifest:
+    """Register with the signature's schema alone: no sample, so no reference statistics."""
+    needs_frame = (getattr(model, "feature_names_in_", None) is not None
+                   or not schema.all_numeric)
+    classes = getattr(model, "classes_", None)
+    fields = dict(
+        name=name, created_at=_now(), task=_task_of(model), features=schema.features,
+        target=None, classes=np.asarray(classes).tolist() if classes is not None else None,
+        input_kind="dataframe" if needs_frame else "numpy", label_from_proba=False,
+        algorithm=type(model).__name__, source=str(model_path),
+        library_versions=library_versions(), metrics={}, reference={},
+    )
+    return store.save(model, fields, promote=promote)
 
 
 def _check_classes(y: pd.Series, target: str) -> None:
@@ -145,43 +193,6 @@ def _check_classes(y: pd.Series, target: str) -> None:
     if pd.api.types.is_float_dtype(y) and not (y == y.round()).all():
         raise ValidationError(f"target column {target!r} is continuous ({y.nunique()} "
                               "distinct values): use --task regression")
-
-
-XGBOOST_FORMATS = (".json", ".ubj")
-
-
-def _read_model_file(model_path: Path) -> Any:
-    # XGBoost's own formats need no pickle: preferred, nothing in them runs code.
-    if model_path.suffix.lower() in XGBOOST_FORMATS:
-        return _load_xgboost(model_path)
-    return _unpickle(model_path)
-
-
-def _load_xgboost(model_path: Path) -> Any:
-    import xgboost
-
-    try:
-        booster = xgboost.Booster(model_file=str(model_path))
-        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
-        classify = objective.startswith(("binary:", "multi:"))
-        model = (xgboost.XGBClassifier if classify else xgboost.XGBRegressor)()
-        model.load_model(str(model_path))
-    except (xgboost.core.XGBoostError, ValueError, KeyError) as exc:
-        raise ValidationError(f"{model_path}: not an XGBoost model file "
-                              f"({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
-    return model
-
-
-def _unpickle(model_path: Path) -> Any:
-    try:
-        with open(model_path, "rb") as fh:
-            return RestrictedUnpickler(fh).load()
-    except ModelIntegrityError as exc:
-        raise ValidationError(f"{model_path}: {exc.message}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            AttributeError, ImportError) as exc:
-        raise ValidationError(f"{model_path}: not a pickled model ({type(exc).__name__}: "
-                              f"{exc})") from None
 
 
 def _coerce_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
