@@ -94,10 +94,10 @@ def import_(settings: Settings, model_file: Path, name: str, sample: Path | None
             target: str | None, promote: bool | None) -> None:
     """Register a model you already have: a pickle or joblib file, an XGBoost JSON/UBJSON
     file, or an MLflow model directory (sklearn or xgboost flavour)."""
-    from shared.models import training
+    from shared.models.importing import import_model
 
     store = _store(settings)
-    manifest = training.import_model(store, model_file, name, sample, target, promote=promote)
+    manifest = import_model(store, model_file, name, sample, target, promote=promote)
     click.echo(f"imported {manifest.ref} ({manifest.algorithm}, {len(manifest.features)} features)")
     _say_live(store, manifest.name, manifest.version)
 

@@ -231,3 +231,26 @@ def test_each_unreadable_mlflow_directory_is_one_line_naming_the_file(base_setti
     for directory, expected in _bad_dirs(tmp_path):
         result = tabserve(["import", str(directory), "--name", "bad"], base_settings)
         assert expected in _one_error_line(result), (directory.name, result.stderr)
+
+
+def test_a_string_column_needs_a_sample_for_its_values(base_settings, tmp_path):
+    frame, y = _loans()
+    frame["region"] = np.where(frame["age"] > 40, "north", "south")
+    model = make_pipeline(make_column_transformer((OneHotEncoder(), ["region"]),
+                                                  remainder="passthrough"),
+                          LogisticRegression(max_iter=1000)).fit(frame, y)
+    directory = _sklearn_dir(tmp_path, frame, model, signed=True)
+    result = tabserve(["import", str(directory), "--name", "mlf-anyregion"], base_settings)
+    assert (f"{directory}: its signature has string columns (region); give --sample FILE"
+            in _one_error_line(result))
+
+
+def test_a_sample_that_contradicts_the_signature_is_one_line(base_settings, tmp_path):
+    frame, y = _loans()
+    directory = _sklearn_dir(tmp_path, frame, LogisticRegression().fit(frame, y), signed=True)
+    frame.assign(age=np.where(frame["age"] > 40, "old", "young")).to_csv(tmp_path / "s.csv",
+                                                                         index=False)
+    result = tabserve(["import", str(directory), "--name", "mlf-contra",
+                       "--sample", str(tmp_path / "s.csv")], base_settings)
+    assert ("sample column 'age' is category but the model's signature says integer"
+            in _one_error_line(result))

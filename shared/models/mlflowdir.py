@@ -124,7 +124,4 @@ def _feature(mlmodel: Path, column: dict[str, Any]) -> FeatureSpec:
         raise ValidationError(f"{mlmodel}: signature input {name!r} has type {kind!r}; tabserve "
                               f"takes {', '.join(COLUMN_TYPES)}")
     feature_type = COLUMN_TYPES[str(kind)]
-    return FeatureSpec(
-        name=name, type=feature_type, nullable=not column.get("required", True),
-        allow_unknown=feature_type == "category",
-    )
+    return FeatureSpec(name=name, type=feature_type, nullable=not column.get("required", True))

@@ -1,5 +1,4 @@
-"""Training the demo model, training on a user's file, and importing a model file or an MLflow
-model directory."""
+"""Training the demo model and training on a user's file (importing: shared/models/importing.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +13,7 @@ from sklearn import metrics
 from sklearn.model_selection import train_test_split
 
 from shared.errors import ValidationError
-from shared.models import mlflowdir
 from shared.models.manifest import Manifest
-from shared.models.modelfiles import read_model_file
 from shared.models.reference import feature_reference, prediction_reference
 from shared.models.schema import Schema, infer_schema
 from shared.models.store import ModelStore
@@ -38,7 +35,8 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _now() -> str:
+def now() -> str:
+    """The time a version is created at, as an ISO string (UTC, seconds)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -67,7 +65,7 @@ def train_demo(store: ModelStore, algorithm: str = "xgboost",
     # Fitted on a NumPy matrix so the online path can feed rows without a DataFrame.
     model.fit(x_train.to_numpy(), y_train.to_numpy())
     schema = infer_schema(frame)
-    return _register(
+    return register(
         store, model, DEMO_NAME, "classification", schema, frame, x_test, y_test,
         input_kind="numpy", algorithm=algorithm, source="sklearn.datasets.load_breast_cancer",
         target_name="diagnosis", promote=promote,
@@ -95,97 +93,18 @@ def train_from_file(
     if task == "classification":
         _check_classes(y, target)
     schema = infer_schema(frame, allow_unknown=True)
-    frame = _coerce_frame(frame, schema)
+    frame = coerce_frame(frame, schema)
     stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
     x_train, x_test, y_train, y_test = train_test_split(
         frame, y, test_size=0.2, random_state=0, stratify=stratify
     )
     model = _estimator(algorithm, task, schema)
     model.fit(x_train, y_train)
-    return _register(
+    return register(
         store, model, name or Path(path).stem, task, schema, frame, x_test, y_test,
         input_kind="dataframe", algorithm=algorithm, source=str(path), target_name=target,
         promote=promote,
     )
-
-
-def import_model(
-    store: ModelStore, model_path: Path, name: str, sample: Path | None,
-    target: str | None = None, promote: bool | None = None,
-) -> Manifest:
-    """Register a model the user already has (XGBoost JSON/UBJSON, a pickle read with the
-    allow-list, or an MLflow sklearn/xgboost directory), with schema from the MLflow signature
-    when there is one and statistics from a sample file."""
-    model_path = Path(model_path)
-    declared = None
-    if model_path.is_dir():
-        imported = mlflowdir.read_mlflow_dir(model_path)
-        model, declared = imported.model, imported.schema
-    else:
-        model = read_model_file(model_path)
-    if not hasattr(model, "predict"):
-        raise ValidationError(f"{model_path}: the object has no predict method")
-    if sample is None:
-        if declared is None:
-            raise ValidationError(f"{model_path}: no column signature in its MLmodel; give "
-                                  "--sample FILE for the model's input columns")
-        return _register_declared(store, model, name, declared, model_path, promote)
-    frame = read_table(sample)
-    y = frame.pop(target) if target and target in frame.columns else None
-    if target and y is None:
-        raise ValidationError(f"target column {target!r} not in {sample}")
-    names = getattr(model, "feature_names_in_", None)
-    wanted = declared.names if declared is not None else names
-    if wanted is not None:
-        missing = [str(n) for n in wanted if n not in frame.columns]
-        if missing:
-            raise ValidationError(f"sample lacks the model's features: {', '.join(missing)}")
-        frame = frame[list(wanted)]
-    schema = infer_schema(frame)
-    if declared is not None:
-        schema = _declared_with_sample(declared, schema)
-    frame = _coerce_frame(frame, schema)
-    needs_frame = names is not None or not schema.all_numeric
-    return _register(
-        store, model, name, _task_of(model), schema, frame, frame if y is not None else None, y,
-        input_kind="dataframe" if needs_frame else "numpy",
-        algorithm=type(model).__name__, source=str(model_path), target_name=target,
-        promote=promote,
-    )
-
-
-def _task_of(model: Any) -> Task:
-    return "classification" if hasattr(model, "classes_") else "regression"
-
-
-def _declared_with_sample(declared: Schema, inferred: Schema) -> Schema:
-    """The signature's types, with the sample's categories and ranges."""
-    seen = {f.name: f for f in inferred.features}
-    features = []
-    for spec in declared.features:
-        got = seen[spec.name]
-        if spec.type == "category":
-            spec = spec.model_copy(update={"categories": got.categories, "allow_unknown": False})
-        elif spec.is_numeric and got.is_numeric and spec.type != "boolean":
-            spec = spec.model_copy(update={"min": got.min, "max": got.max})
-        features.append(spec)
-    return Schema(features=features)
-
-
-def _register_declared(store: ModelStore, model: Any, name: str, schema: Schema,
-                       model_path: Path, promote: bool | None) -> Manifest:
-    """Register with the signature's schema alone: no sample, so no reference statistics."""
-    needs_frame = (getattr(model, "feature_names_in_", None) is not None
-                   or not schema.all_numeric)
-    classes = getattr(model, "classes_", None)
-    fields = dict(
-        name=name, created_at=_now(), task=_task_of(model), features=schema.features,
-        target=None, classes=np.asarray(classes).tolist() if classes is not None else None,
-        input_kind="dataframe" if needs_frame else "numpy", label_from_proba=False,
-        algorithm=type(model).__name__, source=str(model_path),
-        library_versions=library_versions(), metrics={}, reference={},
-    )
-    return store.save(model, fields, promote=promote)
 
 
 def _check_classes(y: pd.Series, target: str) -> None:
@@ -195,7 +114,7 @@ def _check_classes(y: pd.Series, target: str) -> None:
                               "distinct values): use --task regression")
 
 
-def _coerce_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+def coerce_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """The dtypes the online and batch paths produce: float64 numerics, object categories."""
     out = {}
     for spec in schema.features:
@@ -258,12 +177,13 @@ def _estimator(algorithm: str, task: Task, schema: Schema) -> Any:
     return Pipeline(steps)
 
 
-def _register(
+def register(
     store: ModelStore, model: Any, name: str, task: Task, schema: Schema,
     reference_frame: pd.DataFrame, x_test: pd.DataFrame | None, y_test: pd.Series | None, *,
     input_kind: Literal["numpy", "dataframe"], algorithm: str, source: str,
     target_name: str | None, promote: bool | None = None,
 ) -> Manifest:
+    """Save a fitted model as a new version, with its reference statistics and metrics."""
     as_input = (lambda f: f.to_numpy(dtype=np.float64)) if input_kind == "numpy" else (lambda f: f)
     ref_input = as_input(reference_frame)
     predictions = np.asarray(model.predict(ref_input))
@@ -282,7 +202,7 @@ def _register(
         "predictions": prediction_reference(predictions, class_list),
     }
     fields = dict(
-        name=name, created_at=_now(), task=task, features=schema.features,
+        name=name, created_at=now(), task=task, features=schema.features,
         target=target_name, classes=class_list, input_kind=input_kind,
         label_from_proba=label_from_proba, algorithm=algorithm, source=source,
         library_versions=library_versions(), metrics=scores, reference=reference,
