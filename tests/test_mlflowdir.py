@@ -254,3 +254,13 @@ def test_a_sample_that_contradicts_the_signature_is_one_line(base_settings, tmp_
                        "--sample", str(tmp_path / "s.csv")], base_settings)
     assert ("sample column 'age' is category but the model's signature says integer"
             in _one_error_line(result))
+
+
+def test_a_tensor_signature_names_no_columns_so_the_sample_is_needed(base_settings, tmp_path):
+    frame, y = _loans()
+    tensor = json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 3]}}])
+    mlmodel = dict(SKLEARN_MLMODEL, signature={"inputs": tensor, "outputs": None})
+    directory = _write_dir(tmp_path / "tensor", mlmodel,
+                           {"model.pkl": pickle.dumps(LogisticRegression().fit(frame, y))})
+    result = tabserve(["import", str(directory), "--name", "mlf-tensor"], base_settings)
+    assert "no column signature in its MLmodel; give --sample" in _one_error_line(result)
