@@ -82,21 +82,22 @@ def train(settings: Settings, data: Path | None, target: str | None, name: str |
 
 
 @main.command(name="import")
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_file", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", required=True, help="Model name.")
-@click.option("--sample", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV or Parquet sample of the model's input (for schema and statistics).")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV or Parquet sample of the model's input (for schema and statistics); "
+                   "optional for an MLflow directory whose MLmodel has a signature.")
 @click.option("--target", help="Target column in the sample, for holdout metrics.")
 @PROMOTE_OPTION
 @click.pass_obj
-def import_(settings: Settings, model_file: Path, name: str, sample: Path,
+def import_(settings: Settings, model_file: Path, name: str, sample: Path | None,
             target: str | None, promote: bool | None) -> None:
-    """Register a pickled model you already have."""
-    from shared.models import training
+    """Register a model you already have: a pickle or joblib file, an XGBoost JSON/UBJSON
+    file, or an MLflow model directory (sklearn or xgboost flavour)."""
+    from shared.models.importing import import_model
 
     store = _store(settings)
-    manifest = training.import_model(store, model_file, name, sample, target, promote=promote)
+    manifest = import_model(store, model_file, name, sample, target, promote=promote)
     click.echo(f"imported {manifest.ref} ({manifest.algorithm}, {len(manifest.features)} features)")
     _say_live(store, manifest.name, manifest.version)
 

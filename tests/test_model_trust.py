@@ -22,10 +22,11 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from shared.config import Settings
 from shared.errors import ConfigError, ModelIntegrityError, ModelLoadError, ValidationError
+from shared.models.importing import import_model
 from shared.models.loading import load_model
 from shared.models.signing import SigningKeys, key_id
 from shared.models.store import ModelStore, parse_ref, sha256_bytes
-from shared.models.training import import_model, train_demo, train_from_file
+from shared.models.training import train_demo, train_from_file
 from shared.models.unpickler import restricted_loads
 from tests.servers import ROOT, ApiServer, tabserve_env, wait_until
 

@@ -1,10 +1,8 @@
-"""Training the demo model, training on a user's file, and importing a pickled model."""
+"""Training the demo model and training on a user's file (importing: shared/models/importing.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -14,12 +12,11 @@ import pandas as pd
 from sklearn import metrics
 from sklearn.model_selection import train_test_split
 
-from shared.errors import ModelIntegrityError, ValidationError
+from shared.errors import ValidationError
 from shared.models.manifest import Manifest
 from shared.models.reference import feature_reference, prediction_reference
 from shared.models.schema import Schema, infer_schema
 from shared.models.store import ModelStore
-from shared.models.unpickler import RestrictedUnpickler
 from shared.models.versions import library_versions
 
 logger = logging.getLogger(__name__)
@@ -38,7 +35,8 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _now() -> str:
+def now() -> str:
+    """The time a version is created at, as an ISO string (UTC, seconds)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -67,7 +65,7 @@ def train_demo(store: ModelStore, algorithm: str = "xgboost",
     # Fitted on a NumPy matrix so the online path can feed rows without a DataFrame.
     model.fit(x_train.to_numpy(), y_train.to_numpy())
     schema = infer_schema(frame)
-    return _register(
+    return register(
         store, model, DEMO_NAME, "classification", schema, frame, x_test, y_test,
         input_kind="numpy", algorithm=algorithm, source="sklearn.datasets.load_breast_cancer",
         target_name="diagnosis", promote=promote,
@@ -95,47 +93,16 @@ def train_from_file(
     if task == "classification":
         _check_classes(y, target)
     schema = infer_schema(frame, allow_unknown=True)
-    frame = _coerce_frame(frame, schema)
+    frame = coerce_frame(frame, schema)
     stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
     x_train, x_test, y_train, y_test = train_test_split(
         frame, y, test_size=0.2, random_state=0, stratify=stratify
     )
     model = _estimator(algorithm, task, schema)
     model.fit(x_train, y_train)
-    return _register(
+    return register(
         store, model, name or Path(path).stem, task, schema, frame, x_test, y_test,
         input_kind="dataframe", algorithm=algorithm, source=str(path), target_name=target,
-        promote=promote,
-    )
-
-
-def import_model(
-    store: ModelStore, model_path: Path, name: str, sample: Path, target: str | None = None,
-    promote: bool | None = None,
-) -> Manifest:
-    """Register a model the user already has (XGBoost JSON/UBJSON, or a pickle read with the
-    allow-list), with schema from a sample file."""
-    model = _read_model_file(Path(model_path))
-    if not hasattr(model, "predict"):
-        raise ValidationError(f"{model_path}: the object has no predict method")
-    frame = read_table(sample)
-    y = frame.pop(target) if target and target in frame.columns else None
-    if target and y is None:
-        raise ValidationError(f"target column {target!r} not in {sample}")
-    names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        missing = [str(n) for n in names if n not in frame.columns]
-        if missing:
-            raise ValidationError(f"sample lacks the model's features: {', '.join(missing)}")
-        frame = frame[list(names)]
-    schema = infer_schema(frame)
-    frame = _coerce_frame(frame, schema)
-    needs_frame = names is not None or not schema.all_numeric
-    task: Task = "classification" if hasattr(model, "classes_") else "regression"
-    return _register(
-        store, model, name, task, schema, frame, frame if y is not None else None, y,
-        input_kind="dataframe" if needs_frame else "numpy",
-        algorithm=type(model).__name__, source=str(model_path), target_name=target,
         promote=promote,
     )
 
@@ -147,44 +114,7 @@ def _check_classes(y: pd.Series, target: str) -> None:
                               "distinct values): use --task regression")
 
 
-XGBOOST_FORMATS = (".json", ".ubj")
-
-
-def _read_model_file(model_path: Path) -> Any:
-    # XGBoost's own formats need no pickle: preferred, nothing in them runs code.
-    if model_path.suffix.lower() in XGBOOST_FORMATS:
-        return _load_xgboost(model_path)
-    return _unpickle(model_path)
-
-
-def _load_xgboost(model_path: Path) -> Any:
-    import xgboost
-
-    try:
-        booster = xgboost.Booster(model_file=str(model_path))
-        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
-        classify = objective.startswith(("binary:", "multi:"))
-        model = (xgboost.XGBClassifier if classify else xgboost.XGBRegressor)()
-        model.load_model(str(model_path))
-    except (xgboost.core.XGBoostError, ValueError, KeyError) as exc:
-        raise ValidationError(f"{model_path}: not an XGBoost model file "
-                              f"({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
-    return model
-
-
-def _unpickle(model_path: Path) -> Any:
-    try:
-        with open(model_path, "rb") as fh:
-            return RestrictedUnpickler(fh).load()
-    except ModelIntegrityError as exc:
-        raise ValidationError(f"{model_path}: {exc.message}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            AttributeError, ImportError) as exc:
-        raise ValidationError(f"{model_path}: not a pickled model ({type(exc).__name__}: "
-                              f"{exc})") from None
-
-
-def _coerce_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+def coerce_frame(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """The dtypes the online and batch paths produce: float64 numerics, object categories."""
     out = {}
     for spec in schema.features:
@@ -247,12 +177,13 @@ def _estimator(algorithm: str, task: Task, schema: Schema) -> Any:
     return Pipeline(steps)
 
 
-def _register(
+def register(
     store: ModelStore, model: Any, name: str, task: Task, schema: Schema,
     reference_frame: pd.DataFrame, x_test: pd.DataFrame | None, y_test: pd.Series | None, *,
     input_kind: Literal["numpy", "dataframe"], algorithm: str, source: str,
     target_name: str | None, promote: bool | None = None,
 ) -> Manifest:
+    """Save a fitted model as a new version, with its reference statistics and metrics."""
     as_input = (lambda f: f.to_numpy(dtype=np.float64)) if input_kind == "numpy" else (lambda f: f)
     ref_input = as_input(reference_frame)
     predictions = np.asarray(model.predict(ref_input))
@@ -271,7 +202,7 @@ def _register(
         "predictions": prediction_reference(predictions, class_list),
     }
     fields = dict(
-        name=name, created_at=_now(), task=task, features=schema.features,
+        name=name, created_at=now(), task=task, features=schema.features,
         target=target_name, classes=class_list, input_kind=input_kind,
         label_from_proba=label_from_proba, algorithm=algorithm, source=source,
         library_versions=library_versions(), metrics=scores, reference=reference,
