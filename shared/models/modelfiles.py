@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ModelIntegrityError, ValidationError
-from shared.models.unpickler import RestrictedUnpickler
+from shared.models.unpickler import restricted_joblib_load
 
 XGBOOST_FORMATS = (".json", ".ubj")
 
@@ -40,10 +40,10 @@ def load_xgboost(model_path: Path) -> Any:
 
 
 def unpickle_model(model_path: Path) -> Any:
-    """A pickled model, every global it names checked against the allow-list."""
+    """A pickled model (pickle.dump or joblib.dump, compressed or not), every global it
+    names checked against the allow-list."""
     try:
-        with open(model_path, "rb") as fh:
-            return RestrictedUnpickler(fh).load()
+        return restricted_joblib_load(str(model_path))  # a pickle, or joblib's (compressed)
     except ModelIntegrityError as exc:
         raise ValidationError(f"{model_path}: {exc.message}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,

@@ -91,20 +91,46 @@ class RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler that resolves only the globals `allowed` accepts."""
 
     def find_class(self, module: str, name: str) -> Any:
-        # Python 2 names (protocol 2's __builtin__.slice), mapped as pickle maps them, so
-        # that what is checked is what is resolved.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        try:
-            obj = super().find_class(module, name) if _importable(module) else None
-        except (ImportError, AttributeError):
-            obj = None
-        if obj is None or not allowed(module, name, obj):
-            raise ModelIntegrityError(
-                f"refusing to unpickle {module}.{name}: not a class a scikit-learn or "
-                "XGBoost model is made of"
-            )
-        return obj
+        return _resolve(module, name, super().find_class)
+
+
+def _resolve(module: str, name: str, find: Any) -> Any:
+    # Python 2 names (protocol 2's __builtin__.slice), mapped as pickle maps them, so
+    # that what is checked is what is resolved.
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    try:
+        obj = find(module, name) if _importable(module) else None
+    except (ImportError, AttributeError):
+        obj = None
+    if obj is None or not allowed(module, name, obj):
+        raise ModelIntegrityError(
+            f"refusing to unpickle {module}.{name}: not a class a scikit-learn or "
+            "XGBoost model is made of"
+        )
+    return obj
+
+
+def restricted_joblib_load(path: str) -> Any:
+    """A pickle or a joblib file (compressed by joblib or not) read by joblib's own
+    unpickler with the same allow-list. joblib writes each array's bytes after its
+    NumpyArrayWrapper, the one global it adds; an object array is a nested pickle whose
+    globals joblib sends through this unpickler's find_class. Files of joblib before 0.10
+    (arrays in companion files) are refused."""
+    from joblib import numpy_pickle
+
+    class _JoblibUnpickler(numpy_pickle.NumpyUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) == ("joblib.numpy_pickle", "NumpyArrayWrapper"):
+                return numpy_pickle.NumpyArrayWrapper
+            return _resolve(module, name, super().find_class)
+
+    with open(path, "rb") as fh, \
+            numpy_pickle._validate_fileobject_and_memmap(fh, path, None) as (stream, _):
+        if isinstance(stream, str):
+            raise ModelIntegrityError("a joblib file older than joblib 0.10 (arrays in "
+                                      "companion files): save the model again")
+        return _JoblibUnpickler(path, stream, True).load()
 
 
 def _importable(module: str) -> bool:
