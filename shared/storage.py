@@ -93,12 +93,12 @@ class Storage(ABC):
 
     def partial_key(self, key: str, fh: Any) -> str:
         """The key of the temporary file a writer for `key` writes into (appendable stores)."""
-        raise NotImplementedError
+        raise io.UnsupportedOperation(f"{type(self).__name__} cannot resume a written file")
 
     @staticmethod
     def sync(fh: Any) -> int:
         """Flush a writer's file to disk (appendable stores); its size in bytes."""
-        raise NotImplementedError
+        raise io.UnsupportedOperation("only an appendable store syncs a partial file")
 
     # Each store implements these.
     @abstractmethod
