@@ -153,8 +153,10 @@ def _pool_children(worker: WorkerProcess) -> list[psutil.Process]:
 def _succeeds_after_loss(s: Stack, job_id: str, n: int, lost_at: float) -> None:
     done = wait_job(s.api.url, job_id, timeout=LEASE + 30 + 30)
     assert done["status"] == "succeeded", done
-    assert done["attempts"] == 2, done
-    assert done["retry"]["reason"] == "worker lost" and done["retry"]["attempt"] == 2
+    # Attempt 2 takes over; with a 3 s lease, a loaded machine (two test processes) may let
+    # that attempt's lease lapse too: a further attempt is the design working, not a loss.
+    assert done["attempts"] >= 2, done
+    assert done["retry"]["reason"] == "worker lost" and done["retry"]["attempt"] >= 2
     finished = pd.Timestamp(done["finished_at"]).timestamp()
     assert finished - lost_at < LEASE + 30, finished - lost_at
     _ledger(s.api.url, job_id, n)
@@ -294,7 +296,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_the_cap(stack, big, 
 
 def test_a_job_over_its_time_limit_fails_with_timeout_leaving_nothing(stack, big):
     data, _ = big
-    s = stack(chunk_rows=100)  # many small chunks: far longer than its limit
+    s = stack(chunk_rows=20)  # thousands of small chunks: far longer than its limit
     s.worker("w1")
     job = submit(s.api.url, data, "csv", id_column="key", time_limit_seconds=1).json()
     done = wait_job(s.api.url, job["id"], timeout=60)
