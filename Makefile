@@ -38,9 +38,11 @@ TABSERVE_BIND ?=
 run: setup
 	TABSERVE_BIND='$(TABSERVE_BIND)' $(BIN)/tabserve run
 
-# Two pytest processes (pytest-xdist), each with its own redis-server, API and worker; a test
+# One pytest process by default; `make test TEST_WORKERS=2` runs two (pytest-xdist), each with
+# its own redis-server, API and worker (faster, but tests sharing the session's models can race;
+# see the closing note of session 6); a test
 # file stays in one process (`make test TEST_WORKERS=0` runs them all in this one).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 0
 test: setup-test
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
