@@ -206,3 +206,43 @@ def test_the_reaper_sends_lost_attempts_on_and_times_jobs_out(base_settings, red
     reaper.tick()
     assert sorted(_messages(client, "reaper")) == [["lost", 2], ["waiting", 1]]
     client.close()
+
+
+def test_a_restore_cut_short_is_finished_by_the_next_pass(base_settings, redis_server, tmp_path):
+    """Redis came back empty and the reaper's first pass failed halfway (its broker
+    connection refused): the next pass restores the rest and sends every job's message."""
+    import redis
+
+    from shared.jobs.reaper import Reaper
+    from shared.services import Services
+    from tests.servers import free_port
+
+    settings = base_settings.with_overrides(
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/5", queue_name="reaper",
+        job_lease_seconds=1, data_dir=str(tmp_path))
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    rt = Services(settings)
+    for job_id in ("a", "b"):
+        rt.jobs.create(_job(job_id))  # each with its record's copy in storage
+    client.flushdb()  # Redis lost everything
+    rt.__dict__["celery"] = make_celery(
+        settings.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    reaper = Reaper(rt, "me")
+    try:
+        reaper.tick()
+    except Exception as exc:  # noqa: BLE001 - the broker refused: the pass stops
+        assert "refused" in str(exc).lower() or "connect" in str(exc).lower()
+    else:
+        raise AssertionError("a pass whose broker is unreachable cannot finish")
+    assert client.get(keys.reaper_redis_run_id()) is None  # not noted: the next pass redoes it
+    assert len(rt.jobs.missing(["a", "b"])) == 1  # one restored before the send failed
+    del rt.__dict__["celery"]  # the broker is back
+    client.delete(keys.reaper_lock())
+    reaper.tick()
+    assert sorted(_messages(client, "reaper")) == [["a", 2], ["b", 2]]
+    assert {rt.jobs.get(i).status for i in ("a", "b")} == {JobStatus.QUEUED}
+    assert client.get(keys.reaper_redis_run_id()) is not None
+    reaper.tick()  # nothing more to do
+    assert len(_messages(client, "reaper")) == 2
+    client.close()

@@ -69,7 +69,12 @@ def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_dat
         def all_back() -> bool:
             return all(s.record(i).status is JobStatus.SUCCEEDED for i in ids)
 
-        wait_until(all_back, 120, "every job's record to come back and succeed")
+        try:
+            wait_until(all_back, 120, "every job's record to come back and succeed")
+        except TimeoutError:
+            states = {i: (r.status.value, r.attempt, r.rows_done) if (r := s.record(i)) else None
+                      for i in ids}
+            raise AssertionError(f"not all back: {states}; logs in {tmp_path}") from None
         _ledger(s.api.url, big["id"], n_big)
         for job_id in [done["id"], *queued]:
             _ledger(s.api.url, job_id, n_small)

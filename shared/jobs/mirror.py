@@ -85,12 +85,16 @@ def restore_lost(rt: Services) -> int:
                 restored += 1
             continue
         again = _requeued(job)
+        rt.redis.delete(keys.job_parts(job_id))  # the lost attempt's parts start over
+        rt.storage.delete_prefix(paths.parts_dir(job_id))
         if not jobs.restore(again, None):
             continue  # restored meanwhile by someone else
-        rt.redis.delete(keys.job_parts(job_id))
-        rt.storage.delete_prefix(paths.parts_dir(job_id))
-        mirror.save(again)
-        send_score_job(rt.celery, rt.settings, job_id, again.attempt + 1)
+        try:
+            mirror.save(again)
+            send_score_job(rt.celery, rt.settings, job_id, again.attempt + 1)
+        except Exception:
+            jobs.mark_unsent(job_id)  # the reaper's next pass sends it (_resend_lost)
+            raise
         JOB_RECORDS_RESTORED.labels("live").inc()
         JOBS_REQUEUED.labels("job", REDIS_LOST).inc()
         logger.warning("job %s: record restored from storage; Redis had lost it while the job "

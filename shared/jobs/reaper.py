@@ -64,7 +64,7 @@ class Reaper:
         jobs = self.rt.jobs
         if not jobs.hold_lock(keys.reaper_lock(), self.owner, self.lease):
             return
-        restarted = jobs.redis_restarted()
+        restarted, run_id = jobs.redis_restarted()
         if restarted is not False:  # restarted, came back empty, or this is the first pass
             restored = restore_lost(self.rt)
             if restored:
@@ -72,6 +72,8 @@ class Reaper:
         if restarted:
             logger.warning("reaper: Redis restarted: sending every waiting job again")
             self._resend_all()
+        if restarted is not False:
+            jobs.note_redis_run(run_id)  # not before: a pass cut short is done again
         for job_id in jobs.ids_with_status(JobStatus.RUNNING):
             try:
                 self._check_running(jobs.get(job_id))
@@ -176,9 +178,10 @@ class Reaper:
                 job = jobs.get(job_id)
             except TabserveError:
                 continue
-            if (job.sent_at or job.created_at) < old:
+            sent = job.created_at if job.sent_at is None else job.sent_at
+            if sent < old:
                 logger.warning("job %s: queued since %.0f s without starting; sending again",
-                               job_id, now() - (job.sent_at or job.created_at))
+                               job_id, now() - max(sent, job.created_at))
                 self._resend(job_id, "message_lost")
 
 

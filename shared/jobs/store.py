@@ -422,17 +422,27 @@ class JobStore:
         return bool(self.r.set(key, owner, nx=True, px=ms)
                     or self._renew(keys=[key], args=[owner, ms]))
 
-    def redis_restarted(self) -> bool | None:
-        """Whether Redis restarted since the last call (any process's): its run id changed.
-        None when the key that keeps it is gone: the very first call, or a Redis that came
-        back empty."""
+    def redis_restarted(self) -> tuple[bool | None, str]:
+        """Whether Redis restarted since a reaper last noted its run id (`note_redis_run`):
+        True when the run id changed, None when the key that keeps it is gone (the very first
+        pass, or a Redis that came back empty), False otherwise; and the run id now. The
+        caller notes the run id only once it has done what a restart calls for, so a pass cut
+        short (a stale connection, Redis going away again) is done again by the next."""
         run_id = self.r.info("server")["run_id"]
-        seen = self.r.getset(keys.reaper_redis_run_id(), run_id)
-        return None if seen is None else seen.decode() != run_id
+        seen = self.r.get(keys.reaper_redis_run_id())
+        return (None if seen is None else seen.decode() != run_id), run_id
+
+    def note_redis_run(self, run_id: str) -> None:
+        """What a restart of this Redis run calls for is done (see `redis_restarted`)."""
+        self.r.set(keys.reaper_redis_run_id(), run_id)
 
     def mark_sent(self, job_id: str) -> None:
         """The job's message was (re-)sent now."""
         self._touch(keys=[keys.job(job_id)], args=["sent_at", now()])
+
+    def mark_unsent(self, job_id: str) -> None:
+        """The job's message could not be sent: the reaper's next pass sends it."""
+        self._touch(keys=[keys.job(job_id)], args=["sent_at", 0])
 
     def worker_heartbeat(self, name: str, processes: int) -> None:
         """Record that a worker (its `processes` pool processes) is alive now."""
