@@ -61,6 +61,14 @@ class ValidationError(TabserveError):
     code = "validation_error"
 
 
+class ModelRejectedInputError(TabserveError):
+    """The model itself raised on rows that passed the schema (an unseen category its
+    encoder refuses, a value its own checks reject): the input's fault, not the server's."""
+
+    status = 422
+    code = "model_rejected_input"
+
+
 class NotFoundError(TabserveError):
     status = 404
     code = "not_found"

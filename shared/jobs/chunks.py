@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shared.errors import ModelRejectedInputError
 from shared.jobs.inputs import arrow_type
 from shared.models.loading import LoadedModel, Prediction
 from shared.models.schema import FeatureSpec
@@ -45,6 +46,11 @@ class CheckedChunk:
     @property
     def num_rows(self) -> int:
         return len(self.rows)
+
+    def subset(self, keep: np.ndarray) -> CheckedChunk:
+        """The rows where `keep` (a boolean mask over this chunk's rows) is true."""
+        return CheckedChunk(self.table.filter(pa.array(keep)), self.rows[keep],
+                            {k: v[keep] for k, v in self.numeric.items()}, self.errors)
 
     def column(self, name: str) -> Any:
         """A kept column as Arrow, numeric features included."""
@@ -158,6 +164,30 @@ def model_input(checked: CheckedChunk, features: list[FeatureSpec], as_frame: bo
             column = checked.table.column(spec.name)
             data[spec.name] = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
     return pd.DataFrame(data)
+
+
+def rows_the_model_refuses(loaded: LoadedModel, checked: CheckedChunk) -> list[RowError]:
+    """The rows of a chunk on which the model raises (ModelRejectedInputError), found by
+    halving: a half the model scores is fine, a half it refuses is halved again; a few
+    bad rows cost a few dozen calls, not one per row."""
+    refused: list[RowError] = []
+
+    def search(index: np.ndarray) -> None:
+        part = checked.subset(np.isin(np.arange(checked.num_rows), index))
+        try:
+            loaded.predict(model_input(part, loaded.manifest.features,
+                                       loaded.validator.as_frame))
+        except ModelRejectedInputError as exc:
+            if len(index) == 1:
+                reason = exc.message.split(": ", 1)[-1]
+                refused.append(RowError(int(checked.rows[index[0]]), "",
+                                        f"the model refused this row: {reason}"))
+                return
+            search(index[: len(index) // 2])
+            search(index[len(index) // 2:])
+
+    search(np.arange(checked.num_rows))
+    return refused
 
 
 def score_chunk(loaded: LoadedModel, checked: CheckedChunk) -> tuple[Any, Prediction]:

@@ -21,10 +21,17 @@ import redis
 
 from shared import keys
 from shared.diskspace import is_disk_full, storage_full
-from shared.errors import QueueUnavailableError, TabserveError
+from shared.errors import ModelRejectedInputError, QueueUnavailableError, TabserveError
 from shared.jobs import paths
 from shared.jobs.checkpoint import Checkpoint
-from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
+from shared.jobs.chunks import (
+    CheckedChunk,
+    RowError,
+    check_chunk,
+    output_table,
+    rows_the_model_refuses,
+    score_chunk,
+)
 from shared.jobs.csvblocks import CsvDialect
 from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
@@ -241,7 +248,11 @@ class JobRun:
         if checked.errors and self.errors is None:
             raise _row_error(checked.errors[0], len(checked.errors))
         scored_at = time.perf_counter()
-        X, result = score_chunk(self.loaded, checked)
+        try:
+            X, result = score_chunk(self.loaded, checked)
+        except ModelRejectedInputError:
+            checked = self._without_refused(checked)
+            X, result = score_chunk(self.loaded, checked)
         record_prediction(self.manifest, "batch", checked.num_rows,
                           time.perf_counter() - scored_at)
         self._observe(chunk, checked, X, result)
@@ -254,6 +265,20 @@ class JobRun:
             logger.info("job %s: %d rows scored", self.job_id, self.rows_done)
         return Scored(table, checked.errors, self.rows_done, self.rows_failed,
                       chunk.bytes_done, self.drift.counts.copy() if self.checkpoints else None)
+
+    def _without_refused(self, checked: CheckedChunk) -> CheckedChunk:
+        """The chunk without the rows the model raised on: each is a row error (skipped
+        with on_error=skip; the job fails on the first otherwise, not retried)."""
+        refused = rows_the_model_refuses(self.loaded, checked)
+        if not refused:  # the model raised on the whole chunk but on no part of it
+            raise RowsRejectedError(
+                f"rows {checked.rows[0]}-{checked.rows[-1]}: the model refused the chunk "
+                "as a whole")
+        if self.errors is None:
+            raise _row_error(refused[0], len(refused))
+        keep = ~np.isin(checked.rows, [e.row for e in refused])
+        errors = sorted(checked.errors + refused, key=lambda e: e.row)
+        return replace(checked.subset(keep), errors=errors)
 
     def _observe(self, chunk: Chunk, checked: CheckedChunk, X: Any, result: Prediction) -> None:
         # Drift (the job's own, and this process's window) and predictions kept for feedback.

@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.errors import ModelIntegrityError, ModelLoadError, TabserveError
+from shared.errors import (
+    ModelIntegrityError,
+    ModelLoadError,
+    ModelRejectedInputError,
+    TabserveError,
+)
 from shared.models.fastpredict import FastPath, compile_fast_path
 from shared.models.manifest import Manifest
 from shared.models.store import ModelStore, describe_error, sha256_bytes
@@ -34,6 +39,9 @@ class Prediction:
 
     labels: np.ndarray
     probabilities: np.ndarray | None
+
+
+MODEL_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError)
 
 
 @dataclass
@@ -64,7 +72,17 @@ class LoadedModel:
                 logger.info("model %s: fast path %s", self.manifest.ref, fast.kind)
 
     def predict(self, X: np.ndarray | pd.DataFrame) -> Prediction:
-        """Labels and probabilities, identical to the model's own predict/predict_proba."""
+        """Labels and probabilities, identical to the model's own predict/predict_proba.
+        The model raising on its input (ValueError, TypeError, KeyError, IndexError: what
+        scikit-learn and XGBoost raise for values they refuse) is ModelRejectedInputError."""
+        try:
+            return self._predict(X)
+        except MODEL_INPUT_ERRORS as exc:
+            raise ModelRejectedInputError(
+                f"model {self.manifest.ref} could not score the input: "
+                f"{type(exc).__name__}: {describe_error(exc)[:300]}") from exc
+
+    def _predict(self, X: np.ndarray | pd.DataFrame) -> Prediction:
         out = self.fast(X) if self.fast is not None and isinstance(X, np.ndarray) else None
         if not self.has_proba:
             return Prediction(out if out is not None else np.asarray(self.model.predict(X)),
