@@ -68,6 +68,11 @@ class ModelRejectedInputError(TabserveError):
     status = 422
     code = "model_rejected_input"
 
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None,
+                 reason: str = "") -> None:
+        super().__init__(message, details)
+        self.reason = reason or message  # the model's own words, without the model's name
+
 
 class NotFoundError(TabserveError):
     status = 404

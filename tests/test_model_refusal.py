@@ -72,6 +72,7 @@ def test_predict_answers_422_with_the_models_reason(stack):
     error = bad.json()["error"]
     assert error["code"] == "model_rejected_input"
     assert "ValueError" in error["message"] and "west" in error["message"]
+    assert [d["row"] for d in error["details"]] == [1]  # which row, of the two
     assert "Traceback" not in bad.text
     # MLflow's protocol answers the same refusal in its own error shape.
     mlflow = requests.post(f"{api.url}/invocations", json={
@@ -117,3 +118,15 @@ def test_a_job_fails_once_on_a_refused_row_with_on_error_fail(stack):
     assert done["attempts"] == 1  # a deterministic input error: not retried
     assert f"row {west[0]}" in done["error"]["message"]
     assert "the model refused this row" in done["error"]["message"]
+
+
+def test_a_job_whose_rows_the_model_mostly_refuses_fails_with_the_first(stack):
+    api, _ = stack
+    frame = _frame(300)
+    frame.loc[10:, "region"] = "west"  # 290 rows, over several chunks
+    out = io.BytesIO()
+    frame.to_csv(out, index=False)
+    job = submit(api.url, out.getvalue(), "csv", id_column="key", on_error="skip").json()
+    done = wait_job(api.url, job["id"])
+    assert done["status"] == "failed" and done["attempts"] == 1, done
+    assert "the model refused 100 rows, the last at row 109" in done["error"]["message"]

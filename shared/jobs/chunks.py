@@ -11,7 +11,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shared.errors import ModelRejectedInputError
 from shared.jobs.inputs import arrow_type
 from shared.models.loading import LoadedModel, Prediction
 from shared.models.schema import FeatureSpec
@@ -166,28 +165,13 @@ def model_input(checked: CheckedChunk, features: list[FeatureSpec], as_frame: bo
     return pd.DataFrame(data)
 
 
-def rows_the_model_refuses(loaded: LoadedModel, checked: CheckedChunk) -> list[RowError]:
-    """The rows of a chunk on which the model raises (ModelRejectedInputError), found by
-    halving: a half the model scores is fine, a half it refuses is halved again; a few
-    bad rows cost a few dozen calls, not one per row."""
-    refused: list[RowError] = []
-
-    def search(index: np.ndarray) -> None:
-        part = checked.subset(np.isin(np.arange(checked.num_rows), index))
-        try:
-            loaded.predict(model_input(part, loaded.manifest.features,
-                                       loaded.validator.as_frame))
-        except ModelRejectedInputError as exc:
-            if len(index) == 1:
-                reason = exc.message.split(": ", 1)[-1]
-                refused.append(RowError(int(checked.rows[index[0]]), "",
-                                        f"the model refused this row: {reason}"))
-                return
-            search(index[: len(index) // 2])
-            search(index[len(index) // 2:])
-
-    search(np.arange(checked.num_rows))
-    return refused
+def rows_the_model_refuses(loaded: LoadedModel, checked: CheckedChunk,
+                           limit: int) -> list[RowError]:
+    """The first rows of a chunk, up to `limit`, on which the model raises, each a row
+    error with the model's reason."""
+    X = model_input(checked, loaded.manifest.features, loaded.validator.as_frame)
+    return [RowError(int(checked.rows[i]), "", f"the model refused this row: {reason}")
+            for i, reason in loaded.refused_rows(X, limit)]
 
 
 def score_chunk(loaded: LoadedModel, checked: CheckedChunk) -> tuple[Any, Prediction]:

@@ -66,6 +66,9 @@ def _drift_sample(X: Any) -> np.ndarray:
 REDIS_LOST = (QueueUnavailableError, redis.ConnectionError, redis.TimeoutError)
 
 
+REFUSED_ROWS_MAX = 100  # rows of a job the model may raise on before the job fails
+
+
 class JobStopped(Exception):
     """The job was cancelled, or this attempt was superseded: stop without writing."""
 
@@ -224,6 +227,7 @@ class JobRun:
         self.row_offset: Callable[[], int] | None = None
         self.drift = DriftAccumulator(self.manifest)
         self.rows_done = self.rows_failed = self.chunks = 0
+        self.rows_refused = 0  # rows the model raised on (skipped)
         self.checkpoints = False  # whether each written chunk records a checkpoint
         self.resume: Checkpoint | None = None
 
@@ -268,14 +272,24 @@ class JobRun:
 
     def _without_refused(self, checked: CheckedChunk) -> CheckedChunk:
         """The chunk without the rows the model raised on: each is a row error (skipped
-        with on_error=skip; the job fails on the first otherwise, not retried)."""
-        refused = rows_the_model_refuses(self.loaded, checked)
+        with on_error=skip; the job fails on the first otherwise, not retried). The
+        REFUSED_ROWS_MAX-th such row of a job fails it: finding each costs model calls, and
+        so many say the model and its schema disagree."""
+        left = 1 if self.errors is None else REFUSED_ROWS_MAX - self.rows_refused
+        refused = rows_the_model_refuses(self.loaded, checked, left)
         if not refused:  # the model raised on the whole chunk but on no part of it
             raise RowsRejectedError(
                 f"rows {checked.rows[0]}-{checked.rows[-1]}: the model refused the chunk "
                 "as a whole")
         if self.errors is None:
-            raise _row_error(refused[0], len(refused))
+            raise _row_error(refused[0], 1)
+        self.rows_refused += len(refused)
+        if self.rows_refused >= REFUSED_ROWS_MAX:
+            last = refused[-1]
+            raise RowsRejectedError(
+                f"the model refused {REFUSED_ROWS_MAX} rows, the last at row {last.row} "
+                f"({last.reason}); with so many, check the model against its schema",
+                last.row)
         keep = ~np.isin(checked.rows, [e.row for e in refused])
         errors = sorted(checked.errors + refused, key=lambda e: e.row)
         return replace(checked.subset(keep), errors=errors)

@@ -78,9 +78,33 @@ class LoadedModel:
         try:
             return self._predict(X)
         except MODEL_INPUT_ERRORS as exc:
+            reason = f"{type(exc).__name__}: {describe_error(exc)[:300]}"
             raise ModelRejectedInputError(
-                f"model {self.manifest.ref} could not score the input: "
-                f"{type(exc).__name__}: {describe_error(exc)[:300]}") from exc
+                f"model {self.manifest.ref} could not score the input: {reason}",
+                reason=reason) from exc
+
+    def refused_rows(self, X: np.ndarray | pd.DataFrame,
+                     limit: int = 100) -> list[tuple[int, str]]:
+        """The first rows of X, up to `limit` (their positions, with the model's reason), on
+        which the model raises, found by halving: a half it scores is fine, a half it
+        refuses is halved again, so a few bad rows among many cost a few dozen calls, not
+        one per row."""
+        refused: list[tuple[int, str]] = []
+
+        def search(index: np.ndarray) -> None:
+            if len(refused) >= limit:
+                return
+            try:
+                self.predict(X[index] if isinstance(X, np.ndarray) else X.iloc[index])
+            except ModelRejectedInputError as exc:
+                if len(index) == 1:
+                    refused.append((int(index[0]), exc.reason))
+                    return
+                search(index[: len(index) // 2])
+                search(index[len(index) // 2:])
+
+        search(np.arange(len(X)))
+        return refused
 
     def _predict(self, X: np.ndarray | pd.DataFrame) -> Prediction:
         out = self.fast(X) if self.fast is not None and isinstance(X, np.ndarray) else None

@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared.errors import InvalidJSONError, PayloadTooLargeError, ValidationError
+from shared.errors import (
+    InvalidJSONError,
+    ModelRejectedInputError,
+    PayloadTooLargeError,
+    ValidationError,
+)
 from shared.models.loading import LoadedModel, Prediction
+from shared.models.validation import MAX_DETAILS
 from shared.monitoring.metrics import record_prediction
 from shared.monitoring.predictions import new_prediction_id
 from shared.security.jsonlimits import check_json_depth, check_number_length
@@ -109,7 +115,13 @@ def score_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
     manifest = loaded.manifest
     X = loaded.validator.validate(rows, single=single)
     started = time.perf_counter()
-    result = loaded.predict(X)
+    try:
+        result = loaded.predict(X)
+    except ModelRejectedInputError as exc:
+        if len(rows) > 1:  # say which rows
+            exc.details = [{"row": i, "message": reason}
+                           for i, reason in loaded.refused_rows(X, MAX_DETAILS)]
+        raise
     labels = result.labels.tolist()
     prediction_id = new_prediction_id()
     if rt.settings.monitoring:
