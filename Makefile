@@ -63,6 +63,7 @@ bench: setup-test bench-deps
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.modelcall
 	$(BIN)/python -m bench.isolation
+	$(BIN)/python -m bench.contention
 
 bench-quick: setup-test bench-deps
 	$(BIN)/python -m bench.online --quick $(BENCH_ARGS)

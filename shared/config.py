@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # the longest CSV row a job reads
     part_rows: int = Field(500_000, ge=0)  # 0: never cut a job into parts
     worker_threads: int = Field(0, ge=0)
+    # The CPU priority (nice) of a worker's pool processes, which score: online /predict on
+    # the same machine keeps its latency while jobs run (0: as the API's).
+    worker_nice: int = Field(10, ge=0, le=19)
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     visibility_timeout_seconds: int = Field(300, ge=1)
     # Disk: uploads are refused (507) while the data or staging directory has less free

@@ -131,3 +131,17 @@ def test_list_get_and_delete(api_server, worker, frame):
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "job_not_found"
     r = requests.get(f"{api_server.url}/jobs/{job['id']}/result", timeout=10)
     assert r.status_code == 404
+
+
+def test_the_pool_processes_score_at_a_lower_cpu_priority(worker, base_settings):
+    """Scoring yields the CPU to online requests on the same machine (TABSERVE_WORKER_NICE);
+    the worker's main process (heartbeat, reaper, broker) keeps its priority."""
+    import os
+
+    import psutil
+
+    main = psutil.Process(worker.pid)
+    children = main.children()
+    assert children and base_settings.worker_nice == 10
+    assert main.nice() == os.nice(0)
+    assert all(c.nice() == max(base_settings.worker_nice, os.nice(0)) for c in children)

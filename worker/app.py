@@ -17,7 +17,7 @@ from celery.signals import (
 )
 
 from shared.config import Settings
-from shared.jobs.pipeline import configure_arrow
+from shared.jobs.pipeline import configure_arrow, lower_priority
 from shared.jobs.queue import make_celery
 from shared.logs import configure_logging
 from shared.services import Services
@@ -54,6 +54,7 @@ def runtime() -> Services:
 def _init_process(**_: Any) -> None:
     # A pool child must not share the parent's Redis connections: build its own.
     global _runtime
+    lower_priority(settings.worker_nice)
     _runtime = Services(settings)
     configure_arrow(settings.worker_threads)
     if settings.preload_model:

@@ -96,6 +96,17 @@ class WriteBehind:
             raise self._error
 
 
+def lower_priority(nice: int) -> None:
+    """Raise this process's niceness to `nice` (never lower it: that needs privileges), so
+    that scoring yields the CPU to online requests on the same machine. Threads started
+    afterwards (pyarrow's pools, the job's reader and writer) inherit it."""
+    import os
+
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
+
+
 def configure_arrow(threads: int) -> None:
     """Size pyarrow's thread pools (0: one per CPU) and use an allocator that returns freed
     memory, so a worker's resident memory follows its chunks rather than its peak."""
