@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         openapi,
         predict,
         ui,
+        v1,
         v2,
     )
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(mlflow.bp)
+    app.register_blueprint(v1.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(ui.bp)

@@ -221,6 +221,32 @@ def serve(settings: Settings, bind: str | None) -> None:
 
 
 @main.command()
+@click.option("--bind", default=None,
+              help="HOST:PORT or unix:PATH to probe (default: the running API's own address, "
+                   "else TABSERVE_BIND).")
+@click.option("--timeout", type=float, default=4.0, show_default=True, help="Seconds.")
+@click.pass_obj
+def healthcheck(settings: Settings, bind: str | None, timeout: float) -> None:
+    """Exit 0 when the API answers GET /healthz on the address it listens on (the image's
+    HEALTHCHECK: port 8000 under `tabserve api`, 8080 under `serve`)."""
+    import http.client
+
+    from shared.monitoring.probe import api_binds, probe
+
+    binds = [bind] if bind else api_binds() or [settings.bind]
+    for address in binds:
+        try:
+            status = probe(address, timeout=timeout)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            click.echo(f"unhealthy: {address}: {exc}", err=True)
+            sys.exit(1)
+        if status != 200:
+            click.echo(f"unhealthy: {address}: GET /healthz answered {status}", err=True)
+            sys.exit(1)
+        click.echo(f"healthy: {address}")
+
+
+@main.command()
 @click.option("--concurrency", "-c", type=int, default=None,
               help="Worker processes (default: CPU count).")
 @click.option("--queues", "-Q", default=None, help="Comma-separated queues to consume.")

@@ -135,7 +135,7 @@ def test_without_a_key_every_route_but_health_answers_401(app, client):
         assert r.status_code == 401, (method, path, r.status_code)
         assert r.headers["WWW-Authenticate"] == 'Bearer realm="tabserve"'
         body = r.get_json()
-        if path == "/v2" or path.startswith("/v2/"):  # the V2 protocol's error shape
+        if path == "/v2" or path.startswith(("/v2/", "/v1/")):  # V2's and V1's error shape
             assert "valid API key" in body["error"], (method, path)
         else:  # MLflow's routes answer in MLflow's error shape
             assert body.get("error", {}).get("code", body.get("error_code")) in (

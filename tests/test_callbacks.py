@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import requests
 
+from shared import keys
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.jobs.mirror import RecordMirror, restore_lost
+from shared.services import Services
 from tests.jobclient import file_bytes, submit, wait_job
 from tests.servers import ApiServer, WorkerProcess, tabserve_env, wait_until
 
@@ -70,23 +73,32 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def callback_stack(base_settings, redis_server, tmp_path_factory):
-    """A receiver, and an API and a worker of their own (Redis database 7, queue
-    "callbacks") that may call it back."""
+def receiver():
     receiver = Receiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def callback_settings(base_settings, redis_server, receiver, tmp_path_factory) -> Settings:
+    """Redis database 7, queue "callbacks", callbacks to the receiver allowed."""
     secret = tmp_path_factory.mktemp("cbsecret") / "callback.key"
     secret.write_bytes(SECRET + b"\n")
-    settings = base_settings.with_overrides(
+    return base_settings.with_overrides(
         redis_url=redis_server.url.rsplit("/", 1)[0] + "/7", queue_name="callbacks",
         data_dir=str(tmp_path_factory.mktemp("cb-data")),
         callback_hosts=f"127.0.0.1:{receiver.port}", callback_secret_file=secret)
-    env = tabserve_env(settings.as_env())
+
+
+@pytest.fixture(scope="module")
+def callback_stack(callback_settings, receiver, tmp_path_factory):
+    """A receiver, and an API and a worker of their own that may call it back."""
+    env = tabserve_env(callback_settings.as_env())
     api = ApiServer(env, tmp_path_factory.mktemp("cb-logs"), workers=1)
     worker = WorkerProcess(env, tmp_path_factory.mktemp("cb-wlogs"), "callbacks")
     yield api, receiver
     worker.stop()
     api.stop()
-    receiver.stop()
 
 
 def _record(url: str, job_id: str) -> dict[str, Any]:
@@ -138,6 +150,31 @@ def test_a_failing_receiver_is_retried_until_it_answers(callback_stack, customer
     # with backoff: 2 s, then 4 s
     gaps = [b["at"] - a["at"] for a, b in zip(deliveries, deliveries[1:], strict=False)]
     assert gaps[0] >= 1.5 and gaps[1] >= 3.5, gaps
+
+
+def test_the_delivery_survives_a_redis_that_lost_the_record(callback_stack, callback_settings,
+                                                             customer_frame):
+    api, receiver = callback_stack
+    receiver.plans["/hook/lost"] = [503]
+    hook = f"http://127.0.0.1:{receiver.port}/hook/lost"
+    r = submit(api.url, file_bytes(customer_frame.iloc[:30], "csv"), callback_url=hook)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert wait_job(api.url, job_id)["status"] == "succeeded"
+    state = _wait_callback(api.url, job_id, "delivered", 60)
+    assert state["attempts"] == 2 and state["last_status"] == 200 and state["delivered_at"]
+    before = _record(api.url, job_id)
+
+    # Redis forgets the record (a write it never made durable): the copy answers meanwhile,
+    # and the reaper's restore puts it back, each with the delivery as it ended.
+    rt = Services(callback_settings)
+    rt.redis.delete(keys.job(job_id))
+    rt.redis.zrem(keys.jobs_index(), job_id)
+    assert _record(api.url, job_id) == before
+    assert RecordMirror(rt.storage).load(job_id).callback == state
+    assert restore_lost(rt) == 1
+    assert _record(api.url, job_id)["callback"] == state
+    assert len(receiver.to("/hook/lost")) == 2  # restoring it sends nothing again
 
 
 def test_a_failed_job_calls_back_too(callback_stack, customer_frame):

@@ -295,7 +295,7 @@ def test_final_stage_runs_unprivileged_under_tini(image: str) -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert final.args_of("ENTRYPOINT") == ['["tini", "--"]']
     assert final.args_of("STOPSIGNAL") == ["SIGTERM"]
-    assert final.args_of("HEALTHCHECK") and "urllib" in final.args_of("HEALTHCHECK")[0]
+    assert final.args_of("HEALTHCHECK")
     assert final.args_of("WORKDIR") == ["/app"]
     env = " ".join(final.args_of("ENV"))
     for setting in ("PYTHONPATH=/app", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1",
@@ -477,6 +477,33 @@ def test_service_command_is_a_real_cli_command(image: str, compose: dict) -> Non
     assert command[1] == image
     # Parsing the arguments checks every option exists, without running the command.
     cli_main.commands[image].make_context(image, command[2:])
+
+
+def _healthcheck(image: str) -> tuple[dict[str, str], list[str]]:
+    """The final stage's HEALTHCHECK: its options and its exec-form command."""
+    (args,) = parse_dockerfile(DOCKERFILES[image])[-1].args_of("HEALTHCHECK")
+    options, _, command = args.partition(" CMD ")
+    flags = dict(word.removeprefix("--").split("=", 1) for word in options.split())
+    return flags, json.loads(command)
+
+
+def test_api_healthcheck_is_the_cli_command_that_finds_the_served_port() -> None:
+    # Not a fixed port: `serve` (SageMaker) listens on 8080, the default command on 8000;
+    # `tabserve healthcheck` reads the running API's address (tests/test_healthcheck.py).
+    flags, command = _healthcheck("api")
+    assert command[:2] == ["tabserve", "healthcheck"]
+    assert not any(re.search(r":\d{2,5}\b", word) for word in command), command
+    context = cli_main.commands["healthcheck"].make_context("healthcheck", command[2:])
+    timeout = context.params["timeout"]
+    assert 0 < timeout < float(flags["timeout"].removesuffix("s")), (timeout, flags)
+    # tini is PID 1 and the `tabserve` wrapper execs `python -m cli` (the check's command).
+    text = DOCKERFILES["api"].read_text()
+    assert "exec python -m cli" in text and "/usr/local/bin/tabserve" in text
+
+
+def test_worker_healthcheck_reads_the_heartbeat_metric() -> None:
+    _, command = _healthcheck("worker")
+    assert command[:2] == ["python", "-c"] and "tabserve_worker_heartbeat" in command[2]
 
 
 def test_docs_name_only_real_cli_commands() -> None:

@@ -141,6 +141,7 @@ def test_errors_are_documented_in_the_shape_each_protocol_answers(client):
     assert error_ref("/jobs/{job_id}/result", "get", "409") == "Error"
     assert error_ref("/invocations", "post", "415") == "MlflowError"
     assert error_ref("/v2/models/{name}/infer", "post", "400") == "V2Error"
+    assert error_ref("/v1/models/{name}:predict", "post", "400") == "V1Error"
     r = client.post("/predict", json={"features": {"nope": 1}})
     assert r.status_code == 422 and set(r.get_json()["error"]) == {"code", "message", "details"}
 

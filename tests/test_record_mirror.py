@@ -147,6 +147,29 @@ def test_a_copy_is_written_at_every_change_of_status(redis_client, base_settings
     assert copy.status is JobStatus.SUCCEEDED and copy.rows_done == 10 and copy.finished_at
 
 
+def test_a_callback_delivery_updates_the_copy(redis_client, base_settings, tmp_path):
+    settings = base_settings.with_overrides(data_dir=str(tmp_path / "data"))
+    rt = Services(settings)
+    jobs, mirror = rt.jobs, RecordMirror(rt.storage)
+    from shared.jobs.record import new_job
+
+    job = new_job("5d0f6b2e-8a9c-4d3e-9f1a-2b7c6e4d8a10", {"name": "m", "version": 1},
+                  {"callback_url": "http://127.0.0.1:9/hook"},
+                  {"key": "k", "format": "csv", "size_bytes": 1}, 10, 1)
+    jobs.create(job)
+    assert jobs.claim_callback(job.id, {"state": "pending", "attempts": 0})
+    delivered = {"state": "delivered", "attempts": 2, "last_status": 200,
+                 "delivered_at": "2026-12-02T09:00:00Z"}
+    jobs.set_callback(job.id, delivered)
+    assert mirror.load(job.id).callback == delivered
+    # A job deleted meanwhile (files, then record) gets no copy back from a late delivery.
+    rt.storage.delete_prefix(paths.job_dir(job.id))
+    jobs.delete(job.id)
+    assert mirror.load(job.id) is None
+    jobs.set_callback(job.id, {**delivered, "attempts": 3})
+    assert mirror.load(job.id) is None
+
+
 def test_a_result_gone_from_storage_is_a_410_not_a_500(api_server, worker, redis_client,
                                                       base_settings, demo_data):
     job = submit(api_server.url, _csv(demo_data, 300), "csv", id_column="key").json()

@@ -52,6 +52,11 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "v2.load_model": Action.ADMIN,
     "v2.unload_model": Action.ADMIN,
     "v2.unknown": Action.READ_MODELS,
+    # KServe's V1 protocol.
+    "v1.predict": Action.PREDICT,
+    "v1.list_models": Action.READ_MODELS,
+    "v1.model_ready": Action.READ_MODELS,
+    "v1.unknown": Action.READ_MODELS,
 }
 
 

@@ -78,7 +78,8 @@ class PartAttempt(NamedTuple):
 
 
 _SET_IF_EXISTS = """if redis.call('exists', KEYS[1]) == 1 then
-  redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end"""
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) return 1 end
+return 0"""
 
 
 def new_job_id() -> str:
@@ -225,15 +226,22 @@ class JobStore:
             except Exception as exc:  # noqa: BLE001 - a callback never fails the job
                 logger.warning("job %s: its callback was not queued: %s", job_id, exc,
                                extra={"job_id": job_id})
-        if self.mirror is not None and result in changed:
-            try:
-                raw = self.r.hgetall(keys.job(job_id))
-                if raw:
-                    self.mirror.save(decode(raw))
-            except Exception as exc:  # noqa: BLE001 - storage or Redis away: logged, not fatal
-                logger.warning("job %s: the copy of its record was not written: %s", job_id,
-                               exc, extra={"job_id": job_id})
+        if result in changed:
+            self._save_copy(job_id)
         return result
+
+    def _save_copy(self, job_id: str) -> None:
+        """Write the record's copy from Redis, while the record exists. A copy that cannot
+        be written is logged; the change stands (the next change writes it again)."""
+        if self.mirror is None:
+            return
+        try:
+            raw = self.r.hgetall(keys.job(job_id))
+            if raw:
+                self.mirror.save(decode(raw))
+        except Exception as exc:  # noqa: BLE001 - storage or Redis away: logged, not fatal
+            logger.warning("job %s: the copy of its record was not written: %s", job_id,
+                           exc, extra={"job_id": job_id})
 
     def claim_callback(self, job_id: str, state: dict[str, Any]) -> bool:
         """Set a job's first callback state; False when it has one (the delivery was
@@ -242,10 +250,14 @@ class JobStore:
             return bool(self.r.hsetnx(keys.job(job_id), "callback", orjson.dumps(state)))
 
     def set_callback(self, job_id: str, state: dict[str, Any]) -> None:
-        """Record a callback's delivery state, while the job has a record."""
+        """Record a callback's delivery state, while the job has a record, in Redis and in
+        the record's copy (a record restored after Redis lost it shows the delivery)."""
         with redis_errors():
             # One script: a record deleted meanwhile is not brought back as a stub.
-            self.r.eval(_SET_IF_EXISTS, 1, keys.job(job_id), "callback", orjson.dumps(state))
+            kept = self.r.eval(_SET_IF_EXISTS, 1, keys.job(job_id), "callback",
+                               orjson.dumps(state))
+        if kept:
+            self._save_copy(job_id)
 
     def missing(self, ids: Iterable[str]) -> list[str]:
         """The ids among `ids` that have no record."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 REQUESTS: list[type[BaseModel]] = [
     shapes.PredictRequest, shapes.FeedbackRequest, JobOptions, InputSource,
-    protocols.V2InferRequest, protocols.MlflowRequest]
+    protocols.V2InferRequest, protocols.V1PredictRequest, protocols.MlflowRequest]
 ANSWERS: list[type[BaseModel]] = [
     shapes.Error, shapes.PredictResponse, shapes.ModelList, shapes.ModelDetail,
     shapes.AliasRequest, shapes.AliasResult, shapes.Alive,
@@ -34,22 +34,24 @@ ANSWERS: list[type[BaseModel]] = [
     shapes.ValidationReport,
     protocols.V2Error, protocols.V2ServerMetadata, protocols.V2Live, protocols.V2Ready,
     protocols.V2ModelMetadata, protocols.V2ModelReady, protocols.V2RepositoryIndex,
-    protocols.V2Empty, protocols.V2InferResponse, protocols.MlflowError,
+    protocols.V2Empty, protocols.V2InferResponse, protocols.V1PredictResponse,
+    protocols.V1ModelReady, protocols.V1ModelList, protocols.V1Error, protocols.MlflowError,
     protocols.MlflowResponse]
 COMPONENT_PREFIX = "Features."
 SECURITY = "apiKey"
 DESCRIPTION = (
-    "Online predictions, batch scoring jobs, and the Open Inference Protocol (V2) and MLflow "
-    "scoring protocols over the same models. With API keys configured, every operation but "
-    "the public ones (marked with no security requirement) needs `Authorization: Bearer "
-    "<key>`; with none configured the API is open. Errors of tabserve's own routes have one "
-    "shape, `Error`; the V2 and MLflow routes answer in their protocol's shape. Each model "
-    "version's feature schema is the component `Features.<name>.<version>` (shown to keys "
-    "that may read models).")
+    "Online predictions, batch scoring jobs, and the Open Inference Protocol (V2), KServe "
+    "V1 and MLflow scoring protocols over the same models. With API keys configured, every "
+    "operation but the public ones (marked with no security requirement) needs "
+    "`Authorization: Bearer <key>`; with none configured the API is open. Errors of "
+    "tabserve's own routes have one shape, `Error`; the V1, V2 and MLflow routes answer in "
+    "their protocol's shape. Each model version's feature schema is the component "
+    "`Features.<name>.<version>` (shown to keys that may read models).")
 TAGS = [("predict", "Online predictions"), ("models", "Model versions and their manifests"),
         ("jobs", "Batch scoring of CSV and Parquet files"),
         ("monitoring", "Health, readiness, metrics and feedback"),
         ("v2", "Open Inference Protocol (KServe, Triton, MLServer)"),
+        ("v1", "KServe's V1 protocol (TensorFlow Serving's REST API)"),
         ("mlflow", "MLflow's scoring server and SageMaker's container contract"),
         ("docs", "This document")]
 

@@ -288,6 +288,29 @@ def _ops_v2() -> list[Operation]:
     return ops
 
 
+def _ops_v1() -> list[Operation]:
+    name = param("name", "path", {"type": "string"},
+                 "NAME, NAME:VERSION or NAME@ALIAS (a bare NAME is its live version)")
+    ops = [
+        Operation("get", "/v1/models", "v1.list_models", "Every model's name", "v1",
+                  {200: ("The names", json_of("V1ModelList"))}),
+        Operation("get", "/v1/models/{name}", "v1.model_ready", "Load and report ready", "v1",
+                  {200: ("Ready", json_of("V1ModelReady"))}, (404, 422, 503), params=(name,)),
+        Operation("post", "/v1/models/{name}:predict", "v1.predict", "Predict", "v1",
+                  {200: ("Labels, or class probabilities", json_of("V1PredictResponse"))},
+                  (400, 404, 415, 422, 503) + BODY, json_of("V1PredictRequest"), (name,),
+                  description="Rows as /invocations takes them under `instances`; the same "
+                  "validation and row limit as /predict (413 over it)."),
+    ]
+    ops = [replace(o, shape="V1Error") for o in ops]
+    rest = param("rest", "path", {"type": "string"}, "any other V1 path")
+    for method in ("get", "post"):
+        ops.append(Operation(method, "/v1/{rest}", "v1.unknown", "Any other V1 path "
+                             "(:explain): not served", "v1", {}, (404,), params=(rest,),
+                             shape="V1Error|Error"))
+    return ops
+
+
 def operations() -> list[Operation]:
     """Every operation of the API."""
-    return _ops_core() + _ops_jobs() + _ops_mlflow() + _ops_v2()
+    return _ops_core() + _ops_jobs() + _ops_mlflow() + _ops_v2() + _ops_v1()

@@ -1,6 +1,6 @@
 """Pydantic models of the protocol endpoints' bodies and answers (Open Inference Protocol
-V2, MLflow's scoring server), for the document only: shared/online/v2.py and mlflow.py
-parse the bodies by hand."""
+V2, KServe's V1, MLflow's scoring server), for the document only: shared/online/v2.py,
+v1.py and mlflow.py parse the bodies by hand."""
 
 from __future__ import annotations
 
@@ -165,3 +165,41 @@ class MlflowResponse(BaseModel):
     """Labels (`predict`) or one array of class probabilities per row (`predict_proba`)."""
 
     predictions: list[Any]
+
+
+class V1Error(BaseModel):
+    """KServe V1's error shape."""
+
+    error: str
+
+
+class V1Instances(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[dict[str, Any] | list[Any]] = Field(min_length=1)
+
+
+class V1Inputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[dict[str, Any] | list[Any]] = Field(min_length=1)
+
+
+class V1PredictRequest(RootModel[V1Instances | V1Inputs]):
+    """KServe's V1 body: rows under `instances` (or `inputs`), each an object of feature
+    values or an array of values in the model's feature order."""
+
+
+class V1PredictResponse(BaseModel):
+    """Labels, or one array of class probabilities per row for a model whose manifest sets
+    `pyfunc_predict_fn` to `predict_proba` (as /invocations answers)."""
+
+    predictions: list[Any]
+
+
+class V1ModelReady(BaseModel):
+    name: str
+    ready: bool
+    version: str
+
+
+class V1ModelList(BaseModel):
+    models: list[str]

@@ -83,11 +83,11 @@ NOBODY = Principal(None, Role.READ)      # a public route's request: no job is i
 
 
 def default_action(method: str, path: str) -> Action:
-    """The action of a route that declares none: the protocol endpoints (KServe V2,
+    """The action of a route that declares none: the protocol endpoints (KServe V1 and V2,
     SageMaker's /invocations) predict or read models; anything else is for admins only, so a
     new route is closed until it says otherwise."""
     if path == "/invocations":
         return Action.PREDICT
-    if path.startswith("/v2/"):
+    if path.startswith(("/v1/", "/v2/")):
         return Action.READ_MODELS if method in ("GET", "HEAD") else Action.PREDICT
     return Action.ADMIN
