@@ -131,8 +131,9 @@ def test_the_healthcheck_finds_the_port_the_container_serves(base_settings, tmp_
 def test_the_healthcheck_with_an_explicit_bind(api_server):
     env = tabserve_env({})
     bind = api_server.url.removeprefix("http://")
-    run = subprocess.run([sys.executable, "-m", "cli", "healthcheck", "--bind", bind],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=30,
+    run = subprocess.run([sys.executable, "-m", "cli", "healthcheck", "--bind", bind,
+                          "--timeout", "10"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=30,
                          check=False)
     assert run.returncode == 0 and f"healthy: {bind}" in run.stdout, run.stderr
     closed = f"127.0.0.1:{free_port()}"
