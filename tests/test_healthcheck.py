@@ -23,9 +23,11 @@ from shared.monitoring.probe import api_binds, local_address
 from tests.servers import ROOT, free_port, tabserve_env
 
 
-def _process(proc: Path, pid: int, argv: list[str], env: dict[str, str] | None) -> None:
+def _process(proc: Path, pid: int, argv: list[str], env: dict[str, str] | None,
+             parent: int = 1) -> None:
     entry = proc / str(pid)
     entry.mkdir()
+    (entry / "stat").write_bytes(f"{pid} (a (b) c) S {parent} {pid} {pid} 0".encode())
     (entry / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
     if env is not None:
         (entry / "environ").write_bytes(
@@ -38,7 +40,9 @@ def test_api_binds_reads_the_running_apis_address(tmp_path):
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
                 "api.wsgi:app"]
     _process(proc, 7, gunicorn, {"PATH": "/bin", "TABSERVE_BIND": "0.0.0.0:8080"})
-    _process(proc, 9, gunicorn, {"TABSERVE_BIND": "0.0.0.0:8080"})  # its worker
+    _process(proc, 9, gunicorn, {"TABSERVE_BIND": "0.0.0.0:8080"}, parent=7)  # its worker
+    _process(proc, 10, gunicorn, {"TABSERVE_BIND": "127.0.0.1:7000"},
+             parent=5)  # started from a shell or a test: not the container's API
     _process(proc, 12, [sys.executable, "-m", "celery", "worker"],
              {"TABSERVE_BIND": "127.0.0.1:9999"})  # not the API
     _process(proc, 13, ["gunicorn: master [api.wsgi:app]"],  # as setproctitle titles it

@@ -33,9 +33,19 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _parent(entry: Path) -> int:
+    """A process's parent pid, from /proc/<pid>/stat (after the parenthesised name)."""
+    stat = (entry / "stat").read_bytes()
+    return int(stat[stat.rindex(b")") + 2:].split()[1])
+
+
 def api_binds(proc: Path = PROC) -> list[str]:
-    """The addresses of the tabserve APIs whose processes this one can see (their
-    TABSERVE_BIND), without duplicates; [] when none runs or /proc cannot be read."""
+    """The addresses of the tabserve APIs that are this container's main process (their
+    TABSERVE_BIND), without duplicates; [] when none runs or /proc cannot be read.
+
+    Only a gunicorn master that is PID 1 or a child of PID 1 (the container's init, tini)
+    counts: in a container that is the API; on a host it is a service the init started, never
+    another user's or another test's server started from a shell."""
     binds: set[str] = set()
     try:
         entries = [e for e in proc.iterdir() if e.name.isdigit()]
@@ -45,6 +55,8 @@ def api_binds(proc: Path = PROC) -> list[str]:
         try:
             if APP_ARG not in (entry / "cmdline").read_bytes():
                 continue
+            if entry.name != "1" and _parent(entry) != 1:
+                continue  # a worker (its master answers), or not the container's API
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile, or another user's
             continue
