@@ -40,6 +40,23 @@ class CsvDialect:
 PLAIN = CsvDialect()
 
 
+class RowTooLongError(ValidationError):
+    """A CSV row longer than the limit (TABSERVE_MAX_LINE_BYTES), by the byte it starts at;
+    `row` is its number once the reader that counts rows knows it."""
+
+    def __init__(self, offset: int, limit: int, row: int | None = None,
+                 unclosed: bool = True) -> None:
+        where = "" if row is None else f"row {row}: "
+        quote = ", or a quote in it is never closed" if unclosed else ""
+        super().__init__(f"{where}the CSV row starting at byte {offset} is longer than the "
+                         f"limit of {limit} bytes (TABSERVE_MAX_LINE_BYTES){quote}")
+        self.offset, self.limit, self.row, self.unclosed = offset, limit, row, unclosed
+
+    def at_row(self, row: int) -> RowTooLongError:
+        """The same error naming the row (0-based, as every job error numbers rows)."""
+        return RowTooLongError(self.offset, self.limit, row, self.unclosed)
+
+
 def read_header(fh: IO[bytes], max_line_bytes: int = MAX_LINE_BYTES) -> bytes:
     """The first line of a CSV file, line end included."""
     fh.seek(0)
@@ -134,9 +151,7 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
         cut, multiline = record_cut(buf, end, delimiter)
         if cut == 0:
             if end > max_line_bytes:
-                raise ValidationError(
-                    f"the CSV row starting at byte {offset - end} is longer than the limit of "
-                    f"{max_line_bytes} bytes, or a quote in it is never closed")
+                raise RowTooLongError(offset - end, max_line_bytes)
             carry = bytes(view[:end])
             continue
         carry = bytes(view[cut:end])
@@ -179,6 +194,14 @@ def parse_csv_block(block: Block, layout: CsvLayout,
     """Parse one block, setting aside rows with the wrong number of columns; on a value that
     does not convert, re-parse as text to locate it."""
     parser = _BlockParser(block, layout)
+    try:
+        return _parse(parser, layout, start_row)
+    except RowTooLongError as exc:
+        raise exc.at_row(start_row + (exc.row or 0)) from None
+
+
+def _parse(parser: _BlockParser, layout: CsvLayout,
+           start_row: int) -> tuple[pa.Table, list[BadRow]]:
     try:
         try:
             table = parser.read(layout.column_types)
@@ -259,9 +282,9 @@ def _check_row_lengths(block: Block, dialect: CsvDialect) -> None:
     starts = np.concatenate([[0], ends[:-1]])
     longest = int(np.argmax(ends - starts)) if len(ends) else 0
     if len(ends) and ends[longest] - starts[longest] > dialect.max_line_bytes:
-        raise ValidationError(
-            f"the CSV row starting at byte {block.start + int(starts[longest])} is longer "
-            f"than the limit of {dialect.max_line_bytes} bytes")
+        # `longest` records precede it in the block (a blank line counts as one here)
+        raise RowTooLongError(block.start + int(starts[longest]), dialect.max_line_bytes,
+                              longest, unclosed=False)
 
 
 def _short(exc: Exception) -> str:

@@ -26,6 +26,7 @@ from shared.jobs.csvblocks import (
     Block,
     CsvDialect,
     CsvLayout,
+    RowTooLongError,
     csv_block_bytes,
     header_columns,
     parse_csv_block,
@@ -175,6 +176,20 @@ def _inspect_parquet(fh: IO[bytes], size: int, schema: Schema,
             "Parquet columns have the wrong types: " + ", ".join(d["field"] for d in wrong),
             details=wrong)
     return InputInfo("parquet", list(arrow_schema.names), rows, size)
+
+
+def check_parquet_file(fh: IO[bytes], limits: InputLimits) -> None:
+    """The submit-time limits again, where a worker opens a Parquet input: a file at an
+    input_url may have been replaced since it was checked, or the limits lowered."""
+    size = fh.seek(0, io.SEEK_END)
+    _check_footer_size(fh, size, limits.max_metadata_bytes)
+    try:
+        meta = pq.ParquetFile(fh).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise BadRequestError(f"the input is not a readable Parquet file: {exc}") from None
+    finally:
+        fh.seek(0)
+    _check_parquet_limits(meta, limits)
 
 
 def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
@@ -388,7 +403,14 @@ def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
     start = part.first_row if part else 0
     fh.seek(part.start if part else len(header))
     limit = part.end - part.start if part else None
-    for block in read_blocks(fh, block_bytes, limit, dialect):
+    blocks = read_blocks(fh, block_bytes, limit, dialect)
+    while True:
+        try:
+            block = next(blocks, None)
+        except RowTooLongError as exc:  # the blocks before it are parsed: its row is `start`
+            raise exc.at_row(start) from None
+        if block is None:
+            return
         table, bad = parse_csv_block(block, layout, start)
         chunk = Chunk(start, table, block.offset, bad)
         del block  # the text is parsed: let its buffer go before the chunk is consumed
