@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from shared.errors import BadRequestError, ValidationError
+from shared.errors import BadRequestError, InputRowError, ValidationError
 from shared.jobs.csvrecords import line_ends, read_into, record_cut
 
 SNIFF_BYTES = 64 * 1024
@@ -40,7 +40,7 @@ class CsvDialect:
 PLAIN = CsvDialect()
 
 
-class RowTooLongError(ValidationError):
+class RowTooLongError(InputRowError):
     """A CSV row longer than the limit (TABSERVE_MAX_LINE_BYTES), by the byte it starts at;
     `row` is its number once the reader that counts rows knows it."""
 
@@ -49,8 +49,8 @@ class RowTooLongError(ValidationError):
         where = "" if row is None else f"row {row}: "
         quote = ", or a quote in it is never closed" if unclosed else ""
         super().__init__(f"{where}the CSV row starting at byte {offset} is longer than the "
-                         f"limit of {limit} bytes (TABSERVE_MAX_LINE_BYTES){quote}")
-        self.offset, self.limit, self.row, self.unclosed = offset, limit, row, unclosed
+                         f"limit of {limit} bytes (TABSERVE_MAX_LINE_BYTES){quote}", row)
+        self.offset, self.limit, self.unclosed = offset, limit, unclosed
 
     def at_row(self, row: int) -> RowTooLongError:
         """The same error naming the row (0-based, as every job error numbers rows)."""

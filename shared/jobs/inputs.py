@@ -18,7 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared.errors import BadRequestError, PayloadTooLargeError, TabserveError, ValidationError
+from shared.errors import (
+    BadRequestError,
+    InputRowError,
+    PayloadTooLargeError,
+    TabserveError,
+    ValidationError,
+)
 from shared.jobs.csvblocks import (
     PLAIN,
     SNIFF_BYTES,
@@ -83,6 +89,24 @@ class InputLimits:
 
 
 NO_LIMITS = InputLimits()
+
+
+def column_limit(max_columns: int, features: int) -> int:
+    """The most columns an input may have: the setting, or for a model with many features 4
+    per feature and 100 more."""
+    return max(max_columns, 4 * features + 100)
+
+
+def check_csv_width(fh: IO[bytes], dialect: CsvDialect, max_columns: int | None) -> None:
+    """A CSV header's columns (its delimiters counted on the raw line, before anything parses
+    it) against the limit again, where a worker opens the input (see check_parquet_file)."""
+    if max_columns is None:
+        return
+    columns = read_header(fh, dialect.max_line_bytes).count(dialect.delimiter.encode()) + 1
+    fh.seek(0)
+    if columns > max_columns:
+        raise ValidationError(f"the CSV header has {columns} columns, over the limit of "
+                              f"{max_columns} (TABSERVE_MAX_INPUT_COLUMNS)")
 
 
 def arrow_type(spec: FeatureSpec) -> pa.DataType:
@@ -379,8 +403,18 @@ def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns
     start = part.first_row if part else 0
     groups = list(range(part.start, part.end)) if part else None
     skip = part.skip if part else 0
-    for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True,
-                                 row_groups=groups):
+    batches = pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True,
+                              row_groups=groups)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            if getattr(exc, "errno", None):  # the store's own I/O fault, not the file's
+                raise
+            raise InputRowError(f"row {start}: the Parquet file cannot be read from here "
+                                f"(corrupt or truncated): {str(exc)[:200]}", start) from None
+        if batch is None:
+            return
         if skip:  # rows a resumed range has done already
             if batch.num_rows <= skip:
                 skip -= batch.num_rows

@@ -21,7 +21,12 @@ import redis
 
 from shared import keys
 from shared.diskspace import is_disk_full, storage_full
-from shared.errors import ModelRejectedInputError, QueueUnavailableError, TabserveError
+from shared.errors import (
+    InputRowError,
+    ModelRejectedInputError,
+    QueueUnavailableError,
+    TabserveError,
+)
 from shared.jobs import paths
 from shared.jobs.checkpoint import Checkpoint
 from shared.jobs.chunks import (
@@ -32,13 +37,15 @@ from shared.jobs.chunks import (
     rows_the_model_refuses,
     score_chunk,
 )
-from shared.jobs.csvblocks import CsvDialect, RowTooLongError
+from shared.jobs.csvblocks import CsvDialect
 from shared.jobs.inputs import (
     Chunk,
     InputLimits,
     Part,
     arrow_type,
+    check_csv_width,
     check_parquet_file,
+    column_limit,
     iter_chunks,
 )
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
@@ -115,7 +122,7 @@ def error_of(exc: Exception, job_id: str) -> JobError:
     """The job error for an exception raised while scoring."""
     if isinstance(exc, RowsRejectedError):
         return JobError(exc.code, exc.message, exc.row, exc.field)
-    if isinstance(exc, RowTooLongError):
+    if isinstance(exc, InputRowError):
         return JobError(exc.code, exc.message, exc.row)
     if isinstance(exc, TabserveError):
         return JobError(exc.code, exc.message)
@@ -138,6 +145,8 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         input_fh = files.enter_context(storage.open(job.input["key"]))
         if job.input["format"] == "parquet":
             check_parquet_file(input_fh, run.limits)
+        else:
+            check_csv_width(input_fh, run.dialect, run.limits.max_columns)
         out_fh = files.enter_context(_writer(storage, output_key, "wb", None if resume is None
                                              else (resume.output, resume.output_bytes)))
         err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
@@ -242,7 +251,8 @@ class JobRun:
         self.checkpoints = False  # whether each written chunk records a checkpoint
         settings = rt.settings
         self.max_rows = settings.max_job_rows
-        self.limits = InputLimits(settings.max_job_rows, None,
+        self.limits = InputLimits(settings.max_job_rows,
+                                  column_limit(settings.max_input_columns, len(features)),
                                   settings.max_parquet_row_group_bytes,
                                   settings.max_parquet_metadata_bytes)
         self.resume: Checkpoint | None = None

@@ -1,4 +1,4 @@
-"""The limits a worker applies while it reads a job's input, in process against the real
+"""The limits and faults a worker meets while it reads a job's input, in process against the real
 Redis fixture: rows per job (TABSERVE_MAX_JOB_ROWS) for a CSV file, whose rows are known only
 as they are read, whole and in parts; a Parquet file's limits checked again where the worker
 opens it; a row over TABSERVE_MAX_LINE_BYTES named by its number. Each fails the job once,
@@ -130,4 +130,36 @@ def test_a_row_over_the_line_limit_is_named_by_its_number(make_rt, tmp_path, fra
     assert failed.error.message.startswith(f"row {row}: the CSV row starting at byte ")
     assert "longer than the limit of 4096 bytes (TABSERVE_MAX_LINE_BYTES)" in \
         failed.error.message
+    _only_the_upload_is_left(rt, job.id, "csv")
+
+
+def test_a_parquet_file_with_corrupt_pages_fails_the_job_naming_the_row(make_rt, tmp_path,
+                                                                        frame):
+    # The footer is intact, so the file passes submit; its pages are not.
+    buf = io.BytesIO()
+    pd.concat([frame] * 4).to_parquet(buf, index=False, row_group_size=500)
+    data = bytearray(buf.getvalue())
+    data[len(data) // 2: len(data) // 2 + 2000] = b"\xab" * 2000
+    rt = make_rt()
+    job = _submit(rt, tmp_path, bytes(data), "parquet")
+    assert run_job(rt, job.id, "inprocess").status is JobStatus.FAILED
+    failed = rt.jobs.get(job.id)
+    assert failed.error.code == "validation_error", failed.error.message
+    assert failed.error.row is not None and 0 < failed.error.row < 4 * len(frame)
+    assert failed.error.message.startswith(f"row {failed.error.row}: the Parquet file cannot "
+                                           "be read from here (corrupt or truncated)")
+    _only_the_upload_is_left(rt, job.id, "parquet")
+
+
+def test_a_csv_header_over_the_column_limit_is_refused_where_the_worker_opens_it(
+        make_rt, tmp_path, frame):
+    wide = pd.concat([frame.head(5), pd.DataFrame(0, index=frame.index[:5],
+                                                  columns=[f"x{i}" for i in range(300)])],
+                     axis=1)
+    job = _submit(make_rt(), tmp_path, _csv(wide), "csv")
+    rt = make_rt(max_input_columns=200)
+    assert run_job(rt, job.id, "inprocess").status is JobStatus.FAILED
+    failed = rt.jobs.get(job.id)
+    assert failed.error.message == ("the CSV header has 330 columns, over the limit of 220 "
+                                    "(TABSERVE_MAX_INPUT_COLUMNS)")
     _only_the_upload_is_left(rt, job.id, "csv")
