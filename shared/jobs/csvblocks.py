@@ -133,8 +133,8 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
     offset = fh.tell()
     left, max_line_bytes, delimiter = limit, dialect.max_line_bytes, dialect.delimiter
     while True:
-        # a record longer than a block: read as much again as is carried, not block by block
-        want = max(block_bytes, len(carry))
+        # a record longer than a block: read at once what the longest allowed record needs
+        want = max(block_bytes, max_line_bytes + 1 - len(carry)) if carry else block_bytes
         want = want if left is None else min(want, left)
         buf = bytearray(len(carry) + want)
         buf[: len(carry)] = carry
@@ -154,12 +154,15 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
                 raise RowTooLongError(offset - end, max_line_bytes)
             carry = bytes(view[:end])
             continue
-        carry = bytes(view[cut:end])
+        too_long = end - cut > max_line_bytes  # the record after the cut: refused, not kept
+        carry = b"" if too_long else bytes(view[cut:end])
         if cut > 1024 or bytes(view[:cut]).strip():
-            block = Block(view[:cut], offset - len(carry), multiline)
+            block = Block(view[:cut], offset - (end - cut), multiline)
             del buf, view  # only the yielded block keeps the buffer alive
-            yield block
+            yield block  # first: the rows before the long one are numbered by their reader
             del block
+        if too_long:
+            raise RowTooLongError(offset - (end - cut), max_line_bytes)
 
 
 def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],

@@ -97,9 +97,11 @@ def column_limit(max_columns: int, features: int) -> int:
     return max(max_columns, 4 * features + 100)
 
 
-def check_csv_width(fh: IO[bytes], dialect: CsvDialect, max_columns: int | None) -> None:
-    """A CSV header's columns (its delimiters counted on the raw line, before anything parses
-    it) against the limit again, where a worker opens the input (see check_parquet_file)."""
+def check_csv_file(fh: IO[bytes], dialect: CsvDialect, max_columns: int | None) -> None:
+    """The submit-time checks of a CSV file's start again, where a worker opens it (see
+    check_parquet_file): text, not binary, and a header's columns (its delimiters counted on
+    the raw line, before anything parses it) within the limit."""
+    _check_text(fh, dialect.encoding)
     if max_columns is None:
         return
     columns = read_header(fh, dialect.max_line_bytes).count(dialect.delimiter.encode()) + 1
@@ -228,14 +230,7 @@ def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
 
 def _inspect_csv(fh: IO[bytes], size: int, dialect: CsvDialect,
                  wanted: set[str] | None) -> InputInfo:
-    fh.seek(0)
-    head = fh.read(SNIFF_BYTES)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise BadRequestError("the uploaded file is UTF-16 text (Excel's \"Unicode text\"): "
-                              "save it as CSV UTF-8")
-    if b"\x00" in head:
-        raise BadRequestError("the uploaded file is binary, not CSV text")
-    _check_encoding(head, dialect.encoding)
+    _check_text(fh, dialect.encoding)
     header = read_header(fh, dialect.max_line_bytes)
     if wanted is not None:
         dialect = _sniff_delimiter(header, dialect, wanted)
@@ -244,6 +239,20 @@ def _inspect_csv(fh: IO[bytes], size: int, dialect: CsvDialect,
     if not fh.read(SNIFF_BYTES).strip():
         raise BadRequestError("the CSV file has a header but no data rows")
     return InputInfo("csv", columns, None, size, dialect)
+
+
+def _check_text(fh: IO[bytes], encoding: str) -> None:
+    """400 unless the file's first bytes are text in the encoding (not UTF-16, not binary:
+    a gzip file named .csv)."""
+    fh.seek(0)
+    head = fh.read(SNIFF_BYTES)
+    fh.seek(0)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BadRequestError("the uploaded file is UTF-16 text (Excel's \"Unicode text\"): "
+                              "save it as CSV UTF-8")
+    if b"\x00" in head:
+        raise BadRequestError("the uploaded file is binary, not CSV text")
+    _check_encoding(head, encoding)
 
 
 def _check_encoding(head: bytes, encoding: str) -> None:

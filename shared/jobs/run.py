@@ -43,7 +43,7 @@ from shared.jobs.inputs import (
     InputLimits,
     Part,
     arrow_type,
-    check_csv_width,
+    check_csv_file,
     check_parquet_file,
     column_limit,
     iter_chunks,
@@ -146,7 +146,7 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         if job.input["format"] == "parquet":
             check_parquet_file(input_fh, run.limits)
         else:
-            check_csv_width(input_fh, run.dialect, run.limits.max_columns)
+            check_csv_file(input_fh, run.dialect, run.limits.max_columns)
         out_fh = files.enter_context(_writer(storage, output_key, "wb", None if resume is None
                                              else (resume.output, resume.output_bytes)))
         err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
