@@ -31,7 +31,7 @@ from shared.jobs.record import FINAL, JobStatus
 from shared.jobs.submit import parse_options, submit_job
 from shared.services import Services
 from tests.jobclient import wait_job
-from tests.servers import ApiServer, WorkerProcess, tabserve_env
+from tests.servers import ApiServer, WorkerProcess, tabserve_env, wait_until
 
 # The worker pool process's peak resident memory while it meets any file below, model and
 # libraries included (docs/security.md, "Hostile files"). A file read whole would pass it:
@@ -187,9 +187,14 @@ def parquet_with_corrupt_pages(path: Path, demo_data) -> None:
 
 
 def _only_the_input_is_left(rt: Services, job_id: str, fmt: str) -> None:
-    """A failed job keeps its input and its record's copy: no result, no temporary file."""
-    assert sorted(rt.storage.list_files(paths.job_dir(job_id))) == sorted(
-        [paths.upload(job_id, fmt), paths.record(job_id)])
+    """A failed job keeps its input and its record's copy: no result, no temporary file.
+    (The copy is written just after the status changes: waited for.)"""
+    expected = sorted([paths.upload(job_id, fmt), paths.record(job_id)])
+    listed = lambda: sorted(rt.storage.list_files(paths.job_dir(job_id)))  # noqa: E731
+    try:
+        wait_until(lambda: listed() == expected, 10, "the failed job's files")
+    except TimeoutError:
+        assert listed() == expected
 
 
 @dataclass(frozen=True)

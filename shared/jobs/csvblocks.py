@@ -133,8 +133,9 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
     offset = fh.tell()
     left, max_line_bytes, delimiter = limit, dialect.max_line_bytes, dialect.delimiter
     while True:
-        # a record longer than a block: read at once what the longest allowed record needs
-        want = max(block_bytes, max_line_bytes + 1 - len(carry)) if carry else block_bytes
+        # a record longer than a block: read as much again as is carried, not block by block
+        # (the carry is at most max_line_bytes: a longer record is refused below)
+        want = max(block_bytes, len(carry))
         want = want if left is None else min(want, left)
         buf = bytearray(len(carry) + want)
         buf[: len(carry)] = carry
