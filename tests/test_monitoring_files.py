@@ -24,6 +24,7 @@ PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "tabserve.json"
 RULES_IN_CONTAINER = "/etc/prometheus/alerts.yml"
+API_KEY_IN_CONTAINER = "/run/secrets/prometheus_api_key"
 
 METRIC_NAME = re.compile(r"\btabserve_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(tabserve_[a-z0-9_]+)\{([^}]*)\}")
@@ -101,7 +102,10 @@ def test_prometheus_config_passes_promtool_check(tmp_path):
     assert load_yaml(PROMETHEUS / "prometheus.yml")["rule_files"] == [RULES_IN_CONTAINER]
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
     local = tmp_path / "prometheus.yml"
-    local.write_text(config.replace(RULES_IN_CONTAINER, str(tmp_path / "alerts.yml")))
+    # The API key it scrapes with is a compose secret in the container: a file here.
+    (tmp_path / "api-key").write_text("tsk_promtool\n")
+    local.write_text(config.replace(RULES_IN_CONTAINER, str(tmp_path / "alerts.yml"))
+                     .replace(API_KEY_IN_CONTAINER, str(tmp_path / "api-key")))
     proc = promtool("check", "config", str(local))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from shared.errors import BadRequestError, ValidationError
+from shared.errors import BadRequestError, InputRowError, ValidationError
 from shared.jobs.csvrecords import line_ends, read_into, record_cut
 
 SNIFF_BYTES = 64 * 1024
@@ -38,6 +38,23 @@ class CsvDialect:
 
 
 PLAIN = CsvDialect()
+
+
+class RowTooLongError(InputRowError):
+    """A CSV row longer than the limit (TABSERVE_MAX_LINE_BYTES), by the byte it starts at;
+    `row` is its number once the reader that counts rows knows it."""
+
+    def __init__(self, offset: int, limit: int, row: int | None = None,
+                 unclosed: bool = True) -> None:
+        where = "" if row is None else f"row {row}: "
+        quote = ", or a quote in it is never closed" if unclosed else ""
+        super().__init__(f"{where}the CSV row starting at byte {offset} is longer than the "
+                         f"limit of {limit} bytes (TABSERVE_MAX_LINE_BYTES){quote}", row)
+        self.offset, self.limit, self.unclosed = offset, limit, unclosed
+
+    def at_row(self, row: int) -> RowTooLongError:
+        """The same error naming the row (0-based, as every job error numbers rows)."""
+        return RowTooLongError(self.offset, self.limit, row, self.unclosed)
 
 
 def read_header(fh: IO[bytes], max_line_bytes: int = MAX_LINE_BYTES) -> bytes:
@@ -117,6 +134,7 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
     left, max_line_bytes, delimiter = limit, dialect.max_line_bytes, dialect.delimiter
     while True:
         # a record longer than a block: read as much again as is carried, not block by block
+        # (the carry is at most max_line_bytes: a longer record is refused below)
         want = max(block_bytes, len(carry))
         want = want if left is None else min(want, left)
         buf = bytearray(len(carry) + want)
@@ -134,17 +152,18 @@ def read_blocks(fh: IO[bytes], block_bytes: int, limit: int | None = None,
         cut, multiline = record_cut(buf, end, delimiter)
         if cut == 0:
             if end > max_line_bytes:
-                raise ValidationError(
-                    f"the CSV row starting at byte {offset - end} is longer than the limit of "
-                    f"{max_line_bytes} bytes, or a quote in it is never closed")
+                raise RowTooLongError(offset - end, max_line_bytes)
             carry = bytes(view[:end])
             continue
-        carry = bytes(view[cut:end])
+        too_long = end - cut > max_line_bytes  # the record after the cut: refused, not kept
+        carry = b"" if too_long else bytes(view[cut:end])
         if cut > 1024 or bytes(view[:cut]).strip():
-            block = Block(view[:cut], offset - len(carry), multiline)
+            block = Block(view[:cut], offset - (end - cut), multiline)
             del buf, view  # only the yielded block keeps the buffer alive
-            yield block
+            yield block  # first: the rows before the long one are numbered by their reader
             del block
+        if too_long:
+            raise RowTooLongError(offset - (end - cut), max_line_bytes)
 
 
 def csv_convert_options(names: list[str], column_types: dict[str, pa.DataType],
@@ -179,6 +198,14 @@ def parse_csv_block(block: Block, layout: CsvLayout,
     """Parse one block, setting aside rows with the wrong number of columns; on a value that
     does not convert, re-parse as text to locate it."""
     parser = _BlockParser(block, layout)
+    try:
+        return _parse(parser, layout, start_row)
+    except RowTooLongError as exc:
+        raise exc.at_row(start_row + (exc.row or 0)) from None
+
+
+def _parse(parser: _BlockParser, layout: CsvLayout,
+           start_row: int) -> tuple[pa.Table, list[BadRow]]:
     try:
         try:
             table = parser.read(layout.column_types)
@@ -259,9 +286,9 @@ def _check_row_lengths(block: Block, dialect: CsvDialect) -> None:
     starts = np.concatenate([[0], ends[:-1]])
     longest = int(np.argmax(ends - starts)) if len(ends) else 0
     if len(ends) and ends[longest] - starts[longest] > dialect.max_line_bytes:
-        raise ValidationError(
-            f"the CSV row starting at byte {block.start + int(starts[longest])} is longer "
-            f"than the limit of {dialect.max_line_bytes} bytes")
+        # `longest` records precede it in the block (a blank line counts as one here)
+        raise RowTooLongError(block.start + int(starts[longest]), dialect.max_line_bytes,
+                              longest, unclosed=False)
 
 
 def _short(exc: Exception) -> str:

@@ -18,7 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shared.errors import BadRequestError, PayloadTooLargeError, TabserveError, ValidationError
+from shared.errors import (
+    BadRequestError,
+    InputRowError,
+    PayloadTooLargeError,
+    TabserveError,
+    ValidationError,
+)
 from shared.jobs.csvblocks import (
     PLAIN,
     SNIFF_BYTES,
@@ -26,6 +32,7 @@ from shared.jobs.csvblocks import (
     Block,
     CsvDialect,
     CsvLayout,
+    RowTooLongError,
     csv_block_bytes,
     header_columns,
     parse_csv_block,
@@ -82,6 +89,26 @@ class InputLimits:
 
 
 NO_LIMITS = InputLimits()
+
+
+def column_limit(max_columns: int, features: int) -> int:
+    """The most columns an input may have: the setting, or for a model with many features 4
+    per feature and 100 more."""
+    return max(max_columns, 4 * features + 100)
+
+
+def check_csv_file(fh: IO[bytes], dialect: CsvDialect, max_columns: int | None) -> None:
+    """The submit-time checks of a CSV file's start again, where a worker opens it (see
+    check_parquet_file): text, not binary, and a header's columns (its delimiters counted on
+    the raw line, before anything parses it) within the limit."""
+    _check_text(fh, dialect.encoding)
+    if max_columns is None:
+        return
+    columns = read_header(fh, dialect.max_line_bytes).count(dialect.delimiter.encode()) + 1
+    fh.seek(0)
+    if columns > max_columns:
+        raise ValidationError(f"the CSV header has {columns} columns, over the limit of "
+                              f"{max_columns} (TABSERVE_MAX_INPUT_COLUMNS)")
 
 
 def arrow_type(spec: FeatureSpec) -> pa.DataType:
@@ -177,6 +204,20 @@ def _inspect_parquet(fh: IO[bytes], size: int, schema: Schema,
     return InputInfo("parquet", list(arrow_schema.names), rows, size)
 
 
+def check_parquet_file(fh: IO[bytes], limits: InputLimits) -> None:
+    """The submit-time limits again, where a worker opens a Parquet input: a file at an
+    input_url may have been replaced since it was checked, or the limits lowered."""
+    size = fh.seek(0, io.SEEK_END)
+    _check_footer_size(fh, size, limits.max_metadata_bytes)
+    try:
+        meta = pq.ParquetFile(fh).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise BadRequestError(f"the input is not a readable Parquet file: {exc}") from None
+    finally:
+        fh.seek(0)
+    _check_parquet_limits(meta, limits)
+
+
 def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
@@ -189,14 +230,7 @@ def _compatible(dtype: pa.DataType, spec: FeatureSpec) -> bool:
 
 def _inspect_csv(fh: IO[bytes], size: int, dialect: CsvDialect,
                  wanted: set[str] | None) -> InputInfo:
-    fh.seek(0)
-    head = fh.read(SNIFF_BYTES)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise BadRequestError("the uploaded file is UTF-16 text (Excel's \"Unicode text\"): "
-                              "save it as CSV UTF-8")
-    if b"\x00" in head:
-        raise BadRequestError("the uploaded file is binary, not CSV text")
-    _check_encoding(head, dialect.encoding)
+    _check_text(fh, dialect.encoding)
     header = read_header(fh, dialect.max_line_bytes)
     if wanted is not None:
         dialect = _sniff_delimiter(header, dialect, wanted)
@@ -205,6 +239,20 @@ def _inspect_csv(fh: IO[bytes], size: int, dialect: CsvDialect,
     if not fh.read(SNIFF_BYTES).strip():
         raise BadRequestError("the CSV file has a header but no data rows")
     return InputInfo("csv", columns, None, size, dialect)
+
+
+def _check_text(fh: IO[bytes], encoding: str) -> None:
+    """400 unless the file's first bytes are text in the encoding (not UTF-16, not binary:
+    a gzip file named .csv)."""
+    fh.seek(0)
+    head = fh.read(SNIFF_BYTES)
+    fh.seek(0)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BadRequestError("the uploaded file is UTF-16 text (Excel's \"Unicode text\"): "
+                              "save it as CSV UTF-8")
+    if b"\x00" in head:
+        raise BadRequestError("the uploaded file is binary, not CSV text")
+    _check_encoding(head, encoding)
 
 
 def _check_encoding(head: bytes, encoding: str) -> None:
@@ -364,8 +412,18 @@ def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns
     start = part.first_row if part else 0
     groups = list(range(part.start, part.end)) if part else None
     skip = part.skip if part else 0
-    for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True,
-                                 row_groups=groups):
+    batches = pf.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=True,
+                              row_groups=groups)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            if getattr(exc, "errno", None):  # the store's own I/O fault, not the file's
+                raise
+            raise InputRowError(f"row {start}: the Parquet file cannot be read from here "
+                                f"(corrupt or truncated): {str(exc)[:200]}", start) from None
+        if batch is None:
+            return
         if skip:  # rows a resumed range has done already
             if batch.num_rows <= skip:
                 skip -= batch.num_rows
@@ -388,7 +446,14 @@ def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
     start = part.first_row if part else 0
     fh.seek(part.start if part else len(header))
     limit = part.end - part.start if part else None
-    for block in read_blocks(fh, block_bytes, limit, dialect):
+    blocks = read_blocks(fh, block_bytes, limit, dialect)
+    while True:
+        try:
+            block = next(blocks, None)
+        except RowTooLongError as exc:  # the blocks before it are parsed: its row is `start`
+            raise exc.at_row(start) from None
+        if block is None:
+            return
         table, bad = parse_csv_block(block, layout, start)
         chunk = Chunk(start, table, block.offset, bad)
         del block  # the text is parsed: let its buffer go before the chunk is consumed

@@ -21,7 +21,12 @@ import redis
 
 from shared import keys
 from shared.diskspace import is_disk_full, storage_full
-from shared.errors import ModelRejectedInputError, QueueUnavailableError, TabserveError
+from shared.errors import (
+    InputRowError,
+    ModelRejectedInputError,
+    QueueUnavailableError,
+    TabserveError,
+)
 from shared.jobs import paths
 from shared.jobs.checkpoint import Checkpoint
 from shared.jobs.chunks import (
@@ -33,7 +38,16 @@ from shared.jobs.chunks import (
     score_chunk,
 )
 from shared.jobs.csvblocks import CsvDialect
-from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
+from shared.jobs.inputs import (
+    Chunk,
+    InputLimits,
+    Part,
+    arrow_type,
+    check_csv_file,
+    check_parquet_file,
+    column_limit,
+    iter_chunks,
+)
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
 from shared.jobs.pipeline import WriteBehind, prefetch
 from shared.jobs.record import Answer, Job, JobError, JobStatus
@@ -108,6 +122,8 @@ def error_of(exc: Exception, job_id: str) -> JobError:
     """The job error for an exception raised while scoring."""
     if isinstance(exc, RowsRejectedError):
         return JobError(exc.code, exc.message, exc.row, exc.field)
+    if isinstance(exc, InputRowError):
+        return JobError(exc.code, exc.message, exc.row)
     if isinstance(exc, TabserveError):
         return JobError(exc.code, exc.message)
     if is_disk_full(exc):  # the writer removed its temporary file: nothing half-written
@@ -127,6 +143,10 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
     resume = run.resume
     with ExitStack() as files:
         input_fh = files.enter_context(storage.open(job.input["key"]))
+        if job.input["format"] == "parquet":
+            check_parquet_file(input_fh, run.limits)
+        else:
+            check_csv_file(input_fh, run.dialect, run.limits.max_columns)
         out_fh = files.enter_context(_writer(storage, output_key, "wb", None if resume is None
                                              else (resume.output, resume.output_bytes)))
         err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
@@ -229,6 +249,12 @@ class JobRun:
         self.rows_done = self.rows_failed = self.chunks = 0
         self.rows_refused = 0  # rows the model raised on (skipped)
         self.checkpoints = False  # whether each written chunk records a checkpoint
+        settings = rt.settings
+        self.max_rows = settings.max_job_rows
+        self.limits = InputLimits(settings.max_job_rows,
+                                  column_limit(settings.max_input_columns, len(features)),
+                                  settings.max_parquet_row_group_bytes,
+                                  settings.max_parquet_metadata_bytes)
         self.resume: Checkpoint | None = None
 
     def adopt(self, checkpoint: Checkpoint) -> None:
@@ -247,6 +273,8 @@ class JobRun:
         once written)."""
         if self.row_offset is not None:
             chunk = replace(chunk, start_row=chunk.start_row + self.row_offset())
+        if chunk.start_row + chunk.span > self.max_rows:  # before a row of it is scored
+            raise too_many_rows(self.max_rows)
         checked = check_chunk(chunk.table, chunk.start_row, self.manifest.features,
                               chunk.bad_rows)
         if checked.errors and self.errors is None:
@@ -313,6 +341,21 @@ class JobRun:
             pipe.execute()
         except redis.ResponseError as exc:  # past Redis's 512 MB string limit
             logger.warning("job %s: predictions not kept for feedback: %s", self.job_id, exc)
+
+
+class TooManyRowsError(RowsRejectedError):
+    """The input holds more rows than a job may (TABSERVE_MAX_JOB_ROWS): a CSV file's rows
+    are known only as they are read."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+def too_many_rows(limit: int) -> TooManyRowsError:
+    """The error for the first row past the limit (rows are numbered from 0)."""
+    return TooManyRowsError(f"row {limit}: the file has more than {limit} rows, the limit of "
+                            "rows per job (TABSERVE_MAX_JOB_ROWS): split it into several jobs",
+                            limit)
 
 
 def _row_error(first: RowError, count: int) -> RowsRejectedError:

@@ -24,7 +24,14 @@ from shared.errors import (
 from shared.jobs import paths
 from shared.jobs.callbacks import check_callback_url
 from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
-from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, InputLimits, inspect_input
+from shared.jobs.inputs import (
+    DELIMITERS,
+    InputFormat,
+    InputInfo,
+    InputLimits,
+    column_limit,
+    inspect_input,
+)
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import FINAL, Job, JobError, new_job
 from shared.jobs.store import new_job_id
@@ -182,16 +189,11 @@ def check_upload_room(rt: Services, incoming: int) -> None:
     check_free_space(local_dirs(rt.settings).values(), rt.settings.min_free_bytes, incoming)
 
 
-def column_limit(max_columns: int, manifest: Manifest) -> int:
-    """The most columns an input may have: the setting, or for a model with many features 4
-    per feature and 100 more."""
-    return max(max_columns, 4 * len(manifest.features) + 100)
-
-
 def input_limits(rt: Services, manifest: Manifest) -> InputLimits:
     settings = rt.settings
-    return InputLimits(settings.max_job_rows, column_limit(settings.max_input_columns, manifest),
-                       settings.max_parquet_row_group_bytes, settings.max_parquet_metadata_bytes)
+    columns = column_limit(settings.max_input_columns, len(manifest.features))
+    return InputLimits(settings.max_job_rows, columns, settings.max_parquet_row_group_bytes,
+                       settings.max_parquet_metadata_bytes)
 
 
 def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest,
@@ -206,7 +208,7 @@ def check_header_width(fh: IO[bytes], fmt: InputFormat, manifest: Manifest,
     header = fh.readline(MAX_LINE_BYTES)  # the file's other faults are inspect_input's
     fh.seek(0)
     columns = max(header.count(d) for d in (b",", b";", b"\t", b"|")) + 1
-    limit = column_limit(max_columns, manifest)
+    limit = column_limit(max_columns, len(manifest.features))
     if columns > limit:
         raise ValidationError(
             f"the CSV header has {columns} columns; model {manifest.ref} accepts at most "
