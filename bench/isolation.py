@@ -298,6 +298,8 @@ def main() -> None:
     parser.add_argument("--redis-stop", type=float, default=REDIS_STOP_SECONDS,
                         help="seconds Redis stays stopped in phase (c)")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
+    parser.add_argument("--phases", default="idle,a,b,c,d",
+                        help="comma-separated phases to run (idle is always run first)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tabserve-isolation-"))
@@ -306,11 +308,13 @@ def main() -> None:
     try:
         api = ApiServer(tabserve_env(_settings(work, redis).as_env()), work, workers=2)
         try:
-            phases = _phases(api, redis, args.rate, args.duration, args.redis_stop)
+            phases = _phases(api, redis, args.rate, args.duration, args.redis_stop,
+                             set(args.phases.split(",")))
         finally:
             os.kill(redis.pid, signal.SIGCONT)
             api.stop()
-        speed = throughput(work, redis, args.throughput_seconds)
+        speed = throughput(work, redis, args.throughput_seconds) \
+            if args.throughput_seconds > 0 else []
     finally:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -321,21 +325,24 @@ def main() -> None:
 
 
 def _phases(api: ApiServer, redis: RedisServer, rate: float, seconds: float,
-            redis_stop: float) -> list[Phase]:
+            redis_stop: float, wanted: set[str]) -> list[Phase]:
     requests.post(api.url + "/predict", json={"features": _features()[0]}, timeout=30)
     hang = (lambda: os.kill(redis.pid, signal.SIGSTOP),
             lambda: os.kill(redis.pid, signal.SIGCONT))
-    phases = [
-        run_phase("idle", api, None, (), rate, seconds),
-        run_phase("(a) 50 bodies at 1 byte/s", api, trickle, (api.port,), rate, seconds),
-        run_phase("(b) 10 uploads at 300 KB/s", api, uploads, (api.port,), rate,
-                  seconds + 5),
-        run_phase("(c) Redis stopped, 8 pollers", api, poll_jobs, (api.url,), rate,
-                  redis_stop, settle=1.0, around=hang),
-    ]
-    _after_redis(api)
-    phases.append(run_phase("(d) 100,000-column headers", api, wide_headers, (api.url,),
-                            rate, seconds))
+    phases = [run_phase("idle", api, None, (), rate, seconds)]
+    if "a" in wanted:
+        phases.append(run_phase("(a) 50 bodies at 1 byte/s", api, trickle, (api.port,), rate,
+                                seconds))
+    if "b" in wanted:
+        phases.append(run_phase("(b) 10 uploads at 300 KB/s", api, uploads, (api.port,), rate,
+                                seconds + 5))
+    if "c" in wanted:
+        phases.append(run_phase("(c) Redis stopped, 8 pollers", api, poll_jobs, (api.url,),
+                                rate, redis_stop, settle=1.0, around=hang))
+        _after_redis(api)
+    if "d" in wanted:
+        phases.append(run_phase("(d) 100,000-column headers", api, wide_headers, (api.url,),
+                                rate, seconds))
     return phases
 
 

@@ -24,6 +24,7 @@ from shared.errors import (
 from shared.jobs import paths
 from shared.jobs.callbacks import check_callback_url
 from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
+from shared.jobs.headerguard import limit_for
 from shared.jobs.inputs import DELIMITERS, InputFormat, InputInfo, InputLimits, inspect_input
 from shared.jobs.queue import send_score_job
 from shared.jobs.record import FINAL, Job, JobError, new_job
@@ -185,7 +186,7 @@ def check_upload_room(rt: Services, incoming: int) -> None:
 def column_limit(max_columns: int, manifest: Manifest) -> int:
     """The most columns an input may have: the setting, or for a model with many features 4
     per feature and 100 more."""
-    return max(max_columns, 4 * len(manifest.features) + 100)
+    return limit_for(max_columns, len(manifest.features))
 
 
 def input_limits(rt: Services, manifest: Manifest) -> InputLimits:
