@@ -77,7 +77,7 @@ def warm_queue(app: Celery) -> None:
 def send_score_job(app: Celery, settings: Settings, job_id: str, attempt: int = 1) -> None:
     """Queue an attempt at a job for the workers; raises when the broker cannot be reached.
     No result is asked for (job state is our own record): Celery would otherwise subscribe
-    this process to a result channel per job sent."""
+    to the job's result channel, and unsubscribe when the handle is dropped, for each job."""
     app.send_task(SCORE_JOB, args=[job_id, attempt], queue=settings.queue_name, retry=True,
                   ignore_result=True,
                   retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
