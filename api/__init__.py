@@ -8,9 +8,10 @@ from flask import Flask, g, request
 
 from api.errors import register_error_handlers
 from api.requestlog import install_request_logging
-from api.upload import UploadRequest
+from api.upload import UploadRequest, closing
 from shared.config import Settings
 from shared.errors import HeaderTooLargeError
+from shared.jobs.queue import warm_queue
 from shared.logs import configure_logging
 from shared.monitoring.metrics import QueueCollector, register_collector
 from shared.security.gate import Gate
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.request_class = UploadRequest
+    app.wsgi_app = closing(app.wsgi_app)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_form_parts
     runtime = Services(settings, fail_fast=True)
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_collector(QueueCollector(runtime.jobs.counts))
     if settings.preload_model:
         runtime.models.warm(settings.default_model)
+    warm_queue(runtime.celery)  # the first job's imports, not under other requests' feet
     return app
 
 

@@ -15,16 +15,20 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any, cast
 
-from flask import Request, current_app
+from flask import Request, current_app, request
 from werkzeug.utils import cached_property
 
-from shared.errors import RequestTimeoutError
+from shared.errors import RequestTimeoutError, TabserveError
+from shared.jobs.headerguard import HeaderGuard, widest_limit
 from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.jobs.idempotency import Fingerprint
+from shared.jobs.submit import format_of
 
 logger = logging.getLogger(__name__)
+CLOSE_CONNECTION = "tabserve.close_connection"  # environ key: end the connection after
 # Largest piece asked of the server's stream at once: the watchdog can only bound a read by the
 # bytes it asked for, so a smaller piece lets it cut a slow client sooner.
 PIECE_BYTES = 64 * 1024
@@ -62,9 +66,62 @@ class UploadRequest(Request):
         if not hasattr(self, "staged"):
             self.staged = []
         self.staged.append(path)
+        fh = guard_header(fh, content_type, filename)
         if IDEMPOTENCY_HEADER in self.headers:  # the file's SHA-256, taken as it is staged
             return cast(IO[bytes], HashingWriter(fh, Fingerprint()))
         return fh
+
+
+def guard_header(fh: IO[bytes], content_type: str | None,
+                 filename: str | None = None) -> IO[bytes]:
+    """A CSV upload's staging file, its header line checked as it is written (a too wide
+    header ends the request at once: end_body); other files as they are."""
+    try:
+        fmt = format_of(content_type if content_type != "application/octet-stream" else None,
+                        filename)
+    except TabserveError:  # the view refuses it, once the file's fields are known
+        return fh
+    if fmt != "csv":
+        return fh
+    rt = current_app.extensions["tabserve"]
+    limit = widest_limit(rt.store, rt.settings.max_input_columns)
+    return cast(IO[bytes], HeaderGuard(fh, limit, rt.settings.max_line_bytes))
+
+
+def end_body() -> None:
+    """Read no more of this request's body: the answer goes out with `Connection: close`,
+    and the socket's read side is shut so that nothing waits for (or drains) the rest."""
+    request.environ[CLOSE_CONNECTION] = True
+    body = request.environ.get("wsgi.input")
+    if isinstance(body, PacedInput):
+        body.cut_off()
+        return
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # the client went away already
+
+
+def closing(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: a request marked by end_body is answered with `Connection: close`.
+    gunicorn drops a `Connection` header the application sets; its response object (the
+    start_response it hands over is a method of it) closes when told to force_close. Under
+    another server the connection stays open and the server deals with the unread body."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if environ.get(CLOSE_CONNECTION):
+                server_response = getattr(start_response, "__self__", None)
+                force_close = getattr(server_response, "force_close", None)
+                if callable(force_close):
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return wsgi_app(environ, start)
+
+    return app
 
 
 class HashingWriter:

@@ -72,8 +72,8 @@ def test_a_header_of_100000_columns_is_refused_by_its_count(api_server, demo_dat
     r = requests.post(api_server.url + "/jobs", data=f"{header}\n{row}\n".encode(),
                       headers={"Content-Type": "text/csv"}, timeout=60)
     assert r.status_code == 422, r.text[:500]
-    error = r.json()["error"]
-    assert "100000 columns" in error["message"]
+    error = r.json()["error"]  # counted on the first piece: the rest is never read
+    assert "columns" in error["message"] and "TABSERVE_MAX_INPUT_COLUMNS" in error["message"]
     assert len(error["details"]) == 1
 
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
 
-from api.upload import HashingWriter
+from api.upload import HashingWriter, end_body, guard_header
 from api.views import json_body, json_response, limit_body, principal, runtime
-from shared.errors import ResultGoneError, ValidationError
+from shared.errors import ResultGoneError, TabserveError, ValidationError
 from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.jobs.idempotency import Fingerprint, check_key, submit_once
 from shared.jobs.inputs import InputFormat
@@ -66,7 +66,11 @@ def _create_from_upload(rt: Services, key: str | None) -> Response:
     limit_body(rt.settings.max_upload_bytes, "TABSERVE_MAX_UPLOAD_BYTES")
     check_upload_room(rt, request.content_length or 0)  # 507 before a byte is staged
     try:
-        staged, fmt, filename, hashed = _stage_upload()
+        try:
+            staged, fmt, filename, hashed = _stage_upload()
+        except TabserveError:
+            end_body()  # refused before its end (a too wide CSV header): read no more of it
+            raise
         values = {**request.args.to_dict(), **request.form.to_dict()}
         options = parse_options(values)
         if options.validate_only:
@@ -110,7 +114,8 @@ def _stage_upload() -> tuple[Path, InputFormat, str | None, Fingerprint | None]:
     path, fh = storage.staging_file()
     request.staged = [path]  # type: ignore[attr-defined]
     hashed = Fingerprint() if IDEMPOTENCY_HEADER in request.headers else None
-    out = cast(IO[bytes], HashingWriter(fh, hashed)) if hashed else fh
+    guarded = guard_header(fh, request.mimetype)
+    out = cast(IO[bytes], HashingWriter(guarded, hashed)) if hashed else guarded
     with out:
         copy_limited(request.stream, out, runtime().settings.max_upload_bytes)
     return path, fmt, None, hashed

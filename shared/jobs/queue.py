@@ -63,9 +63,23 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def warm_queue(app: Celery) -> None:
+    """Import what sending the first job needs (the broker's transport, the producer pool,
+    the result backend every sent task's handle names), without connecting: done at
+    start-up, so that a process's first job does not import them while its other threads
+    wait (an import holds the import lock and the GIL)."""
+    with app.connection_for_write() as connection:
+        connection.transport  # noqa: B018 - resolving it imports kombu's Redis transport
+    app.amqp.producer_pool  # noqa: B018
+    app.backend  # noqa: B018
+
+
 def send_score_job(app: Celery, settings: Settings, job_id: str, attempt: int = 1) -> None:
-    """Queue an attempt at a job for the workers; raises when the broker cannot be reached."""
+    """Queue an attempt at a job for the workers; raises when the broker cannot be reached.
+    No result is asked for (job state is our own record): Celery would otherwise subscribe
+    to the job's result channel, and unsubscribe when the handle is dropped, for each job."""
     app.send_task(SCORE_JOB, args=[job_id, attempt], queue=settings.queue_name, retry=True,
+                  ignore_result=True,
                   retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                 "interval_max": 0.5})
 
@@ -74,6 +88,6 @@ def send_score_part(app: Celery, settings: Settings, job_id: str, index: int,
                     attempt: int = 1) -> None:
     """Queue an attempt at one part of a job split across workers."""
     app.send_task(SCORE_PART, args=[job_id, index, attempt], queue=settings.queue_name,
-                  retry=True,
+                  retry=True, ignore_result=True,
                   retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
                                 "interval_max": 2})
