@@ -12,9 +12,25 @@ appends. Copying rather than reopening the dead attempt's file fences it off: a 
 attempt still holding that file open writes only into its own, and its progress writes fail
 on the attempt number.
 
-Resumed: CSV or Parquet input, CSV and JSON lines outputs, on local storage. Parquet output
-and S3 storage start over (a Parquet file cannot be appended to; an S3 multipart upload
-cannot be reopened).
+A Parquet output cannot be appended to (its footer comes last, and nothing before it can
+be read without one), so it is written in segments (shared.jobs.segments): each checkpoint
+closes one, a complete file in the store, and names the closed ones (`segments`); the next
+attempt adopts them and writes its own after them, and the range's end joins them by their
+bytes. Closed segments need no partial file, so a Parquet output resumes on S3 as well, but
+only without an errors file (on_error=skip appends to one).
+
+Resumed: CSV or Parquet input; CSV and JSON lines outputs on local storage; Parquet output on
+local storage, and on S3 without an errors file. CSV and JSON lines outputs on S3 start over.
+An S3 multipart upload could in principle be continued by another process (its UploadId
+and the parts ListParts gives outlive the writer until it is completed or aborted), but not
+through s3fs as used here, for three reasons: (1) a checkpoint must fall on a part boundary
+while chunks end anywhere in s3fs's buffer, so each checkpoint would upload a short part or
+none; (2) the next attempt would share the upload with a zombie attempt, which uploads parts
+under the same numbers (overwriting ours) and, when its progress write fails, aborts the
+upload for both (`discard()`); fencing it needs per-attempt part-number ranges and a
+complete that names its parts by ETag, outside s3fs's S3File; (3) an upload whose attempts
+all died is invisible to the leftovers sweep (ListMultipartUploads is not a listing of
+files), so it must be aborted by a bucket lifecycle rule or a new sweep.
 """
 
 from __future__ import annotations
@@ -30,7 +46,8 @@ from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE_OUTPUTS = ("csv", "jsonl")
+RESUMABLE_OUTPUTS = ("csv", "jsonl")  # appended to, on an appendable store
+SEGMENTED_OUTPUT = "parquet"  # written in segments
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class Checkpoint:
     errors: str | None = None
     errors_bytes: int = 0
     drift: list[list[int]] | None = None
+    segments: list[str] | None = None
 
     def to_json(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -68,13 +86,23 @@ class Checkpoint:
 
     def files(self) -> set[str]:
         """The keys of the files the checkpoint names (kept by the leftovers sweep)."""
-        return {self.output} | ({self.errors} if self.errors else set())
+        return ({self.output} if self.output else set()) | set(self.segments or ()) | \
+            ({self.errors} if self.errors else set())
 
 
-def can_checkpoint(storage: Storage, input_format: str, output_format: str) -> bool:
+def can_checkpoint(storage: Storage, input_format: str, output_format: str,
+                   skip: bool = False) -> bool:
     """Whether an attempt at such a job records checkpoints (and so can be resumed)."""
-    return storage.appendable and input_format in ("csv", "parquet") and \
-        output_format in RESUMABLE_OUTPUTS
+    if input_format not in ("csv", "parquet"):
+        return False
+    if output_format == SEGMENTED_OUTPUT:  # segments are whole files: any store
+        return storage.appendable or not skip
+    return storage.appendable and output_format in RESUMABLE_OUTPUTS
+
+
+def writes_segments(checkpoints: bool, output_format: str) -> bool:
+    """Whether an attempt writes its output in segments (shared.jobs.segments)."""
+    return checkpoints and output_format == SEGMENTED_OUTPUT
 
 
 def usable(checkpoint: Checkpoint | None, storage: Storage, skip: bool) -> Checkpoint | None:
@@ -82,7 +110,10 @@ def usable(checkpoint: Checkpoint | None, storage: Storage, skip: bool) -> Check
     if checkpoint is None or checkpoint.rows <= 0:
         return None
     try:
-        if storage.size(checkpoint.output) < checkpoint.output_bytes:
+        if checkpoint.segments is not None:
+            if not all(storage.exists(key) for key in checkpoint.segments):
+                return None
+        elif storage.size(checkpoint.output) < checkpoint.output_bytes:
             return None
         if skip and (checkpoint.errors is None
                      or storage.size(checkpoint.errors) < checkpoint.errors_bytes):

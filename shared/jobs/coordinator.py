@@ -33,6 +33,7 @@ from shared.jobs.run import (
     fail_job,
     score_range,
 )
+from shared.jobs.segments import delete_segments
 from shared.monitoring.metrics import JOB_ATTEMPTS, record_job_finished
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
                              checkpoint=None if checkpoint is None else asdict(checkpoint))
 
     run = JobRun(rt, job, report, attempt)
-    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt)
+    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt, run.skip)
     resume = usable(Checkpoint.from_raw(job.checkpoint), storage, run.skip) \
         if run.checkpoints else None
     part = None
@@ -134,6 +135,8 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
     if final is not JobStatus.SUCCEEDED:  # this attempt's own files: no other's
         storage.delete(run.output_key)
         storage.delete(run.errors_key)
-    if final is not JobStatus.SUCCEEDED:
         raise JobStopped(final)
+    # Only the attempt that finished the job deletes the segments (a later attempt may have
+    # adopted them from a checkpoint while this one was thought dead).
+    delete_segments(storage, run.segments)
     return run.rows_done

@@ -23,13 +23,14 @@ from shared import keys
 from shared.diskspace import is_disk_full, storage_full
 from shared.errors import QueueUnavailableError, TabserveError
 from shared.jobs import paths
-from shared.jobs.checkpoint import Checkpoint
+from shared.jobs.checkpoint import Checkpoint, writes_segments
 from shared.jobs.chunks import CheckedChunk, RowError, check_chunk, output_table, score_chunk
 from shared.jobs.csvblocks import CsvDialect
 from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
 from shared.jobs.pipeline import WriteBehind, prefetch
 from shared.jobs.record import Answer, Job, JobError, JobStatus
+from shared.jobs.segments import SegmentedOutput
 from shared.jobs.store import JobStore
 from shared.models.loading import Prediction
 from shared.monitoring.drift import DriftAccumulator
@@ -117,14 +118,10 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
     resume = run.resume
     with ExitStack() as files:
         input_fh = files.enter_context(storage.open(job.input["key"]))
-        out_fh = files.enter_context(_writer(storage, output_key, "wb", None if resume is None
-                                             else (resume.output, resume.output_bytes)))
+        writer = _output(files, storage, run, output_key)
         err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
                                              else (resume.errors or "", resume.errors_bytes))
                                      ) if run.skip else None
-        writer = OutputWriter(out_fh, run.out_fmt, header=run.header and resume is None)
-        if resume is not None:
-            writer.rows = resume.rows - resume.rows_failed
         run.errors = ErrorsWriter(err_fh, header=resume is None) if err_fh else None
         chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
                              run.rt.settings.chunk_rows, part, run.dialect)
@@ -135,10 +132,15 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
                 run.errors.write(scored.errors)
             checkpoint = None
             if run.checkpoints:
-                checkpoint = scored.checkpoint(
-                    run.attempt, storage.partial_key(output_key, out_fh), storage.sync(out_fh),
-                    storage.partial_key(errors_key, err_fh) if err_fh else None,
-                    storage.sync(err_fh) if err_fh else 0)
+                errors = storage.partial_key(errors_key, err_fh) if err_fh else None
+                errors_bytes = storage.sync(err_fh) if err_fh else 0
+                if isinstance(writer, SegmentedOutput):
+                    checkpoint = scored.checkpoint(run.attempt, "", 0, errors, errors_bytes,
+                                                   writer.cut())
+                else:
+                    checkpoint = scored.checkpoint(
+                        run.attempt, storage.partial_key(output_key, writer.fh),
+                        storage.sync(writer.fh), errors, errors_bytes)
             state = run.report(run, scored, checkpoint)
             if state is not JobStatus.RUNNING:
                 raise JobStopped(state)
@@ -157,7 +159,24 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         if writer.rows == 0:
             writer.write(_empty_output(run.loaded, run.id_column))
         writer.close()
+        run.segments = writer.segments if isinstance(writer, SegmentedOutput) else []
     return writer.rows
+
+
+def _output(files: ExitStack, storage: Storage, run: JobRun,
+            key: str) -> OutputWriter | SegmentedOutput:
+    """The range's output writer: in segments (Parquet, when checkpointing), or one file
+    (continuing a checkpoint's bytes when resumed)."""
+    resume = run.resume
+    done = 0 if resume is None else resume.rows - resume.rows_failed
+    if writes_segments(run.checkpoints, run.out_fmt):
+        return files.enter_context(SegmentedOutput(
+            storage, key, None if resume is None else resume.segments, done))
+    out_fh = files.enter_context(_writer(storage, key, "wb", None if resume is None
+                                         else (resume.output, resume.output_bytes)))
+    writer = OutputWriter(out_fh, run.out_fmt, header=run.header and resume is None)
+    writer.rows = done
+    return writer
 
 
 def _writer(storage: Storage, key: str, mode: str, start: tuple[str, int] | None) -> Any:
@@ -180,11 +199,11 @@ class Scored:
     drift: np.ndarray | None = None
 
     def checkpoint(self, attempt: int, output: str, output_bytes: int, errors: str | None,
-                   errors_bytes: int) -> Checkpoint:
+                   errors_bytes: int, segments: list[str] | None = None) -> Checkpoint:
         """The checkpoint once this chunk is on disk in these files."""
         return Checkpoint(attempt, self.rows_done, self.rows_failed, self.bytes_done, output,
                           output_bytes, errors, errors_bytes,
-                          None if self.drift is None else self.drift.tolist())
+                          None if self.drift is None else self.drift.tolist(), segments)
 
 
 Report = Callable[["JobRun", Scored, "Checkpoint | None"], Answer]
@@ -219,6 +238,7 @@ class JobRun:
         self.rows_done = self.rows_failed = self.chunks = 0
         self.checkpoints = False  # whether each written chunk records a checkpoint
         self.resume: Checkpoint | None = None
+        self.segments: list[str] = []  # the output's segments, once joined (to delete)
 
     def adopt(self, checkpoint: Checkpoint) -> None:
         """Continue from an earlier attempt's checkpoint: its rows count as done."""
