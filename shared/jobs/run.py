@@ -29,7 +29,7 @@ from shared.jobs.csvblocks import CsvDialect
 from shared.jobs.inputs import Chunk, Part, arrow_type, iter_chunks
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
 from shared.jobs.pipeline import WriteBehind, prefetch
-from shared.jobs.record import Answer, Job, JobError, JobStatus
+from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
 from shared.jobs.segments import SegmentedOutput
 from shared.jobs.store import JobStore
 from shared.models.loading import Prediction
@@ -66,6 +66,10 @@ class JobStopped(Exception):
     def __init__(self, answer: Answer) -> None:
         super().__init__(answer.value)
         self.answer = answer
+        # Superseded (sent back to queued, or taken over): the next attempt may adopt this one's checkpointed files (and may not
+        # have copied them yet), so the store's writers keep them (the sweep removes them
+        # once no checkpoint names them).
+        self.keep_partial = answer in (Outcome.STALE, JobStatus.QUEUED)
 
 
 class RowsRejectedError(TabserveError):

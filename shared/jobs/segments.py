@@ -81,6 +81,11 @@ class SegmentedOutput:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._file is not None:  # a failed range: the open segment is discarded
+            if self._writer is not None:
+                try:  # (else its __del__ writes a footer into the discarded file)
+                    self._writer.close()
+                except Exception:
+                    pass
             self._file.__exit__(kind, exc, tb)
             self._file = self._writer = None
 
