@@ -35,10 +35,11 @@ from shared.jobs.record import JobError, JobStatus
 from shared.jobs.segments import SegmentedOutput, join_parquet
 from shared.jobs.submit import parse_options, submit_job
 from shared.services import Services
-from shared.storage import LocalStorage
+from shared.storage import LocalStorage, ObjectStorage
 from tests.jobclient import file_bytes, read_result, submit, wait_job
 from tests.servers import ApiServer, tabserve_env, wait_until
 from tests.test_job_reliability import LEASE, Stack, _csv, _pool_children
+from tests.test_s3 import BUCKET, seaweed  # noqa: F401 (the SeaweedFS fixture)
 
 N = 60_000
 
@@ -155,9 +156,15 @@ def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name, {"kind": "job"}) or 0.0
 
 
-@pytest.mark.parametrize("on_error", ["fail", "skip"])
+@pytest.mark.parametrize("store,on_error", [("local", "fail"), ("local", "skip"),
+                                            ("s3", "fail")])
 def test_a_superseded_attempts_segments_are_adopted_up_to_its_checkpoint(
-        rt, tmp_path, demo_data, monkeypatch, on_error):
+        rt, tmp_path, demo_data, monkeypatch, request, store, on_error):
+    if store == "s3":  # a real SeaweedFS S3 gateway: segments are whole objects there
+        fs = request.getfixturevalue("seaweed").fs
+        rt.storage = ObjectStorage(f"s3://{BUCKET}/resume-{tmp_path.name}", fs=fs,
+                                   staging_dir=tmp_path / "staging")
+    storage = rt.storage
     names, X = demo_data
     n = 6_000
     frame = pd.DataFrame(np.tile(X, (n // len(X) + 1, 1))[:n], columns=names)
@@ -195,9 +202,8 @@ def test_a_superseded_attempts_segments_are_adopted_up_to_its_checkpoint(
     waiting = rt.jobs.get(job.id)
     checkpoint = Checkpoint.from_raw(waiting.checkpoint)
     assert checkpoint is not None and len(checkpoint.segments or []) == 4
-    data = Path(rt.settings.data_dir)
     zombie = paths.segment(paths.result(job.id, "parquet"), 4)  # closed past the checkpoint
-    assert (data / zombie).is_file()
+    assert storage.exists(zombie)
 
     resumed, rescored = _metric("tabserve_job_rows_resumed_total"), \
         _metric("tabserve_job_rows_rescored_total")
@@ -206,19 +212,22 @@ def test_a_superseded_attempts_segments_are_adopted_up_to_its_checkpoint(
     assert done.rows_resumed == checkpoint.rows > 0
     assert _metric("tabserve_job_rows_resumed_total") - resumed == checkpoint.rows
     assert _metric("tabserve_job_rows_rescored_total") - rescored == 0
-    result = pq.ParquetFile(data / done.output["key"])
-    assert result.read().column("key").to_pylist() == [str(k) for k in range(n) if k not in bad]
+    with storage.open(done.output["key"]) as fh:
+        result = pq.ParquetFile(fh)
+        keys_read = result.read().column("key").to_pylist()
+        groups = [result.metadata.row_group(i).num_rows
+                  for i in range(result.metadata.num_row_groups)]
+    assert keys_read == [str(k) for k in range(n) if k not in bad]
     # One row group per chunk, as one writer makes: the first four are the adopted ones.
-    assert result.metadata.num_row_groups > 4
-    assert sum(result.metadata.row_group(i).num_rows for i in range(4)) == \
-        checkpoint.rows - checkpoint.rows_failed
+    assert len(groups) > 4 and sum(groups[:4]) == checkpoint.rows - checkpoint.rows_failed
     if bad:
-        errors = pd.read_csv(data / done.errors_key)
-        assert errors["row"].tolist() == bad
+        with storage.open(done.errors_key) as fh:
+            assert pd.read_csv(fh)["row"].tolist() == bad
     # The adopted segments and attempt 2's are gone; the zombie's is left to the sweep.
-    left = sorted(p.name for p in (data / "jobs" / job.id).iterdir())
-    assert [f for f in left if ".s0" in f] == [Path(zombie).name]
-    assert dead_files(done, [zombie], [], time.time(), 3600) == [zombie]
+    left = storage.list_files(paths.job_dir(job.id))
+    assert [f for f in left if re.search(r"\.s\d{5}\.", f)] == [zombie]
+    dead = dead_files(done, left, [], time.time(), 3600)
+    assert zombie in dead and all(f == zombie or f.endswith(".part") for f in dead), dead
 
 
 # --- real processes: a pool child SIGKILLed mid-job ----------------------------------------

@@ -10,7 +10,9 @@ them, a half-written chunk, is left behind), reads the input from the position o
 from the row group holding the next row, skipping the rows of it already done) and
 appends. Copying rather than reopening the dead attempt's file fences it off: a zombie
 attempt still holding that file open writes only into its own, and its progress writes fail
-on the attempt number.
+on the attempt number. When one fails so (the job was sent on), the attempt stops and keeps
+its temporary files (`JobStopped.keep_partial`): the next attempt may not have copied them
+yet. The leftovers sweep removes them once no checkpoint names them.
 
 A Parquet output cannot be appended to (its footer comes last, and nothing before it can
 be read without one), so it is written in segments (shared.jobs.segments): each checkpoint
@@ -21,16 +23,17 @@ only without an errors file (on_error=skip appends to one).
 
 Resumed: CSV or Parquet input; CSV and JSON lines outputs on local storage; Parquet output on
 local storage, and on S3 without an errors file. CSV and JSON lines outputs on S3 start over.
-An S3 multipart upload could in principle be continued by another process (its UploadId
-and the parts ListParts gives outlive the writer until it is completed or aborted), but not
-through s3fs as used here, for three reasons: (1) a checkpoint must fall on a part boundary
-while chunks end anywhere in s3fs's buffer, so each checkpoint would upload a short part or
-none; (2) the next attempt would share the upload with a zombie attempt, which uploads parts
-under the same numbers (overwriting ours) and, when its progress write fails, aborts the
-upload for both (`discard()`); fencing it needs per-attempt part-number ranges and a
-complete that names its parts by ETag, outside s3fs's S3File; (3) an upload whose attempts
-all died is invisible to the leftovers sweep (ListMultipartUploads is not a listing of
-files), so it must be aborted by a bucket lifecycle rule or a new sweep.
+An S3 multipart upload could be continued by another process (its UploadId and the parts
+ListParts returns live until it is completed or aborted), but not through s3fs's S3File as
+used here: (1) it uploads a part whenever its buffer reaches the block size, mid-chunk, so
+the bytes in completed parts seldom end where a chunk does, and a checkpoint needs both: the
+part uploads must be taken out of s3fs's hands (one part of at least 5 MiB, flushed by us at
+a chunk's end); (2) it numbers parts `len(parts) + 1`, so a zombie attempt and the attempt
+that adopted its upload send the same part numbers, the later overwriting the earlier, and
+the zombie's `discard()` aborts the upload under both: fencing needs a range of part numbers
+per attempt and a completion naming the adopted parts by ETag; (3) an upload whose attempts
+all died is no file, so the leftovers sweep cannot see it without ListMultipartUploads (or
+a bucket lifecycle rule). That is a writer of our own over boto calls, not a setting.
 """
 
 from __future__ import annotations

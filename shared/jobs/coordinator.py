@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from shared import keys
 from shared.errors import TabserveError
+from shared.jobs import paths
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
 from shared.jobs.inputs import resumed_range, whole_range
 from shared.jobs.lease import Lease
@@ -89,7 +90,11 @@ def _run(rt: Services, job: Job, attempt: int, worker: str) -> JobOutcome:
         logger.warning("job %s: attempt %d abandoned, Redis lost: %s", job_id, attempt, exc)
         return JobOutcome(Outcome.STALE)
     except Exception as exc:  # every failure ends in the job's record
-        return fail_job(jobs, job, attempt, error_of(exc, job_id))
+        outcome = fail_job(jobs, job, attempt, error_of(exc, job_id))
+        if outcome.status is JobStatus.FAILED:  # no attempt will adopt its segments now
+            delete_segments(rt.storage, [key for key in rt.storage.list_files(
+                paths.job_dir(job_id)) if paths.is_segment(key)])
+        return outcome
     seconds = time.perf_counter() - started
     record_job_finished(job.model_name, job.model_version, JobStatus.SUCCEEDED, seconds, rows)
     logger.info("job %s: succeeded: %d rows in %.2f s (%.0f rows/s)", job_id, rows, seconds,

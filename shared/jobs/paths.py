@@ -47,6 +47,12 @@ def segment(output: str, number: int) -> str:
     return f"{head}.s{number:05d}{dot}{ext}"
 
 
+def is_segment(key: str) -> bool:
+    """Whether key is a segment (complete, not a writer's temporary file)."""
+    return re.search(r"\.s\d{5,}\.[a-z]+$", key) is not None and \
+        attempt_of(key) is not None
+
+
 def parts_dir(job_id: str) -> str:
     return f"{ROOT}/{job_id}/parts"
 

@@ -66,9 +66,9 @@ class JobStopped(Exception):
     def __init__(self, answer: Answer) -> None:
         super().__init__(answer.value)
         self.answer = answer
-        # Superseded (sent back to queued, or taken over): the next attempt may adopt this one's checkpointed files (and may not
-        # have copied them yet), so the store's writers keep them (the sweep removes them
-        # once no checkpoint names them).
+        # Superseded (sent back to queued, or taken over): the next attempt may adopt this
+        # one's checkpointed files and may not have copied them yet, so the store's writers
+        # keep them (the sweep removes them once no checkpoint names them).
         self.keep_partial = answer in (Outcome.STALE, JobStatus.QUEUED)
 
 
