@@ -1,5 +1,6 @@
 """A Parquet output resumes from a checkpoint: written in segments, each closed at a checkpoint,
-adopted by the next attempt and joined by their bytes (shared.jobs.segments, parquetjoin).
+adopted by the next attempt and joined by their bytes (shared.jobs.segments, parquetjoin);
+here TABSERVE_SEGMENT_BYTES=0, a segment per chunk.
 
 Three layers: the byte join alone; the job runner in process, with the first attempt paused
 at a checkpoint and superseded there (the zombie case, exactly); and real processes, a pool
@@ -103,6 +104,18 @@ def test_files_whose_schemas_differ_are_joined_by_decoding(tmp_path):
     assert joined.column("key").to_pylist() == list(range(15))
 
 
+def test_a_segment_is_closed_at_a_chunks_end_once_it_holds_enough_bytes(tmp_path):
+    storage = LocalStorage(tmp_path)
+    with SegmentedOutput(storage, "jobs/j/result.parquet") as out:
+        assert out.cut_past(0) is None  # nothing open
+        out.write(_table(10))
+        assert out.cut_past(1 << 20) is None  # kept open: no checkpoint at this chunk
+        out.write(_table(10, 10))
+        assert out.cut_past(1) == ["jobs/j/result.s00000.parquet"]
+        out.close()
+    assert pq.ParquetFile(tmp_path / "jobs/j/result.parquet").metadata.num_row_groups == 2
+
+
 def test_a_segmented_output_joins_the_adopted_segments_then_its_own(tmp_path):
     storage = LocalStorage(tmp_path)
     key = "jobs/j/result.a2.parquet"
@@ -144,7 +157,7 @@ def test_segments_are_attempt_files_kept_while_a_checkpoint_names_them():
 def rt(base_settings, tmp_path):
     settings = base_settings.with_overrides(
         redis_url=base_settings.redis_url.rsplit("/", 1)[0] + "/14", queue_name="segments",
-        data_dir=str(tmp_path / "data"), chunk_rows=300, part_rows=0)
+        data_dir=str(tmp_path / "data"), chunk_rows=300, part_rows=0, segment_bytes=0)
     services = Services(settings)
     services.redis.flushdb()
     yield services
@@ -239,7 +252,7 @@ def module_settings(base_settings, redis_server, tmp_path_factory):
     return base_settings.with_overrides(
         redis_url=redis_server.url.rsplit("/", 1)[0] + "/13", queue_name="resume-parquet",
         job_lease_seconds=LEASE, chunk_rows=2000, part_rows=0, worker_threads=1,
-        data_dir=str(tmp_path_factory.mktemp("resume-parquet") / "data"))
+        segment_bytes=0, data_dir=str(tmp_path_factory.mktemp("resume-parquet") / "data"))
 
 
 @pytest.fixture(scope="module")

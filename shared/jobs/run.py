@@ -134,17 +134,8 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
             writer.write(scored.table)
             if run.errors is not None and scored.errors:
                 run.errors.write(scored.errors)
-            checkpoint = None
-            if run.checkpoints:
-                errors = storage.partial_key(errors_key, err_fh) if err_fh else None
-                errors_bytes = storage.sync(err_fh) if err_fh else 0
-                if isinstance(writer, SegmentedOutput):
-                    checkpoint = scored.checkpoint(run.attempt, "", 0, errors, errors_bytes,
-                                                   writer.cut())
-                else:
-                    checkpoint = scored.checkpoint(
-                        run.attempt, storage.partial_key(output_key, writer.fh),
-                        storage.sync(writer.fh), errors, errors_bytes)
+            checkpoint = _checkpoint(storage, run, scored, writer, output_key,
+                                     (errors_key, err_fh)) if run.checkpoints else None
             state = run.report(run, scored, checkpoint)
             if state is not JobStatus.RUNNING:
                 raise JobStopped(state)
@@ -165,6 +156,26 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         writer.close()
         run.segments = writer.segments if isinstance(writer, SegmentedOutput) else []
     return writer.rows
+
+
+def _checkpoint(storage: Storage, run: JobRun, scored: Scored,
+                writer: OutputWriter | SegmentedOutput, output_key: str,
+                errors: tuple[str, Any]) -> Checkpoint | None:
+    """The checkpoint after a chunk, its files synced first; None while a segmented output
+    keeps its segment open."""
+    segments = None
+    if isinstance(writer, SegmentedOutput):
+        segments = writer.cut_past(run.rt.settings.segment_bytes)
+        if segments is None:
+            return None
+        output, output_bytes = "", 0
+    else:
+        output, output_bytes = storage.partial_key(output_key, writer.fh), \
+            storage.sync(writer.fh)
+    errors_key, err_fh = errors
+    return scored.checkpoint(run.attempt, output, output_bytes,
+                             storage.partial_key(errors_key, err_fh) if err_fh else None,
+                             storage.sync(err_fh) if err_fh else 0, segments)
 
 
 def _output(files: ExitStack, storage: Storage, run: JobRun,

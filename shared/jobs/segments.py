@@ -2,9 +2,10 @@
 
 A Parquet file cannot be read before its footer is written, nor appended to. So an attempt
 that records checkpoints writes its Parquet output as segment files (shared.jobs.paths
-`segment`), each a complete Parquet file closed, through the store's writer, at a
-checkpoint: the checkpoint names the closed segments, and a later attempt adopts them and
-writes its own after them. When the range is done, the segments are joined into the
+`segment`), each a complete Parquet file closed, through the store's writer, at a chunk's
+end once it holds TABSERVE_SEGMENT_BYTES: a checkpoint is recorded then (not at the chunks
+between), naming the closed segments, and a later attempt adopts them and writes its own
+after them. When the range is done, the segments are joined into the
 output by their bytes (shared.jobs.parquetjoin: one row group per chunk, as a single writer
 makes); segments whose schemas differ are decoded and written again instead.
 """
@@ -40,6 +41,7 @@ class SegmentedOutput:
         self.rows = rows
         self._schema: pa.Schema | None = None
         self._file: ExitStack | None = None
+        self._fh: Any = None
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, table: pa.Table) -> None:
@@ -50,13 +52,20 @@ class SegmentedOutput:
             table = table.cast(self._schema)
         if self._writer is None:
             self._file = ExitStack()
-            fh = self._file.enter_context(self.storage.writer(self._next_key()))
-            self._writer = pq.ParquetWriter(fh, self._schema, compression=COMPRESSION)
+            self._fh = self._file.enter_context(self.storage.writer(self._next_key()))
+            self._writer = pq.ParquetWriter(self._fh, self._schema, compression=COMPRESSION)
         self._writer.write_table(table)
         self.rows += table.num_rows
 
     def _next_key(self) -> str:
         return paths.segment(self.key, len(self.segments))
+
+    def cut_past(self, min_bytes: int) -> list[str] | None:
+        """At a chunk's end: close the open segment once it holds min_bytes, and return the
+        closed segments' keys; None while it stays open (no checkpoint at this chunk)."""
+        if self._fh is None or self._fh.tell() < min_bytes:
+            return None
+        return self.cut()
 
     def cut(self) -> list[str]:
         """Close the open segment (complete in the store once this returns); the closed
@@ -66,7 +75,7 @@ class SegmentedOutput:
             self._writer.close()
             self._writer = None
             self._file.close()  # the store's writer: synced and renamed, or uploaded
-            self._file = None
+            self._file = self._fh = None
             self.segments.append(key)
         return list(self.segments)
 
@@ -87,7 +96,7 @@ class SegmentedOutput:
                 except Exception:
                     pass
             self._file.__exit__(kind, exc, tb)
-            self._file = self._writer = None
+            self._file = self._fh = self._writer = None
 
 
 def join_parquet(storage: Storage, sources: list[str], target: str) -> None:
