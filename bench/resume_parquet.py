@@ -65,8 +65,8 @@ def _cpu() -> float:
 
 def writing(table_path: Path, work: Path, runs: int, chunk_rows: int) -> list[tuple]:
     """The writing alone, in this process: one job's output table (chunks of chunk_rows)
-    through one ParquetWriter into a stored file, against segments closed at every chunk
-    and joined; alternated, best of `runs` (wall and CPU seconds)."""
+    through one ParquetWriter into a stored file, against segments (closed past 4 MiB, or
+    at every chunk) and joined; alternated, best of `runs` (wall and CPU seconds)."""
     import pyarrow.parquet as pq
 
     from shared.jobs.outputs import OutputWriter
@@ -84,18 +84,20 @@ def writing(table_path: Path, work: Path, runs: int, chunk_rows: int) -> list[tu
                 writer.write(chunk)
             writer.close()
 
-    def segments() -> None:
+    def segments(min_bytes: int) -> None:
         with SegmentedOutput(storage, "segmented.parquet") as out:
             for chunk in chunks:
                 out.write(chunk)
-                out.cut()
+                out.cut_past(min_bytes)
             out.close()
         for key in out.segments:
             storage.delete(key)
 
-    times: dict[str, list[tuple[float, float]]] = {"one writer": [], "segments": []}
+    order = [("one writer", one_writer),
+             ("segments, 4 MiB (default)", lambda: segments(4 << 20)),
+             ("segments, one per chunk", lambda: segments(0))]
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in order}
     for i in range(runs):
-        order = [("one writer", one_writer), ("segments", segments)]
         for label, write in order if i % 2 == 0 else order[::-1]:
             started, cpu = time.perf_counter(), _cpu()
             write()
