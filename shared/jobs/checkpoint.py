@@ -15,8 +15,9 @@ its temporary files (`JobStopped.keep_partial`): the next attempt may not have c
 yet. The leftovers sweep removes them once no checkpoint names them.
 
 A Parquet output cannot be appended to (its footer comes last, and nothing before it can
-be read without one), so it is written in segments (shared.jobs.segments): each checkpoint
-closes one, a complete file in the store, and names the closed ones (`segments`); the next
+be read without one), so it is written in segments (shared.jobs.segments): a segment is
+closed, a complete file in the store, at a chunk's end once it holds TABSERVE_SEGMENT_BYTES,
+and only then a checkpoint is recorded, naming the closed ones (`segments`); the next
 attempt adopts them and writes its own after them, and the range's end joins them by their
 bytes. Closed segments need no partial file, so a Parquet output resumes on S3 as well, but
 only without an errors file (on_error=skip appends to one).
