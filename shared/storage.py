@@ -150,6 +150,12 @@ class Storage(ABC):
         ...
 
 
+def keeps_partial(exc: BaseException) -> bool:
+    """Whether a writer stopped by exc keeps its temporary file: an exception may say so
+    (`keep_partial`), e.g. a superseded job attempt, whose checkpoint a later one adopts."""
+    return bool(getattr(exc, "keep_partial", False))
+
+
 def _copy_head(source: Path, target: Path, length: int) -> None:
     """Copy the first `length` bytes of source into a new file target."""
     with open(source, "rb") as src, open(target, "wb") as dst:
@@ -193,6 +199,7 @@ class LocalStorage(Storage):
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(_temporary_name(final.name))
+        keep = False
         try:
             if start is not None:
                 _copy_head(self.path(start[0]), tmp, start[1])
@@ -202,8 +209,12 @@ class LocalStorage(Storage):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
+        except BaseException as exc:
+            keep = keeps_partial(exc)
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            if not keep:
+                tmp.unlink(missing_ok=True)
 
     def partial_key(self, key: str, fh: Any) -> str:
         head, slash, _ = key.rpartition("/")

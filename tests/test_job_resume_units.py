@@ -85,13 +85,18 @@ def test_a_checkpoint_is_used_only_while_its_files_hold_its_bytes(tmp_path):
     assert Checkpoint.from_raw(kept.to_json()) == kept
 
 
-def test_only_csv_or_jsonl_outputs_on_local_storage_are_checkpointed(tmp_path):
+def test_which_jobs_are_checkpointed(tmp_path):
     local = LocalStorage(tmp_path)
     assert can_checkpoint(local, "csv", "csv") and can_checkpoint(local, "csv", "jsonl")
     assert can_checkpoint(local, "parquet", "csv")
-    assert not can_checkpoint(local, "csv", "parquet")
+    # Parquet output is written in segments, whole files: any store, but on S3 only
+    # without an errors file (appended to).
+    assert can_checkpoint(local, "csv", "parquet") and can_checkpoint(local, "csv", "parquet",
+                                                                      skip=True)
     bucket = ObjectStorage("s3://bucket/data", fs=object(), staging_dir=tmp_path)
     assert not can_checkpoint(bucket, "csv", "csv")
+    assert can_checkpoint(bucket, "parquet", "parquet")
+    assert not can_checkpoint(bucket, "parquet", "parquet", skip=True)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

@@ -10,11 +10,31 @@ them, a half-written chunk, is left behind), reads the input from the position o
 from the row group holding the next row, skipping the rows of it already done) and
 appends. Copying rather than reopening the dead attempt's file fences it off: a zombie
 attempt still holding that file open writes only into its own, and its progress writes fail
-on the attempt number.
+on the attempt number. When one fails so (the job was sent on), the attempt stops and keeps
+its temporary files (`JobStopped.keep_partial`): the next attempt may not have copied them
+yet. The leftovers sweep removes them once no checkpoint names them.
 
-Resumed: CSV or Parquet input, CSV and JSON lines outputs, on local storage. Parquet output
-and S3 storage start over (a Parquet file cannot be appended to; an S3 multipart upload
-cannot be reopened).
+A Parquet output cannot be appended to (its footer comes last, and nothing before it can
+be read without one), so it is written in segments (shared.jobs.segments): a segment is
+closed, a complete file in the store, at a chunk's end once it holds TABSERVE_SEGMENT_BYTES,
+and only then a checkpoint is recorded, naming the closed ones (`segments`); the next
+attempt adopts them and writes its own after them, and the range's end joins them by their
+bytes. Closed segments need no partial file, so a Parquet output resumes on S3 as well, but
+only without an errors file (on_error=skip appends to one).
+
+Resumed: CSV or Parquet input; CSV and JSON lines outputs on local storage; Parquet output on
+local storage, and on S3 without an errors file. CSV and JSON lines outputs on S3 start over.
+An S3 multipart upload could be continued by another process (its UploadId and the parts
+ListParts returns live until it is completed or aborted), but not through s3fs's S3File as
+used here: (1) it uploads a part whenever its buffer reaches the block size, mid-chunk, so
+the bytes in completed parts seldom end where a chunk does, and a checkpoint needs both: the
+part uploads must be taken out of s3fs's hands (one part of at least 5 MiB, flushed by us at
+a chunk's end); (2) it numbers parts `len(parts) + 1`, so a zombie attempt and the attempt
+that adopted its upload send the same part numbers, the later overwriting the earlier, and
+the zombie's `discard()` aborts the upload under both: fencing needs a range of part numbers
+per attempt and a completion naming the adopted parts by ETag; (3) an upload whose attempts
+all died is no file, so the leftovers sweep cannot see it without ListMultipartUploads (or
+a bucket lifecycle rule). That is a writer of our own over boto calls, not a setting.
 """
 
 from __future__ import annotations
@@ -30,7 +50,8 @@ from shared.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE_OUTPUTS = ("csv", "jsonl")
+RESUMABLE_OUTPUTS = ("csv", "jsonl")  # appended to, on an appendable store
+SEGMENTED_OUTPUT = "parquet"  # written in segments
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,7 @@ class Checkpoint:
     errors: str | None = None
     errors_bytes: int = 0
     drift: list[list[int]] | None = None
+    segments: list[str] | None = None
 
     def to_json(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -68,13 +90,23 @@ class Checkpoint:
 
     def files(self) -> set[str]:
         """The keys of the files the checkpoint names (kept by the leftovers sweep)."""
-        return {self.output} | ({self.errors} if self.errors else set())
+        return ({self.output} if self.output else set()) | set(self.segments or ()) | \
+            ({self.errors} if self.errors else set())
 
 
-def can_checkpoint(storage: Storage, input_format: str, output_format: str) -> bool:
+def can_checkpoint(storage: Storage, input_format: str, output_format: str,
+                   skip: bool = False) -> bool:
     """Whether an attempt at such a job records checkpoints (and so can be resumed)."""
-    return storage.appendable and input_format in ("csv", "parquet") and \
-        output_format in RESUMABLE_OUTPUTS
+    if input_format not in ("csv", "parquet"):
+        return False
+    if output_format == SEGMENTED_OUTPUT:  # segments are whole files: any store
+        return storage.appendable or not skip
+    return storage.appendable and output_format in RESUMABLE_OUTPUTS
+
+
+def writes_segments(checkpoints: bool, output_format: str) -> bool:
+    """Whether an attempt writes its output in segments (shared.jobs.segments)."""
+    return checkpoints and output_format == SEGMENTED_OUTPUT
 
 
 def usable(checkpoint: Checkpoint | None, storage: Storage, skip: bool) -> Checkpoint | None:
@@ -82,7 +114,10 @@ def usable(checkpoint: Checkpoint | None, storage: Storage, skip: bool) -> Check
     if checkpoint is None or checkpoint.rows <= 0:
         return None
     try:
-        if storage.size(checkpoint.output) < checkpoint.output_bytes:
+        if checkpoint.segments is not None:
+            if not all(storage.exists(key) for key in checkpoint.segments):
+                return None
+        elif storage.size(checkpoint.output) < checkpoint.output_bytes:
             return None
         if skip and (checkpoint.errors is None
                      or storage.size(checkpoint.errors) < checkpoint.errors_bytes):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from shared import keys
 from shared.errors import TabserveError
+from shared.jobs import paths
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
 from shared.jobs.inputs import resumed_range, whole_range
 from shared.jobs.lease import Lease
@@ -33,6 +34,7 @@ from shared.jobs.run import (
     fail_job,
     score_range,
 )
+from shared.jobs.segments import delete_segments
 from shared.monitoring.metrics import JOB_ATTEMPTS, record_job_finished
 
 if TYPE_CHECKING:
@@ -88,7 +90,11 @@ def _run(rt: Services, job: Job, attempt: int, worker: str) -> JobOutcome:
         logger.warning("job %s: attempt %d abandoned, Redis lost: %s", job_id, attempt, exc)
         return JobOutcome(Outcome.STALE)
     except Exception as exc:  # every failure ends in the job's record
-        return fail_job(jobs, job, attempt, error_of(exc, job_id))
+        outcome = fail_job(jobs, job, attempt, error_of(exc, job_id))
+        if outcome.status is JobStatus.FAILED:  # no attempt will adopt its segments now
+            delete_segments(rt.storage, [key for key in rt.storage.list_files(
+                paths.job_dir(job_id)) if paths.is_segment(key)])
+        return outcome
     seconds = time.perf_counter() - started
     record_job_finished(job.model_name, job.model_version, JobStatus.SUCCEEDED, seconds, rows)
     logger.info("job %s: succeeded: %d rows in %.2f s (%.0f rows/s)", job_id, rows, seconds,
@@ -108,7 +114,7 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
                              checkpoint=None if checkpoint is None else asdict(checkpoint))
 
     run = JobRun(rt, job, report, attempt)
-    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt)
+    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt, run.skip)
     resume = usable(Checkpoint.from_raw(job.checkpoint), storage, run.skip) \
         if run.checkpoints else None
     part = None
@@ -134,6 +140,8 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
     if final is not JobStatus.SUCCEEDED:  # this attempt's own files: no other's
         storage.delete(run.output_key)
         storage.delete(run.errors_key)
-    if final is not JobStatus.SUCCEEDED:
         raise JobStopped(final)
+    # Only the attempt that finished the job deletes the segments (a later attempt may have
+    # adopted them from a checkpoint while this one was thought dead).
+    delete_segments(storage, run.segments)
     return run.rows_done

@@ -17,8 +17,6 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
 from shared import keys
 from shared.diskspace import is_disk_full
 from shared.jobs import paths
@@ -39,6 +37,7 @@ from shared.jobs.run import (
     fail_job,
     score_range,
 )
+from shared.jobs.segments import delete_segments, join_parquet
 from shared.jobs.store import JobStore
 from shared.monitoring.metrics import JOB_ATTEMPTS, record_job_finished
 from shared.storage import Storage
@@ -104,7 +103,7 @@ def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str,
     spec = jobs.part_spec(job_id, index)
     run = JobRun(rt, job, _PartProgress(jobs, job, index, attempt, spec["start"]), attempt)
     run.header = index == 0 or run.out_fmt not in CONCATENATED
-    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt)
+    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt, run.skip)
     resume = usable(earlier[0], storage, run.skip) if run.checkpoints else None
     part = Part(index, spec["start"], spec["end"], 0)
     if resume is not None:  # rows numbered within the part, shifted by its first row
@@ -135,6 +134,7 @@ def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str,
         storage.delete(output)
         storage.delete(errors)
         return JobOutcome(done)
+    delete_segments(storage, run.segments)  # joined into the part's output, now its result
     if done < job.parts_total:
         return JobOutcome(Outcome.PART_DONE, run.rows_done)
     try:
@@ -276,19 +276,12 @@ def _assemble(rt: Services, job: Job, run: JobRun) -> JobOutcome:
 
 
 def _join(storage: Storage, sources: list[str], target: str, fmt: str) -> None:
-    """Concatenate part files (CSV headers after the first dropped; Parquet re-batched)."""
+    """Concatenate part files (CSV headers after the first dropped; Parquet files joined
+    by their row groups' bytes, shared.jobs.segments)."""
+    if fmt == "parquet":
+        join_parquet(storage, sources, target)
+        return
     with storage.writer(target) as out:
-        if fmt == "parquet":
-            writer = None
-            for key in sources:
-                with storage.open(key) as fh:
-                    table = pq.read_table(fh)
-                if writer is None:
-                    writer = pq.ParquetWriter(out, table.schema, compression="snappy")
-                writer.write_table(table)
-            if writer is not None:
-                writer.close()
-            return
         for i, key in enumerate(sources):
             with storage.open(key) as fh:
                 if fmt == "csv" and i > 0:

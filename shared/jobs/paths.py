@@ -6,9 +6,10 @@ import re
 
 ROOT = "jobs"
 # A file an attempt writes: result / errors of the job, or a part's output / errors file
-# (`00003.a2.csv`, `00003.a2.errors.csv`), with `.aN` after the first attempt.
+# (`00003.a2.csv`, `00003.a2.errors.csv`), with `.aN` after the first attempt, and the
+# segments of a Parquet output written in segments (`result.a2.s00004.parquet`).
 _WRITTEN = re.compile(r"^(?:result|errors|(?P<index>\d{5}))(?:\.a(?P<attempt>\d+))?"
-                      r"\.(?:errors\.)?[a-z]+$")
+                      r"(?:\.s\d{5,})?\.(?:errors\.)?[a-z]+$")
 
 
 def job_dir(job_id: str) -> str:
@@ -37,6 +38,19 @@ def result(job_id: str, fmt: str, attempt: int = 1) -> str:
 
 def errors(job_id: str, attempt: int = 1) -> str:
     return f"{ROOT}/{job_id}/errors{_attempt(attempt)}.csv"
+
+
+def segment(output: str, number: int) -> str:
+    """The key of segment `number` of an output written in segments (shared.jobs.segments):
+    the output's key with `.sNNNNN` before its extension."""
+    head, dot, ext = output.rpartition(".")
+    return f"{head}.s{number:05d}{dot}{ext}"
+
+
+def is_segment(key: str) -> bool:
+    """Whether key is a segment (complete, not a writer's temporary file)."""
+    return re.search(r"\.s\d{5,}\.[a-z]+$", key) is not None and \
+        attempt_of(key) is not None
 
 
 def parts_dir(job_id: str) -> str:

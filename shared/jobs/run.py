@@ -28,7 +28,7 @@ from shared.errors import (
     TabserveError,
 )
 from shared.jobs import paths
-from shared.jobs.checkpoint import Checkpoint
+from shared.jobs.checkpoint import Checkpoint, writes_segments
 from shared.jobs.chunks import (
     CheckedChunk,
     RowError,
@@ -50,7 +50,8 @@ from shared.jobs.inputs import (
 )
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
 from shared.jobs.pipeline import WriteBehind, prefetch
-from shared.jobs.record import Answer, Job, JobError, JobStatus
+from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
+from shared.jobs.segments import SegmentedOutput
 from shared.jobs.store import JobStore
 from shared.models.loading import Prediction
 from shared.monitoring.drift import DriftAccumulator
@@ -89,6 +90,10 @@ class JobStopped(Exception):
     def __init__(self, answer: Answer) -> None:
         super().__init__(answer.value)
         self.answer = answer
+        # Superseded (sent back to queued, or taken over): the next attempt may adopt this
+        # one's checkpointed files and may not have copied them yet, so the store's writers
+        # keep them (the sweep removes them once no checkpoint names them).
+        self.keep_partial = answer in (Outcome.STALE, JobStatus.QUEUED)
 
 
 class RowsRejectedError(TabserveError):
@@ -147,14 +152,10 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
             check_parquet_file(input_fh, run.limits)
         else:
             check_csv_file(input_fh, run.dialect, run.limits.max_columns)
-        out_fh = files.enter_context(_writer(storage, output_key, "wb", None if resume is None
-                                             else (resume.output, resume.output_bytes)))
+        writer = _output(files, storage, run, output_key)
         err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
                                              else (resume.errors or "", resume.errors_bytes))
                                      ) if run.skip else None
-        writer = OutputWriter(out_fh, run.out_fmt, header=run.header and resume is None)
-        if resume is not None:
-            writer.rows = resume.rows - resume.rows_failed
         run.errors = ErrorsWriter(err_fh, header=resume is None) if err_fh else None
         chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
                              run.rt.settings.chunk_rows, part, run.dialect)
@@ -163,12 +164,8 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
             writer.write(scored.table)
             if run.errors is not None and scored.errors:
                 run.errors.write(scored.errors)
-            checkpoint = None
-            if run.checkpoints:
-                checkpoint = scored.checkpoint(
-                    run.attempt, storage.partial_key(output_key, out_fh), storage.sync(out_fh),
-                    storage.partial_key(errors_key, err_fh) if err_fh else None,
-                    storage.sync(err_fh) if err_fh else 0)
+            checkpoint = _checkpoint(storage, run, scored, writer, output_key,
+                                     (errors_key, err_fh)) if run.checkpoints else None
             state = run.report(run, scored, checkpoint)
             if state is not JobStatus.RUNNING:
                 raise JobStopped(state)
@@ -187,7 +184,44 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         if writer.rows == 0:
             writer.write(_empty_output(run.loaded, run.id_column))
         writer.close()
+        run.segments = writer.segments if isinstance(writer, SegmentedOutput) else []
     return writer.rows
+
+
+def _checkpoint(storage: Storage, run: JobRun, scored: Scored,
+                writer: OutputWriter | SegmentedOutput, output_key: str,
+                errors: tuple[str, Any]) -> Checkpoint | None:
+    """The checkpoint after a chunk, its files synced first; None while a segmented output
+    keeps its segment open."""
+    segments = None
+    if isinstance(writer, SegmentedOutput):
+        segments = writer.cut_past(run.rt.settings.segment_bytes)
+        if segments is None:
+            return None
+        output, output_bytes = "", 0
+    else:
+        output, output_bytes = storage.partial_key(output_key, writer.fh), \
+            storage.sync(writer.fh)
+    errors_key, err_fh = errors
+    return scored.checkpoint(run.attempt, output, output_bytes,
+                             storage.partial_key(errors_key, err_fh) if err_fh else None,
+                             storage.sync(err_fh) if err_fh else 0, segments)
+
+
+def _output(files: ExitStack, storage: Storage, run: JobRun,
+            key: str) -> OutputWriter | SegmentedOutput:
+    """The range's output writer: in segments (Parquet, when checkpointing), or one file
+    (continuing a checkpoint's bytes when resumed)."""
+    resume = run.resume
+    done = 0 if resume is None else resume.rows - resume.rows_failed
+    if writes_segments(run.checkpoints, run.out_fmt):
+        return files.enter_context(SegmentedOutput(
+            storage, key, None if resume is None else resume.segments, done))
+    out_fh = files.enter_context(_writer(storage, key, "wb", None if resume is None
+                                         else (resume.output, resume.output_bytes)))
+    writer = OutputWriter(out_fh, run.out_fmt, header=run.header and resume is None)
+    writer.rows = done
+    return writer
 
 
 def _writer(storage: Storage, key: str, mode: str, start: tuple[str, int] | None) -> Any:
@@ -210,11 +244,11 @@ class Scored:
     drift: np.ndarray | None = None
 
     def checkpoint(self, attempt: int, output: str, output_bytes: int, errors: str | None,
-                   errors_bytes: int) -> Checkpoint:
+                   errors_bytes: int, segments: list[str] | None = None) -> Checkpoint:
         """The checkpoint once this chunk is on disk in these files."""
         return Checkpoint(attempt, self.rows_done, self.rows_failed, self.bytes_done, output,
                           output_bytes, errors, errors_bytes,
-                          None if self.drift is None else self.drift.tolist())
+                          None if self.drift is None else self.drift.tolist(), segments)
 
 
 Report = Callable[["JobRun", Scored, "Checkpoint | None"], Answer]
@@ -256,6 +290,7 @@ class JobRun:
                                   settings.max_parquet_row_group_bytes,
                                   settings.max_parquet_metadata_bytes)
         self.resume: Checkpoint | None = None
+        self.segments: list[str] = []  # the output's segments, once joined (to delete)
 
     def adopt(self, checkpoint: Checkpoint) -> None:
         """Continue from an earlier attempt's checkpoint: its rows count as done."""
