@@ -50,7 +50,7 @@ def stack(base_settings, redis_server, tmp_path_factory):
     settings = base_settings.with_overrides(
         artifacts_dir=root / "artifacts", data_dir=str(root / "data"), chunk_rows=64,
         default_model=NAME,
-        redis_url=redis_server.url.rsplit("/", 1)[0] + "/13", queue_name="refusal")
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/14", queue_name="refusal")
     env = tabserve_env(settings.as_env())
     api = ApiServer(env, root, workers=1)
     worker = WorkerProcess(env, root, "refusal", 1)
