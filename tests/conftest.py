@@ -15,6 +15,9 @@ from shared.models.store import ModelStore
 from shared.models.training import train_demo
 from tests.servers import ApiServer, RedisServer, WorkerProcess, tabserve_env
 
+# The real-process job stack of the fault tests (job_stack, job_stack_api, ...).
+pytest_plugins = ["tests.jobstack"]
+
 
 @pytest.fixture(scope="session")
 def demo_data() -> tuple[list[str], np.ndarray]:

@@ -80,22 +80,31 @@ class Process:
 
 
 class RedisServer(Process):
-    def __init__(self, workdir: Path):
+    """redis-server on a free loopback port (or the given one, to stand in for a stopped
+    one). With `aof`, an append-only file in workdir keeps what was written across a
+    restart; without, a restart comes back empty."""
+
+    def __init__(self, workdir: Path, port: int | None = None, aof: bool = False,
+                 timeout: float = 10):
         if not shutil.which("redis-server"):
             raise RuntimeError("redis-server is not installed: run 'make setup'")
-        self.port = free_port()
+        self.workdir, self.port, self.aof = workdir, port or free_port(), aof
         self.url = f"redis://127.0.0.1:{self.port}/0"
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
+             "--appendonly", "yes" if aof else "no", "--dir", str(workdir)],
             dict(os.environ), workdir / "redis.log",
         )
         import redis
 
         client = redis.Redis.from_url(self.url)
-        wait_until(lambda: client.ping(), 10, "redis-server")
+        wait_until(lambda: client.ping(), timeout, "redis-server")
         client.close()
+
+    def restarted(self, timeout: float = 10) -> RedisServer:
+        """A new redis-server on this one's port and directory (stop or kill this one first)."""
+        return RedisServer(self.workdir, self.port, self.aof, timeout)
 
 
 def tabserve_env(settings_env: dict[str, str], extra: dict[str, str] | None = None):
