@@ -10,8 +10,8 @@ import orjson
 import pytest
 import requests
 
-from api import create_app
 from shared.models.store import ModelStore
+from tests.inprocess import inprocess_app
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 JSON = {"Content-Type": "application/json"}
@@ -82,7 +82,7 @@ def test_a_header_of_100000_columns_is_refused_by_its_count(api_server, demo_dat
 def test_numbers_int_refuses_are_422_in_process(base_settings, path):
     # Beyond what gunicorn lets through (a request line over 4 KB), and digits of other
     # scripts that int() would take ("٣") or refuse.
-    client = create_app(base_settings).test_client()
+    client = inprocess_app(base_settings).test_client()
     r = client.post(path, json={"features": {}}) if "predict" in path else client.get(path)
     assert r.status_code == 422, r.text
     assert r.json["error"]["code"] == "validation_error"
@@ -100,7 +100,7 @@ def app_for(base_settings, tmp_path):
     def build(artifacts):
         settings = base_settings.with_overrides(artifacts_dir=artifacts, default_model=None,
                                                 data_dir=str(tmp_path / "data"))
-        return create_app(settings).test_client()
+        return inprocess_app(settings).test_client()
     return build
 
 

@@ -5,7 +5,6 @@ unreadable directory refused with one line naming the file."""
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from api import create_app
+from tests.inprocess import inprocess_app
 from tests.test_cli import _one_error_line, tabserve
 
 # The MLmodel of `mlflow.sklearn.save_model(model, path, signature=infer_signature(X, y))`
@@ -85,13 +84,7 @@ def _loans(n: int = 300) -> tuple[pd.DataFrame, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def client(base_settings):
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(base_settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    app = inprocess_app(base_settings)
     yield app.test_client()
     app.extensions["tabserve"].predictions.flush()
 

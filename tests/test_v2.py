@@ -4,7 +4,6 @@ real gunicorn, binary and JSON, with predictions equal to /predict's."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import struct
 
@@ -15,10 +14,10 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from api import create_app
 from shared.config import Settings
 from shared.models.store import ModelStore
 from shared.models.training import train_from_file
+from tests.inprocess import inprocess_app
 
 MODEL = "breast-cancer"
 
@@ -52,13 +51,7 @@ def app(v2_artifacts, redis_server, tmp_path_factory):
                         data_dir=str(tmp_path_factory.mktemp("v2-data")), log_level="INFO",
                         default_model=MODEL, worker_metrics_port=0, drift_interval_seconds=0,
                         max_online_rows=1000)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    app = inprocess_app(settings)
     yield app
     runtime = app.extensions["tabserve"]
     runtime.predictions.flush()
