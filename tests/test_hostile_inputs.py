@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from shared.models.store import ModelStore
+from tests.artifacts import copy_demo
 from tests.inprocess import inprocess_app
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -88,12 +89,6 @@ def test_numbers_int_refuses_are_422_in_process(base_settings, path):
     assert r.json["error"]["code"] == "validation_error"
 
 
-def demo_copy(artifacts_dir, root):
-    """The demo model alone (other tests add models to the session's directory)."""
-    shutil.copytree(artifacts_dir / "breast-cancer", root / "breast-cancer")
-    return root
-
-
 @pytest.fixture
 def app_for(base_settings, tmp_path):
     """An in-process app over an artifacts directory the test builds."""
@@ -105,7 +100,7 @@ def app_for(base_settings, tmp_path):
 
 
 def test_a_corrupt_manifest_hides_no_other_model(app_for, artifacts_dir, tmp_path):
-    artifacts = demo_copy(artifacts_dir, tmp_path / "artifacts")
+    artifacts = copy_demo(artifacts_dir, tmp_path / "artifacts")
     ModelStore(artifacts).record_default("breast-cancer")
     shutil.copytree(artifacts / "breast-cancer", artifacts / "broken")
     (artifacts / "broken" / "1" / "manifest.json").write_text('{"name": "broken", "vers')
@@ -128,7 +123,7 @@ def test_errors_show_no_server_paths(app_for, artifacts_dir, tmp_path, demo_rows
     r = app_for(empty).get("/readyz")
     assert r.status_code == 503
     assert "no models" in r.text and str(tmp_path) not in r.text
-    artifacts = demo_copy(artifacts_dir, tmp_path / "artifacts")
+    artifacts = copy_demo(artifacts_dir, tmp_path / "artifacts")
     for f in (artifacts / "breast-cancer" / "1").glob("model.pkl*"):
         f.unlink()
     client = app_for(artifacts)

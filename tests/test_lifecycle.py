@@ -28,6 +28,7 @@ from shared.models.store import ModelStore
 from shared.models.training import train_demo
 from shared.monitoring.metrics import MODEL_SWITCH_FAILURES
 from shared.security.keyfile import create_key
+from tests.artifacts import copy_demo
 from tests.inprocess import inprocess_app
 from tests.jobclient import file_bytes, submit, wait_job
 from tests.servers import ROOT, ApiServer, WorkerProcess, tabserve_env, wait_until
@@ -36,11 +37,9 @@ NAME = "breast-cancer"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """An artifacts directory with the demo model's version 1, trained once."""
-    root = tmp_path_factory.mktemp("lifecycle-artifacts")
-    train_demo(ModelStore(root))
-    return root
+def trained(artifacts_dir, tmp_path_factory) -> Path:
+    """An artifacts directory with the demo model's version 1 (the session's, copied)."""
+    return copy_demo(artifacts_dir, tmp_path_factory.mktemp("lifecycle") / "artifacts")
 
 
 def copy_artifacts(trained: Path, into: Path) -> Path:

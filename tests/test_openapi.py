@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from openapi_spec_validator import validate
 from shared.openapi.document import component_name
 from shared.security.keyfile import create_key
 from shared.security.roles import DOCS_ASSETS, PUBLIC_PATHS
+from tests.artifacts import copy_demo
 from tests.inprocess import inprocess_app
 from tests.servers import ROOT, ApiServer, tabserve_env, wait_until
 
@@ -60,8 +60,7 @@ def keyed_client(base_settings, tokens):
 @pytest.fixture(scope="module")
 def live(base_settings, artifacts_dir, tmp_path_factory):
     """A gunicorn of its own, over a copy of the artifacts (a test trains a model into it)."""
-    artifacts = tmp_path_factory.mktemp("openapi") / "artifacts"
-    shutil.copytree(artifacts_dir, artifacts)
+    artifacts = copy_demo(artifacts_dir, tmp_path_factory.mktemp("openapi") / "artifacts")
     settings = base_settings.with_overrides(
         artifacts_dir=artifacts, queue_name=QUEUE,
         # Its own Redis database: other tests' job records are not its to list or download.
