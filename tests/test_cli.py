@@ -18,6 +18,7 @@ import pandas as pd
 import requests
 from sklearn.linear_model import LogisticRegression
 
+from tests.inprocess import run_cli
 from tests.servers import ROOT, free_port, tabserve_env
 
 
@@ -87,7 +88,7 @@ def test_import_a_pickled_model_is_served(private_api_server, private_settings, 
 def test_cli_errors_are_one_line(private_settings, tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n")
-    result = tabserve(["train", "--data", str(path), "--target", "zzz"], private_settings)
+    result = run_cli(["train", "--data", str(path), "--target", "zzz"], private_settings)
     assert result.returncode == 2
     assert result.stderr.startswith("error: target column 'zzz' not in")
 
@@ -103,7 +104,7 @@ def test_import_of_a_file_that_is_not_a_pickle_is_one_line(private_settings, tmp
     model_path, sample_path = tmp_path / "model.pkl", tmp_path / "sample.csv"
     model_path.write_text("this is a text file, not a pickle\n")
     sample_path.write_text("a,b\n1,2\n")
-    result = tabserve(["import", str(model_path), "--name", "text", "--sample", str(sample_path)],
+    result = run_cli(["import", str(model_path), "--name", "text", "--sample", str(sample_path)],
                       private_settings)
     assert f"{model_path}: not a pickled model" in _one_error_line(result)
 
@@ -113,7 +114,7 @@ def test_classification_on_a_continuous_target_is_one_line(private_settings, tmp
     rng = np.random.default_rng(0)
     pd.DataFrame({"size": rng.normal(100, 20, 60), "price": rng.normal(5, 1, 60)}).to_csv(
         path, index=False)
-    result = tabserve(["train", "--data", str(path), "--target", "price",
+    result = run_cli(["train", "--data", str(path), "--target", "price",
                        "--task", "classification"], private_settings)
     message = _one_error_line(result)
     assert "target column 'price' is continuous" in message

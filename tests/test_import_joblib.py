@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tests.test_cli import _one_error_line, tabserve
+from tests.inprocess import run_cli
+from tests.test_cli import _one_error_line
 from tests.test_mlflowdir import _loans, _served, client  # noqa: F401 - the app fixture
 
 
@@ -26,7 +27,7 @@ def test_a_joblib_file_is_imported_and_served_as_the_original(client, private_se
     joblib.dump(model, path, compress=compress)
     frame.to_csv(sample, index=False)
     name = f"joblib-{compress}"
-    result = tabserve(["import", str(path), "--name", name, "--sample", str(sample)],
+    result = run_cli(["import", str(path), "--name", name, "--sample", str(sample)],
                       private_settings)
     assert result.returncode == 0, result.stderr
     rows = frame.iloc[:40]
@@ -45,7 +46,7 @@ def test_a_joblib_file_hiding_a_callable_is_refused(private_settings, tmp_path, 
     path, sample = tmp_path / "model.joblib", tmp_path / "sample.csv"
     joblib.dump({"weights": np.arange(3.0), "x": hostile}, path)
     _loans()[0].to_csv(sample, index=False)
-    result = tabserve(["import", str(path), "--name", "hostile", "--sample", str(sample)],
+    result = run_cli(["import", str(path), "--name", "hostile", "--sample", str(sample)],
                       private_settings)
     line = _one_error_line(result)
     assert "refusing to unpickle builtins.print" in line and "this ran" not in result.stdout
