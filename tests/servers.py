@@ -58,6 +58,10 @@ class Process:
 
     def log(self) -> str:
         self._log.flush()
+        return self.logged()
+
+    def logged(self) -> str:
+        """The end of the log as it is on disk (also after stop())."""
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -129,8 +133,8 @@ class ApiServer(Process):
         try:
             wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, 60, "gunicorn")
         except TimeoutError:
-            self.stop()
-            raise RuntimeError("gunicorn did not start:\n" + self.log()) from None
+            self.stop()  # closes the log file: read it from disk
+            raise RuntimeError("gunicorn did not start in 60 s:\n" + self.logged()) from None
 
 
 class WorkerProcess(Process):
@@ -148,4 +152,5 @@ class WorkerProcess(Process):
             wait_until(lambda: "ready" in self.log(), 60, f"worker {name}", interval=0.1)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"worker {name} did not start:\n" + self.log()) from None
+            raise RuntimeError(f"worker {name} did not start in 60 s:\n" + self.logged()) \
+                from None
