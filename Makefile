@@ -38,11 +38,12 @@ TABSERVE_BIND ?=
 run: setup
 	TABSERVE_BIND='$(TABSERVE_BIND)' $(BIN)/tabserve run
 
-# One pytest process by default; `make test TEST_WORKERS=2` runs two (pytest-xdist), each with
-# its own redis-server, API and worker (faster, but tests sharing the session's models can race;
-# see the closing note of session 6); a test
-# file stays in one process (`make test TEST_WORKERS=0` runs them all in this one).
-TEST_WORKERS ?= 0
+# Two pytest processes by default (pytest-xdist), each with its own redis-server, API and
+# worker; a test file stays in one process (--dist loadfile). The session's demo model is
+# read only (tests/conftest.py): a file that adds models works on its own copy, so no file's
+# outcome depends on which files ran before it in its process. `make test TEST_WORKERS=0`
+# runs every file in this one process.
+TEST_WORKERS ?= 2
 test: setup-test
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

@@ -25,8 +25,6 @@ import threading
 import time
 from pathlib import Path
 
-import redis
-
 from bench.common import OUT
 from bench.online_report import write_section
 from bench.soak_load import (
@@ -41,26 +39,10 @@ from bench.soak_report import TITLE, report
 from shared.config import Settings
 from shared.models.store import ModelStore
 from shared.models.training import train_demo
-from tests.servers import ApiServer, Process, WorkerProcess, free_port, tabserve_env, wait_until
+from tests.servers import ApiServer, Process, RedisServer, WorkerProcess, tabserve_env
 
 SAMPLE_SECONDS = 10.0
 TASK_LINE = re.compile(r"Task (tabserve\.\w+\[[0-9a-f-]+\]) (received|succeeded|failed|raised)")
-
-
-class AofRedis(Process):
-    """redis-server with an append-only file, restartable on the same port and directory."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir, self.port = workdir, port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "yes", "--dir", str(workdir)],
-            dict(os.environ), workdir / "redis.log")
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: client.ping(), 30, "redis-server")
-        client.close()
 
 
 class Soak:
@@ -69,7 +51,7 @@ class Soak:
     def __init__(self, work: Path, logs: Path, part_rows: int) -> None:
         self.work, self.logs = work, logs
         train_demo(ModelStore(work / "artifacts"))
-        self.redis = AofRedis(work / "redis")
+        self.redis = RedisServer(work / "redis", aof=True, timeout=30)
         self.settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
                                  redis_url=self.redis.url, worker_metrics_port=0,
                                  part_rows=part_rows)
@@ -124,7 +106,7 @@ class Soak:
         self.redis.proc.wait(timeout=60)
         self.event(f"Redis stopped with SIGTERM ({doing})")
         self.old.append(self.redis)
-        self.redis = AofRedis(self.redis.workdir, self.redis.port)
+        self.redis = self.redis.restarted(timeout=30)
         self.event("Redis started again (same port and directory, AOF)")
 
     def stop(self) -> None:

@@ -13,7 +13,11 @@ from sklearn.datasets import load_breast_cancer
 from shared.config import Settings
 from shared.models.store import ModelStore
 from shared.models.training import train_demo
+from tests.artifacts import copy_demo, model_files
 from tests.servers import ApiServer, RedisServer, WorkerProcess, tabserve_env
+
+# The real-process job stack of the fault tests (job_stack, job_stack_api, ...).
+pytest_plugins = ["tests.jobstack"]
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +42,68 @@ def demo_rows(demo_data) -> list[dict[str, float]]:
     return [dict(zip(names, row.tolist(), strict=True)) for row in X]
 
 
+# The session's artifacts directory and its files once trained (set by artifacts_dir).
+_session_artifacts: dict[Path, list[str]] = {}
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir(tmp_path_factory) -> Path:
-    """An artifacts directory holding the demo model, trained once per test session."""
+    """An artifacts directory holding the demo model, trained once per test session. Read
+    only: a test that trains, imports, promotes or deletes uses `private_artifacts` (or
+    copy_demo) instead, since every later test of its process would see the change."""
     root = tmp_path_factory.mktemp("artifacts")
     train_demo(ModelStore(root))
+    _session_artifacts[root] = model_files(root)
     return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _session_artifacts_unchanged(request):
+    """Fails the module that wrote into the session's artifacts directory (at its last
+    test's teardown), naming what it wrote."""
+    yield
+    for root, trained in _session_artifacts.items():
+        now = model_files(root)
+        if now != trained:
+            _session_artifacts[root] = now  # one report, for the module that wrote
+            changed = sorted(set(now) ^ set(trained))
+            pytest.fail(f"{request.module.__name__} changed the session's artifacts "
+                        f"directory (use private_artifacts): {changed}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def private_artifacts(artifacts_dir, tmp_path_factory) -> Path:
+    """The demo model copied for one test module, which may add, promote or delete models
+    in it without another module seeing the change."""
+    return copy_demo(artifacts_dir, tmp_path_factory.mktemp("private") / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def private_settings(base_settings, private_artifacts, redis_server, tmp_path_factory):
+    """base_settings over the module's private_artifacts, with its own data directory,
+    Redis database and queue (no session worker takes its jobs)."""
+    return base_settings.with_overrides(
+        artifacts_dir=private_artifacts, queue_name="private",
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/13",
+        data_dir=str(tmp_path_factory.mktemp("private-data")))
+
+
+@pytest.fixture(scope="module")
+def private_api_server(private_settings, tmp_path_factory):
+    """A real gunicorn (one worker) over the module's private_settings."""
+    server = ApiServer(tabserve_env(private_settings.as_env()),
+                       tmp_path_factory.mktemp("private-logs"), workers=1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_worker(private_settings, tmp_path_factory):
+    """A real Celery worker (one pool process) over the module's private_settings."""
+    proc = WorkerProcess(tabserve_env(private_settings.as_env()),
+                         tmp_path_factory.mktemp("private-wlogs"), "private")
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="session")

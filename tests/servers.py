@@ -58,6 +58,10 @@ class Process:
 
     def log(self) -> str:
         self._log.flush()
+        return self.logged()
+
+    def logged(self) -> str:
+        """The end of the log as it is on disk (also after stop())."""
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -80,22 +84,31 @@ class Process:
 
 
 class RedisServer(Process):
-    def __init__(self, workdir: Path):
+    """redis-server on a free loopback port (or the given one, to stand in for a stopped
+    one). With `aof`, an append-only file in workdir keeps what was written across a
+    restart; without, a restart comes back empty."""
+
+    def __init__(self, workdir: Path, port: int | None = None, aof: bool = False,
+                 timeout: float = 10):
         if not shutil.which("redis-server"):
             raise RuntimeError("redis-server is not installed: run 'make setup'")
-        self.port = free_port()
+        self.workdir, self.port, self.aof = workdir, port or free_port(), aof
         self.url = f"redis://127.0.0.1:{self.port}/0"
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
+             "--appendonly", "yes" if aof else "no", "--dir", str(workdir)],
             dict(os.environ), workdir / "redis.log",
         )
         import redis
 
         client = redis.Redis.from_url(self.url)
-        wait_until(lambda: client.ping(), 10, "redis-server")
+        wait_until(lambda: client.ping(), timeout, "redis-server")
         client.close()
+
+    def restarted(self, timeout: float = 10) -> RedisServer:
+        """A new redis-server on this one's port and directory (stop or kill this one first)."""
+        return RedisServer(self.workdir, self.port, self.aof, timeout)
 
 
 def tabserve_env(settings_env: dict[str, str], extra: dict[str, str] | None = None):
@@ -120,8 +133,8 @@ class ApiServer(Process):
         try:
             wait_until(lambda: requests.get(self.url + "/healthz", timeout=1).ok, 60, "gunicorn")
         except TimeoutError:
-            self.stop()
-            raise RuntimeError("gunicorn did not start:\n" + self.log()) from None
+            self.stop()  # closes the log file: read it from disk
+            raise RuntimeError("gunicorn did not start in 60 s:\n" + self.logged()) from None
 
 
 class WorkerProcess(Process):
@@ -139,4 +152,5 @@ class WorkerProcess(Process):
             wait_until(lambda: "ready" in self.log(), 60, f"worker {name}", interval=0.1)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"worker {name} did not start:\n" + self.log()) from None
+            raise RuntimeError(f"worker {name} did not start in 60 s:\n" + self.logged()) \
+                from None

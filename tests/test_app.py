@@ -11,10 +11,10 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from api import create_app
 from shared.config import Settings
 from shared.models.store import ModelStore
 from shared.monitoring.predictions import lookup_online_prediction
+from tests.inprocess import inprocess_app
 from tests.servers import wait_until
 
 
@@ -30,21 +30,9 @@ def _settings(artifacts_dir, redis_server, tmp_path_factory, **changes) -> Setti
     ).with_overrides(**changes)
 
 
-def _app(settings: Settings):
-    # create_app sets up JSON logging on the root logger; put pytest's handlers back so
-    # that the access lines reach caplog as records.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def app(artifacts_dir, redis_server, tmp_path_factory):
-    app = _app(_settings(artifacts_dir, redis_server, tmp_path_factory))
+    app = inprocess_app(_settings(artifacts_dir, redis_server, tmp_path_factory))
     yield app
     # Write out what the background threads hold while the session's Redis is still up.
     runtime = app.extensions["tabserve"]
@@ -224,7 +212,7 @@ def test_health_and_readiness(client):
 def test_not_ready_without_the_default_model(artifacts_dir, redis_server, tmp_path_factory):
     settings = _settings(artifacts_dir, redis_server, tmp_path_factory, default_model="nope",
                          preload_model=False)
-    r = _app(settings).test_client().get("/readyz")
+    r = inprocess_app(settings).test_client().get("/readyz")
     assert r.status_code == 503
     body = r.get_json()
     assert body["ready"] is False and body["checks"]["redis"] == {"status": "ok"}

@@ -14,7 +14,6 @@ import pytest
 import requests
 from flask import Blueprint
 
-from api import create_app
 from api.views import ROUTE_ACTIONS
 from shared import keys
 from shared.config import Settings
@@ -23,6 +22,7 @@ from shared.jobs.store import new_job_id
 from shared.security.keyfile import create_key, revoke_key
 from shared.security.keystore import hash_key
 from shared.security.roles import PUBLIC_PATHS, ROLE_ACTIONS, Action, Role
+from tests.inprocess import inprocess_app
 from tests.servers import ApiServer, tabserve_env
 
 QUEUE = "authtest"  # no worker process consumes it: jobs here are run in process or stay queued
@@ -31,14 +31,7 @@ ROLES = {"root": "admin", "alice": "submit", "bob": "submit", "pred": "predict",
 
 
 def _app(settings: Settings, blueprint: Blueprint | None = None):
-    # create_app sets up JSON logging on the root logger; put pytest's handlers back.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    app = inprocess_app(settings)
     if blueprint is not None:
         app.register_blueprint(blueprint)
     return app

@@ -14,6 +14,7 @@ import requests
 from shared.errors import ModelNotFoundError
 from shared.models.store import DEFAULT_FILE, ModelStore
 from shared.models.training import train_from_file
+from tests.artifacts import copy_demo
 from tests.servers import ApiServer, tabserve_env
 
 
@@ -32,9 +33,7 @@ def houses_csv(tmp_path, demo_data):
 def one_model(artifacts_dir, tmp_path):
     """A copy of the demo artifacts (one model) with no default recorded yet, as a
     directory written before defaults were recorded."""
-    root = tmp_path / "artifacts"
-    # The demo model alone: other tests add models to the session's directory.
-    shutil.copytree(artifacts_dir / "breast-cancer", root / "breast-cancer")
+    root = copy_demo(artifacts_dir, tmp_path / "artifacts")
     assert not (root / DEFAULT_FILE).exists()
     return root
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import requests
 
-from api import create_app
 from shared import keys
 from shared.monitoring.predictions import lookup_online_prediction
+from tests.inprocess import inprocess_app
 from tests.jobclient import submit, wait_job
 from tests.servers import wait_until
 
@@ -20,7 +20,7 @@ WINDOW = keys.feedback_window("breast-cancer", "1")
 
 @pytest.fixture
 def client(base_settings, redis_client):
-    return create_app(base_settings).test_client()
+    return inprocess_app(base_settings).test_client()
 
 
 def predict(client, redis_client, body):

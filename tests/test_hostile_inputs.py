@@ -10,8 +10,9 @@ import orjson
 import pytest
 import requests
 
-from api import create_app
 from shared.models.store import ModelStore
+from tests.artifacts import copy_demo
+from tests.inprocess import inprocess_app
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 JSON = {"Content-Type": "application/json"}
@@ -82,16 +83,10 @@ def test_a_header_of_100000_columns_is_refused_by_its_count(api_server, demo_dat
 def test_numbers_int_refuses_are_422_in_process(base_settings, path):
     # Beyond what gunicorn lets through (a request line over 4 KB), and digits of other
     # scripts that int() would take ("٣") or refuse.
-    client = create_app(base_settings).test_client()
+    client = inprocess_app(base_settings).test_client()
     r = client.post(path, json={"features": {}}) if "predict" in path else client.get(path)
     assert r.status_code == 422, r.text
     assert r.json["error"]["code"] == "validation_error"
-
-
-def demo_copy(artifacts_dir, root):
-    """The demo model alone (other tests add models to the session's directory)."""
-    shutil.copytree(artifacts_dir / "breast-cancer", root / "breast-cancer")
-    return root
 
 
 @pytest.fixture
@@ -100,12 +95,12 @@ def app_for(base_settings, tmp_path):
     def build(artifacts):
         settings = base_settings.with_overrides(artifacts_dir=artifacts, default_model=None,
                                                 data_dir=str(tmp_path / "data"))
-        return create_app(settings).test_client()
+        return inprocess_app(settings).test_client()
     return build
 
 
 def test_a_corrupt_manifest_hides_no_other_model(app_for, artifacts_dir, tmp_path):
-    artifacts = demo_copy(artifacts_dir, tmp_path / "artifacts")
+    artifacts = copy_demo(artifacts_dir, tmp_path / "artifacts")
     ModelStore(artifacts).record_default("breast-cancer")
     shutil.copytree(artifacts / "breast-cancer", artifacts / "broken")
     (artifacts / "broken" / "1" / "manifest.json").write_text('{"name": "broken", "vers')
@@ -128,7 +123,7 @@ def test_errors_show_no_server_paths(app_for, artifacts_dir, tmp_path, demo_rows
     r = app_for(empty).get("/readyz")
     assert r.status_code == 503
     assert "no models" in r.text and str(tmp_path) not in r.text
-    artifacts = demo_copy(artifacts_dir, tmp_path / "artifacts")
+    artifacts = copy_demo(artifacts_dir, tmp_path / "artifacts")
     for f in (artifacts / "breast-cancer" / "1").glob("model.pkl*"):
         f.unlink()
     client = app_for(artifacts)

@@ -12,12 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tests.test_cli import _one_error_line, tabserve
+from tests.inprocess import run_cli
+from tests.test_cli import _one_error_line
 from tests.test_mlflowdir import _loans, _served, client  # noqa: F401 - the app fixture
 
 
 @pytest.mark.parametrize("compress", [0, 3], ids=["plain", "zlib"])
-def test_a_joblib_file_is_imported_and_served_as_the_original(client, base_settings,  # noqa: F811
+def test_a_joblib_file_is_imported_and_served_as_the_original(client, private_settings,  # noqa: F811
                                                               tmp_path, compress):
     frame, y = _loans()
     labels = np.where(y == 1, "approve", "decline").astype(object)  # an object array inside
@@ -26,8 +27,8 @@ def test_a_joblib_file_is_imported_and_served_as_the_original(client, base_setti
     joblib.dump(model, path, compress=compress)
     frame.to_csv(sample, index=False)
     name = f"joblib-{compress}"
-    result = tabserve(["import", str(path), "--name", name, "--sample", str(sample)],
-                      base_settings)
+    result = run_cli(["import", str(path), "--name", name, "--sample", str(sample)],
+                      private_settings)
     assert result.returncode == 0, result.stderr
     rows = frame.iloc[:40]
     body = _served(client, f"{name}:1", rows)
@@ -40,12 +41,12 @@ class _Hostile:
 
 
 @pytest.mark.parametrize("payload", ["object", "object-array"])
-def test_a_joblib_file_hiding_a_callable_is_refused(base_settings, tmp_path, payload):
+def test_a_joblib_file_hiding_a_callable_is_refused(private_settings, tmp_path, payload):
     hostile = _Hostile() if payload == "object" else np.array([_Hostile()], dtype=object)
     path, sample = tmp_path / "model.joblib", tmp_path / "sample.csv"
     joblib.dump({"weights": np.arange(3.0), "x": hostile}, path)
     _loans()[0].to_csv(sample, index=False)
-    result = tabserve(["import", str(path), "--name", "hostile", "--sample", str(sample)],
-                      base_settings)
+    result = run_cli(["import", str(path), "--name", "hostile", "--sample", str(sample)],
+                      private_settings)
     line = _one_error_line(result)
     assert "refusing to unpickle builtins.print" in line and "this ran" not in result.stdout

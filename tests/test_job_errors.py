@@ -167,7 +167,7 @@ def test_errors_file_of_a_fail_job_is_409(api_server, worker, frame):
 
 
 @pytest.fixture(scope="module")
-def shops_model(artifacts_dir, tmp_path_factory):
+def shops_model(private_artifacts, tmp_path_factory):
     rng = np.random.default_rng(1)
     n = 300
     df = pd.DataFrame({"city": rng.choice(["paris", "rome", "oslo"], n),
@@ -175,12 +175,14 @@ def shops_model(artifacts_dir, tmp_path_factory):
     df["busy"] = np.where((df["city"] == "rome") | (df["size"] > 110), "yes", "no")
     path = tmp_path_factory.mktemp("shops") / "shops.csv"
     df.to_csv(path, index=False)
-    manifest = train_from_file(ModelStore(artifacts_dir), path, "busy", name="shops")
+    manifest = train_from_file(ModelStore(private_artifacts), path, "busy", name="shops")
     # the demo-style trainer allows unknown categories; pin this copy to refuse them
     return manifest
 
 
-def test_categorical_rows_and_unknown_categories(api_server, worker, shops_model):
+def test_categorical_rows_and_unknown_categories(private_api_server, private_worker,
+                                                 shops_model):
+    api_server = private_api_server  # the shops model is in the module's own artifacts
     assert shops_model.features[0].allow_unknown is True
     data = b"shop,city,size\n=HYPERLINK(\"x\"),rome,120\n+2,lima,90\nc,,80\n"
     job = submit(api_server.url, data, "csv", model="shops", id_column="shop",

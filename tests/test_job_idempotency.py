@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import requests
 
+from tests.inprocess import inprocess_app
 from tests.jobclient import file_bytes, read_result, submit, wait_job
 
 
@@ -212,10 +213,8 @@ def test_the_job_input_is_parquet_in_feature_order(api_server, worker, redis_cli
 
 @pytest.fixture(scope="module")
 def keyed_client(base_settings, redis_server, tmp_path_factory):
-    import logging
     import uuid
 
-    from api import create_app
     from shared.security.keystore import hash_key
 
     roles = {"alice": "submit", "bob": "submit", "pat": "predict"}
@@ -224,13 +223,7 @@ def keyed_client(base_settings, redis_server, tmp_path_factory):
         redis_url=redis_server.url.rsplit("/", 1)[0] + "/7", queue_name="idem-inproc",
         data_dir=str(tmp_path_factory.mktemp("idem-data")), rate_limit_requests=0,
         api_keys=",".join(f"{n}:{roles[n]}:{hash_key(t)}" for n, t in tokens.items()))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    app = inprocess_app(settings)
     yield app.test_client(), {n: {"Authorization": f"Bearer {t}"} for n, t in tokens.items()}
     app.extensions["tabserve"].predictions.flush()
     app.extensions["tabserve"].drift.drain()

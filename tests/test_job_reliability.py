@@ -8,68 +8,21 @@ the result holds every input row exactly once, in input order.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import psutil
 import pytest
-import redis
 import requests
 
 from shared import keys
 from shared.jobs.queue import SCORE_JOB, make_celery, send_score_job, send_score_part
-from shared.jobs.store import JobStore
-from tests.jobclient import read_result, submit, wait_job
-from tests.servers import (
-    ApiServer,
-    Process,
-    WorkerProcess,
-    free_port,
-    tabserve_env,
-    wait_until,
-)
+from tests.jobclient import submit, wait_job
+from tests.jobstack import LEASE, Stack, _csv, _ledger, _pool_children
+from tests.servers import RedisServer, wait_until
 
-LEASE = 3
-
-
-@pytest.fixture(scope="module")
-def module_settings(base_settings, redis_server, tmp_path_factory):
-    # Own Redis database and queue, so the session's worker takes none of these jobs.
-    return base_settings.with_overrides(
-        redis_url=redis_server.url.rsplit("/", 1)[0] + "/4", queue_name="reliability",
-        job_lease_seconds=LEASE, chunk_rows=2000, part_rows=0, worker_threads=1,
-        data_dir=str(tmp_path_factory.mktemp("reliability") / "data"))
-
-
-@pytest.fixture(scope="module")
-def api(module_settings, tmp_path_factory):
-    """One API for the module's tests: what they vary is the workers' settings."""
-    server = ApiServer(tabserve_env(module_settings.as_env()),
-                       tmp_path_factory.mktemp("api"), workers=1)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def settings(module_settings):
-    client = redis.Redis.from_url(module_settings.redis_url)
-    client.flushdb()  # and the jobs' files: else the reaper puts their records back
-    client.close()
-    shutil.rmtree(Path(module_settings.data_dir) / "jobs", ignore_errors=True)
-    return module_settings
-
-
-def _csv(demo_data, n: int) -> bytes:
-    names, X = demo_data
-    frame = pd.DataFrame(np.tile(X, (n // len(X) + 1, 1))[:n], columns=names)
-    frame.insert(0, "key", np.arange(n))
-    return frame.to_csv(index=False).encode()
+REDIS_DB, QUEUE = 4, "reliability"  # the job_stack fixtures' own database and queue
 
 
 @pytest.fixture
@@ -84,72 +37,6 @@ def small(demo_data) -> tuple[bytes, int]:
     return _csv(demo_data, n), n
 
 
-class Stack:
-    """An API and workers on the test's settings; everything stopped at the end."""
-
-    def __init__(self, settings, tmp_path: Path, api: ApiServer | None = None) -> None:
-        self.settings, self.tmp = settings, tmp_path
-        self.env = tabserve_env(settings.as_env())
-        self.procs: list[Process] = []
-        self.api = api or self.add(ApiServer(self.env, tmp_path, workers=1))
-        self.jobs = JobStore(redis.Redis.from_url(settings.redis_url), 60)
-
-    def add(self, proc):
-        self.procs.append(proc)
-        return proc
-
-    def worker(self, name: str, concurrency: int = 1) -> WorkerProcess:
-        return self.add(WorkerProcess(self.env, self.tmp, name, concurrency))
-
-    def workers(self, *names: str) -> list[WorkerProcess]:
-        """Workers started side by side (each start waits for Celery to be ready)."""
-        with ThreadPoolExecutor(len(names)) as pool:
-            return list(pool.map(self.worker, names))
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.alive():
-                os.kill(proc.pid, signal.SIGCONT)  # a test that failed while it was stopped
-            proc.stop()
-
-    def logged(self, text: str) -> int:
-        """How many times the workers' whole logs say text."""
-        return sum(Path(p.log_path).read_text(errors="replace").count(text)
-                   for p in self.procs if isinstance(p, WorkerProcess))
-
-    def record(self, job_id: str):
-        return self.jobs.get(job_id)
-
-    def wait_rows(self, job_id: str, what: str = "the job to make progress") -> None:
-        wait_until(lambda: self.record(job_id).rows_done > 0, 60, what)
-
-    def job_files(self, job_id: str) -> list[str]:
-        root = Path(self.settings.data_dir) / "jobs" / job_id
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def stack(settings, api, tmp_path):
-    made: list[Stack] = []
-
-    def make(**overrides) -> Stack:
-        made.append(Stack(settings.with_overrides(**overrides), tmp_path, api))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.stop()
-
-
-def _ledger(api_url: str, job_id: str, n: int) -> None:
-    result, _ = read_result(api_url, job_id)
-    assert result["key"].tolist() == list(range(n))  # every row exactly once, in order
-
-
-def _pool_children(worker: WorkerProcess) -> list[psutil.Process]:
-    return psutil.Process(worker.pid).children()
-
-
 def _succeeds_after_loss(s: Stack, job_id: str, n: int, lost_at: float) -> None:
     done = wait_job(s.api.url, job_id, timeout=LEASE + 30 + 30)
     assert done["status"] == "succeeded", done
@@ -162,9 +49,9 @@ def _succeeds_after_loss(s: Stack, job_id: str, n: int, lost_at: float) -> None:
     _ledger(s.api.url, job_id, n)
 
 
-def test_pool_child_sigkilled_mid_job_is_retried_from_its_lease(stack, big):
+def test_pool_child_sigkilled_mid_job_is_retried_from_its_lease(job_stack, big):
     data, n = big
-    s = stack()
+    s = job_stack()
     worker = s.worker("w1")
     job = submit(s.api.url, data, "csv", id_column="key").json()
     s.wait_rows(job["id"])
@@ -176,9 +63,9 @@ def test_pool_child_sigkilled_mid_job_is_retried_from_its_lease(stack, big):
     _succeeds_after_loss(s, job["id"], n, lost_at)
 
 
-def test_whole_worker_sigkilled_mid_job_finishes_on_the_other(stack, big):
+def test_whole_worker_sigkilled_mid_job_finishes_on_the_other(job_stack, big):
     data, n = big
-    s = stack()
+    s = job_stack()
     workers = {w.name: w for w in s.workers("w1", "w2")}
     job = submit(s.api.url, data, "csv", id_column="key").json()
     s.wait_rows(job["id"])
@@ -189,9 +76,9 @@ def test_whole_worker_sigkilled_mid_job_finishes_on_the_other(stack, big):
     _succeeds_after_loss(s, job["id"], n, lost_at)
 
 
-def test_sigterm_to_a_worker_mid_job_loses_and_repeats_nothing(stack, big):
+def test_sigterm_to_a_worker_mid_job_loses_and_repeats_nothing(job_stack, big):
     data, n = big
-    s = stack()
+    s = job_stack()
     first = s.worker("w1")
     job = submit(s.api.url, data, "csv", id_column="key").json()
     s.wait_rows(job["id"])
@@ -205,9 +92,9 @@ def test_sigterm_to_a_worker_mid_job_loses_and_repeats_nothing(stack, big):
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["job", "parts"])
-def test_main_process_frozen_past_the_lease_while_its_child_finishes(stack, big, split):
+def test_main_process_frozen_past_the_lease_while_its_child_finishes(job_stack, big, split):
     data, n = big
-    s = stack(part_rows=30_000 if split else 0)
+    s = job_stack(part_rows=30_000 if split else 0)
     first = s.worker("w1", concurrency=2 if split else 1)
     s.worker("w2")  # its reaper runs while the first's main process is frozen
     job = submit(s.api.url, data, "csv", id_column="key").json()
@@ -229,9 +116,9 @@ def test_main_process_frozen_past_the_lease_while_its_child_finishes(stack, big,
     _ledger(s.api.url, job["id"], n)
 
 
-def test_the_same_job_message_delivered_twice_at_once_runs_once(stack, big, settings):
+def test_the_same_job_message_delivered_twice_at_once_runs_once(job_stack, big):
     data, n = big
-    s = stack()
+    s = job_stack()
     job = submit(s.api.url, data, "csv", id_column="key").json()  # no worker yet
     app = make_celery(s.settings)
     send_score_job(app, s.settings, job["id"], 1)
@@ -246,9 +133,9 @@ def test_the_same_job_message_delivered_twice_at_once_runs_once(stack, big, sett
     assert s.record(job["id"]).status == "succeeded"
 
 
-def test_the_same_part_message_delivered_twice_runs_once_and_deletes_nothing(stack, big):
+def test_the_same_part_message_delivered_twice_runs_once_and_deletes_nothing(job_stack, big):
     data, n = big
-    s = stack(part_rows=30_000)
+    s = job_stack(part_rows=30_000)
     s.workers("w1", "w2")
     job = submit(s.api.url, data, "csv", id_column="key").json()
     wait_until(lambda: s.record(job["id"]).parts_dispatched, 60, "the job to be split")
@@ -269,9 +156,9 @@ def test_the_same_part_message_delivered_twice_runs_once_and_deletes_nothing(sta
     _ledger(s.api.url, job["id"], n)
 
 
-def test_a_job_that_kills_its_worker_every_time_fails_after_the_cap(stack, big, small):
+def test_a_job_that_kills_its_worker_every_time_fails_after_the_cap(job_stack, big, small):
     data, _ = big
-    s = stack()
+    s = job_stack()
     worker = s.worker("w1")
     job = submit(s.api.url, data, "csv", id_column="key").json()
     killed: set[int] = set()
@@ -294,9 +181,9 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_the_cap(stack, big, 
     _ledger(s.api.url, other["id"], n)
 
 
-def test_a_job_over_its_time_limit_fails_with_timeout_leaving_nothing(stack, big):
+def test_a_job_over_its_time_limit_fails_with_timeout_leaving_nothing(job_stack, big):
     data, _ = big
-    s = stack(chunk_rows=20)  # thousands of small chunks: far longer than its limit
+    s = job_stack(chunk_rows=20)  # thousands of small chunks: far longer than its limit
     s.worker("w1")
     job = submit(s.api.url, data, "csv", id_column="key", time_limit_seconds=1).json()
     done = wait_job(s.api.url, job["id"], timeout=60)
@@ -310,28 +197,12 @@ def test_a_job_over_its_time_limit_fails_with_timeout_leaving_nothing(stack, big
     assert too_long.status_code == 422, too_long.text
 
 
-class AofRedis(Process):
-    """redis-server with an append-only file, restartable on the same port and directory."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir, self.port = workdir, port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "yes", "--dir", str(workdir)],
-            dict(os.environ), workdir / "redis.log")
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: client.ping(), 10, "redis-server")
-        client.close()
-
-
 # Each signal and each shape of job once (all four pairs pass; two keep the suite short).
 @pytest.mark.parametrize("sig,split", [(signal.SIGKILL, False), (signal.SIGTERM, True)],
                          ids=["kill-job", "term-parts"])
 def test_every_job_succeeds_across_a_redis_restart_with_aof(base_settings, demo_data, tmp_path,
                                                             sig, split):
-    server = AofRedis(tmp_path / "aof")
+    server = RedisServer(tmp_path / "aof", aof=True)
     try:
         settings = base_settings.with_overrides(
             redis_url=server.url, queue_name="aof", job_lease_seconds=LEASE, chunk_rows=2000,
@@ -346,7 +217,7 @@ def test_every_job_succeeds_across_a_redis_restart_with_aof(base_settings, demo_
         server.stop()
 
 
-def _restart_mid_jobs(s: Stack, server: AofRedis, sig: int, demo_data) -> None:
+def _restart_mid_jobs(s: Stack, server: RedisServer, sig: int, demo_data) -> None:
     s.worker("w1", concurrency=2)
     n_big, n_small = 90_000, 300
     big = submit(s.api.url, _csv(demo_data, n_big), "csv", id_column="key").json()
@@ -356,7 +227,7 @@ def _restart_mid_jobs(s: Stack, server: AofRedis, sig: int, demo_data) -> None:
     assert s.record(big["id"]).status == "running"
     server.kill(sig)
     server.proc.wait(timeout=30)
-    s.procs.append(AofRedis(server.workdir, server.port))  # the same port and directory
+    s.procs.append(server.restarted())  # the same port and directory
     ids = [big["id"], *queued]
     wait_until(lambda: all(s.record(i).status == "succeeded" for i in ids), 120,
                "every job to succeed after the restart")

@@ -10,58 +10,23 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 import requests
 
 from shared.jobs.checkpoint import Checkpoint
 from tests.jobclient import file_bytes, read_result, submit, wait_job
-from tests.servers import ApiServer, tabserve_env, wait_until
-from tests.test_job_reliability import LEASE, Stack, _csv, _pool_children
+from tests.jobstack import LEASE, Stack, _csv, _pool_children
+from tests.servers import wait_until
 
 N = 120_000
+REDIS_DB, QUEUE = 12, "resume"  # the job_stack fixtures' own database and queue
 
 
-@pytest.fixture(scope="module")
-def module_settings(base_settings, redis_server, tmp_path_factory):
-    # Own Redis database and queue, so no other module's worker takes these jobs.
-    return base_settings.with_overrides(
-        redis_url=redis_server.url.rsplit("/", 1)[0] + "/12", queue_name="resume",
-        job_lease_seconds=LEASE, chunk_rows=2000, part_rows=0, worker_threads=1,
-        data_dir=str(tmp_path_factory.mktemp("resume") / "data"))
-
-
-@pytest.fixture(scope="module")
-def api(module_settings, tmp_path_factory):
-    server = ApiServer(tabserve_env(module_settings.as_env()),
-                       tmp_path_factory.mktemp("api"), workers=1)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def stack(module_settings, api, tmp_path):
-    client = redis.Redis.from_url(module_settings.redis_url)
-    client.flushdb()
-    client.close()
-    shutil.rmtree(Path(module_settings.data_dir) / "jobs", ignore_errors=True)
-    made: list[Stack] = []
-
-    def make(**overrides) -> Stack:
-        made.append(Stack(module_settings.with_overrides(**overrides), tmp_path, api))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.stop()
-
-
-def _ledger(api_url: str, job_id: str, expected: list[int]) -> None:
+def _ledger_of(api_url: str, job_id: str, expected: list[int]) -> None:
     result, _ = read_result(api_url, job_id)  # ids are text in JSON lines
     assert result["key"].astype(int).tolist() == expected  # each row once, in order
 
@@ -97,7 +62,7 @@ def _resumed(s: Stack, job_id: str, n: int, lost_at: float) -> int:
 
 @pytest.mark.parametrize("on_error,fmt", [("fail", "csv"), ("skip", "csv"),
                                           ("fail", "parquet")])
-def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(stack, demo_data, on_error,
+def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(job_stack, demo_data, on_error,
                                                                   fmt):
     data, n = _csv(demo_data, N), N
     bad: list[int] = []
@@ -106,7 +71,7 @@ def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(stack, demo_da
     if fmt == "parquet":  # row groups that chunks do not line up with: resumed mid-group
         data = file_bytes(pd.read_csv(io.BytesIO(data)), "parquet", row_group_size=7_000)
     # Parquet is read faster: smaller chunks, so that the kill comes mid-job.
-    s = stack(chunk_rows=500 if fmt == "parquet" else 2000)
+    s = job_stack(chunk_rows=500 if fmt == "parquet" else 2000)
     worker = s.worker("w1")
     job = submit(s.api.url, data, fmt, id_column="key", on_error=on_error,
                  output_format="csv").json()
@@ -116,7 +81,7 @@ def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(stack, demo_da
     lost_at = time.time()
     scored_again = _resumed(s, job["id"], n, lost_at)
     assert 0 < scored_again < n
-    _ledger(s.api.url, job["id"], sorted(set(range(n)) - set(bad)))
+    _ledger_of(s.api.url, job["id"], sorted(set(range(n)) - set(bad)))
     if on_error == "fail":
         return
     errors = pd.read_csv(io.BytesIO(requests.get(
@@ -124,9 +89,9 @@ def test_pool_child_sigkilled_mid_job_resumes_from_its_checkpoint(stack, demo_da
     assert errors["row"].tolist() == bad  # each bad row once, in order, one header
 
 
-def test_whole_worker_sigkilled_mid_job_resumes_on_the_other(stack, demo_data):
+def test_whole_worker_sigkilled_mid_job_resumes_on_the_other(job_stack, demo_data):
     data, n = _csv(demo_data, N), N
-    s = stack()
+    s = job_stack()
     workers = {w.name: w for w in s.workers("w1", "w2")}
     job = submit(s.api.url, data, "csv", id_column="key", output_format="jsonl").json()
     _checkpointed(s, job["id"])
@@ -135,12 +100,12 @@ def test_whole_worker_sigkilled_mid_job_resumes_on_the_other(stack, demo_data):
     lost_at = time.time()
     running.proc.wait(timeout=10)
     assert 0 < _resumed(s, job["id"], n, lost_at) < n
-    _ledger(s.api.url, job["id"], list(range(n)))
+    _ledger_of(s.api.url, job["id"], list(range(n)))
 
 
-def test_a_killed_part_resumes_from_its_checkpoint(stack, demo_data):
+def test_a_killed_part_resumes_from_its_checkpoint(job_stack, demo_data):
     n = 2 * N
-    s = stack(part_rows=100_000)
+    s = job_stack(part_rows=100_000)
     w1, _ = s.workers("w1", "w2")
     job_id = submit(s.api.url, _csv(demo_data, n), "csv", id_column="key").json()["id"]
 
@@ -159,6 +124,6 @@ def test_a_killed_part_resumes_from_its_checkpoint(stack, demo_data):
         child.kill()
     done = wait_job(s.api.url, job_id, timeout=LEASE + 60)
     assert done["status"] == "succeeded", done
-    _ledger(s.api.url, job_id, list(range(n)))
+    _ledger_of(s.api.url, job_id, list(range(n)))
     assert s.logged(f"job {job_id} part {index}: attempt 2 resumes after row ") == 1
     assert s.logged(": attempt 2 starts from the first row") == 0

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from api import create_app
 from shared.config import Settings
 from shared.errors import ConflictError, ModelNotFoundError, ValidationError
 from shared.models.aliases import ALIASES_FILE
@@ -29,6 +28,8 @@ from shared.models.store import ModelStore
 from shared.models.training import train_demo
 from shared.monitoring.metrics import MODEL_SWITCH_FAILURES
 from shared.security.keyfile import create_key
+from tests.artifacts import copy_demo
+from tests.inprocess import inprocess_app
 from tests.jobclient import file_bytes, submit, wait_job
 from tests.servers import ROOT, ApiServer, WorkerProcess, tabserve_env, wait_until
 
@@ -36,11 +37,9 @@ NAME = "breast-cancer"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """An artifacts directory with the demo model's version 1, trained once."""
-    root = tmp_path_factory.mktemp("lifecycle-artifacts")
-    train_demo(ModelStore(root))
-    return root
+def trained(artifacts_dir, tmp_path_factory) -> Path:
+    """An artifacts directory with the demo model's version 1 (the session's, copied)."""
+    return copy_demo(artifacts_dir, tmp_path_factory.mktemp("lifecycle") / "artifacts")
 
 
 def copy_artifacts(trained: Path, into: Path) -> Path:
@@ -240,14 +239,7 @@ def admin_app(store, tmp_path):
     tokens = {role: create_key(keys, role, role) for role in ("admin", "predict", "read")}
     settings = Settings(artifacts_dir=store.root, data_dir=str(tmp_path / "data"),
                         api_keys_file=keys, worker_metrics_port=0, preload_model=False)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(settings)
-    finally:  # create_app sets up JSON logging on the root logger; put pytest's back
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    client = app.test_client()
+    client = inprocess_app(settings).test_client()
     return client, {role: {"Authorization": f"Bearer {t}"} for role, t in tokens.items()}
 
 

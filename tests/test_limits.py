@@ -5,7 +5,6 @@ depth and number length, a job's rows and columns, Parquet footers and row group
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from api import create_app
-from shared.config import Settings
+from tests.inprocess import inprocess_app
 from tests.servers import ApiServer, tabserve_env
 
 QUEUE = "limitstest"  # no worker process consumes it
-
-
-def _app(settings: Settings):
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def _files_in(folder: str) -> list[Path]:
@@ -41,7 +29,7 @@ def make_client(base_settings, redis_client, tmp_path):
     def make(**changes):
         settings = base_settings.with_overrides(data_dir=str(tmp_path / "data"),
                                                 queue_name=QUEUE, **changes)
-        return _app(settings).test_client(), settings
+        return inprocess_app(settings).test_client(), settings
     return make
 
 

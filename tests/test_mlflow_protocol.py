@@ -7,7 +7,6 @@ payload built the way MLflow's documentation builds it with pandas, answers the 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 
@@ -15,26 +14,15 @@ import pandas as pd
 import pytest
 import requests
 
-from api import create_app
 from shared.config import Settings
 from shared.models.manifest import read_manifest_data
 from shared.models.store import ModelStore
 from shared.security.keyfile import create_key
+from tests.inprocess import inprocess_app
 from tests.servers import Process, free_port, tabserve_env, wait_until
 
 ROWS = 25
 JSON = "application/json"
-
-
-def _app(settings: Settings):
-    # create_app sets up JSON logging on the root logger; put pytest's handlers back.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +33,7 @@ def settings(base_settings, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings):
-    app = _app(settings)
+    app = inprocess_app(settings)
     yield app.test_client()
     app.extensions["tabserve"].predictions.flush()
     app.extensions["tabserve"].drift.drain()
@@ -128,7 +116,8 @@ def test_a_model_can_answer_probabilities_by_default(settings, artifacts_dir, tm
     data = read_manifest_data(copy)
     data.update(name="proba", pyfunc_predict_fn="predict_proba")
     (copy / "manifest.json").write_text(json.dumps(data))
-    app = _app(settings.with_overrides(artifacts_dir=tmp_path / "artifacts", default_model="proba"))
+    app = inprocess_app(settings.with_overrides(artifacts_dir=tmp_path / "artifacts",
+                                                default_model="proba"))
     client = app.test_client()
     body = {"dataframe_records": frame.to_dict(orient="records")}
     assert client.post("/invocations", json=body).get_json() == \
@@ -196,7 +185,7 @@ def test_ping_health_and_version(client, settings):
         assert r.status_code == 200 and r.get_json()["status"] == "ok"
     r = client.get("/version")
     assert r.status_code == 200 and r.get_data(as_text=True) == "0.1.0"
-    missing = _app(settings.with_overrides(default_model="nope")).test_client()
+    missing = inprocess_app(settings.with_overrides(default_model="nope")).test_client()
     assert missing.get("/ping").status_code == 503
 
 
@@ -205,7 +194,7 @@ def test_health_routes_are_public_and_invocations_needs_a_predict_key(settings, 
     keys = tmp_path / "keys.json"
     token = create_key(keys, "pred", "predict")
     reader = create_key(keys, "reader", "read")
-    client = _app(settings.with_overrides(api_keys_file=keys, rate_limit_requests=0)) \
+    client = inprocess_app(settings.with_overrides(api_keys_file=keys, rate_limit_requests=0)) \
         .test_client()
     for path in ("/ping", "/health", "/version"):
         assert client.get(path).status_code == 200

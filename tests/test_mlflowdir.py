@@ -5,7 +5,6 @@ unreadable directory refused with one line naming the file."""
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from api import create_app
-from tests.test_cli import _one_error_line, tabserve
+from tests.inprocess import inprocess_app, run_cli
+from tests.test_cli import _one_error_line
 
 # The MLmodel of `mlflow.sklearn.save_model(model, path, signature=infer_signature(X, y))`
 # (MLflow 2.x), with the keys MLflow writes; "signature" is dropped for the unsigned cases.
@@ -84,14 +83,8 @@ def _loans(n: int = 300) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def client(base_settings):
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(base_settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+def client(private_settings):
+    app = inprocess_app(private_settings)
     yield app.test_client()
     app.extensions["tabserve"].predictions.flush()
 
@@ -111,11 +104,11 @@ def _sklearn_dir(tmp_path: Path, frame: pd.DataFrame, model, signed: bool) -> Pa
 
 
 def test_an_mlflow_sklearn_directory_with_a_signature_needs_no_sample(
-        client, base_settings, tmp_path):
+        client, private_settings, tmp_path):
     frame, y = _loans()
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(frame, y)
     directory = _sklearn_dir(tmp_path, frame, model, signed=True)
-    result = tabserve(["import", str(directory), "--name", "mlf-signed"], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-signed"], private_settings)
     assert result.returncode == 0, result.stderr
     assert "imported mlf-signed:1 (Pipeline, 3 features)" in result.stdout
 
@@ -133,24 +126,24 @@ def test_an_mlflow_sklearn_directory_with_a_signature_needs_no_sample(
 
 
 def test_an_mlflow_sklearn_directory_without_a_signature_takes_the_sample(
-        client, base_settings, tmp_path):
+        client, private_settings, tmp_path):
     frame, y = _loans()
     frame["region"] = np.where(frame["age"] > 40, "north", "south")
     model = LogisticRegression(max_iter=1000).fit(frame[["income", "age", "debt"]], y)
     directory = _sklearn_dir(tmp_path, frame, model, signed=False)
-    result = tabserve(["import", str(directory), "--name", "mlf-plain"], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-plain"], private_settings)
     assert "no column signature in its MLmodel; give --sample" in _one_error_line(result)
 
     frame.to_csv(tmp_path / "sample.csv", index=False)
-    result = tabserve(["import", str(directory), "--name", "mlf-plain",
-                       "--sample", str(tmp_path / "sample.csv")], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-plain",
+                       "--sample", str(tmp_path / "sample.csv")], private_settings)
     assert result.returncode == 0, result.stderr
     rows = frame[["income", "age", "debt"]].iloc[:40]
     assert _served(client, "mlf-plain:1", rows)["predictions"] == model.predict(rows).tolist()
 
 
 def test_an_mlflow_signature_with_a_string_column_takes_categories_from_the_sample(
-        client, base_settings, tmp_path):
+        client, private_settings, tmp_path):
     frame, _ = _loans()
     frame["region"] = np.where(frame["age"] > 40, "north", "south")
     y = frame["income"].to_numpy() * 2 + (frame["region"] == "north") * 5
@@ -158,8 +151,8 @@ def test_an_mlflow_signature_with_a_string_column_takes_categories_from_the_samp
                                                   remainder="passthrough"), Ridge()).fit(frame, y)
     directory = _sklearn_dir(tmp_path, frame, model, signed=True)
     frame.to_parquet(tmp_path / "sample.parquet")
-    result = tabserve(["import", str(directory), "--name", "mlf-region",
-                       "--sample", str(tmp_path / "sample.parquet")], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-region",
+                       "--sample", str(tmp_path / "sample.parquet")], private_settings)
     assert result.returncode == 0, result.stderr
     rows = frame.iloc[:30]
     np.testing.assert_allclose(_served(client, "mlf-region:1", rows)["predictions"],
@@ -174,7 +167,7 @@ def test_an_mlflow_signature_with_a_string_column_takes_categories_from_the_samp
 
 # MLflow saves as model.xgb; XGBoost warns that it picks UBJSON for that suffix.
 @pytest.mark.filterwarnings("ignore:.*Saving model in the UBJSON format")
-def test_an_mlflow_xgboost_directory_is_loaded_by_xgboost(client, base_settings, tmp_path):
+def test_an_mlflow_xgboost_directory_is_loaded_by_xgboost(client, private_settings, tmp_path):
     import xgboost
 
     frame, y = _loans()
@@ -184,7 +177,7 @@ def test_an_mlflow_xgboost_directory_is_loaded_by_xgboost(client, base_settings,
     model.save_model(directory / "model.xgb")
     mlmodel = dict(SKLEARN_MLMODEL, flavors=XGBOOST_FLAVOR, signature=_signature(frame))
     (directory / "MLmodel").write_text(yaml.safe_dump(mlmodel, sort_keys=False))
-    result = tabserve(["import", str(directory), "--name", "mlf-xgb"], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-xgb"], private_settings)
     assert result.returncode == 0, result.stderr
     assert "XGBClassifier" in result.stdout
     rows = frame.iloc[:40]
@@ -226,41 +219,41 @@ def _bad_dirs(tmp_path: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def test_each_unreadable_mlflow_directory_is_one_line_naming_the_file(base_settings, tmp_path):
+def test_each_unreadable_mlflow_directory_is_one_line_naming_the_file(private_settings, tmp_path):
     (tmp_path / "model.pkl").write_bytes(b"not inside")
     for directory, expected in _bad_dirs(tmp_path):
-        result = tabserve(["import", str(directory), "--name", "bad"], base_settings)
+        result = run_cli(["import", str(directory), "--name", "bad"], private_settings)
         assert expected in _one_error_line(result), (directory.name, result.stderr)
 
 
-def test_a_string_column_needs_a_sample_for_its_values(base_settings, tmp_path):
+def test_a_string_column_needs_a_sample_for_its_values(private_settings, tmp_path):
     frame, y = _loans()
     frame["region"] = np.where(frame["age"] > 40, "north", "south")
     model = make_pipeline(make_column_transformer((OneHotEncoder(), ["region"]),
                                                   remainder="passthrough"),
                           LogisticRegression(max_iter=1000)).fit(frame, y)
     directory = _sklearn_dir(tmp_path, frame, model, signed=True)
-    result = tabserve(["import", str(directory), "--name", "mlf-anyregion"], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-anyregion"], private_settings)
     assert (f"{directory}: its signature has string columns (region); give --sample FILE"
             in _one_error_line(result))
 
 
-def test_a_sample_that_contradicts_the_signature_is_one_line(base_settings, tmp_path):
+def test_a_sample_that_contradicts_the_signature_is_one_line(private_settings, tmp_path):
     frame, y = _loans()
     directory = _sklearn_dir(tmp_path, frame, LogisticRegression().fit(frame, y), signed=True)
     frame.assign(age=np.where(frame["age"] > 40, "old", "young")).to_csv(tmp_path / "s.csv",
                                                                          index=False)
-    result = tabserve(["import", str(directory), "--name", "mlf-contra",
-                       "--sample", str(tmp_path / "s.csv")], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-contra",
+                       "--sample", str(tmp_path / "s.csv")], private_settings)
     assert ("sample column 'age' is category but the model's signature says integer"
             in _one_error_line(result))
 
 
-def test_a_tensor_signature_names_no_columns_so_the_sample_is_needed(base_settings, tmp_path):
+def test_a_tensor_signature_names_no_columns_so_the_sample_is_needed(private_settings, tmp_path):
     frame, y = _loans()
     tensor = json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 3]}}])
     mlmodel = dict(SKLEARN_MLMODEL, signature={"inputs": tensor, "outputs": None})
     directory = _write_dir(tmp_path / "tensor", mlmodel,
                            {"model.pkl": pickle.dumps(LogisticRegression().fit(frame, y))})
-    result = tabserve(["import", str(directory), "--name", "mlf-tensor"], base_settings)
+    result = run_cli(["import", str(directory), "--name", "mlf-tensor"], private_settings)
     assert "no column signature in its MLmodel; give --sample" in _one_error_line(result)

@@ -28,6 +28,7 @@ from shared.models.signing import SigningKeys, key_id
 from shared.models.store import ModelStore, parse_ref, sha256_bytes
 from shared.models.training import train_demo, train_from_file
 from shared.models.unpickler import restricted_loads
+from tests.artifacts import copy_demo
 from tests.servers import ROOT, ApiServer, tabserve_env, wait_until
 
 KEY = "a" * 64
@@ -75,11 +76,9 @@ def plant(store: ModelStore, name: str, version: int, payload: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """An artifacts directory with the demo model, trained once for this module."""
-    root = tmp_path_factory.mktemp("trusted")
-    train_demo(ModelStore(root / "artifacts", refresh_seconds=0))
-    return root / "artifacts"
+def trained(artifacts_dir, tmp_path_factory) -> Path:
+    """An artifacts directory with a copy of the session's demo model, for this module."""
+    return copy_demo(artifacts_dir, tmp_path_factory.mktemp("trusted") / "artifacts")
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ document does not describe."""
 from __future__ import annotations
 
 import configparser
-import logging
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +21,11 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from api import create_app
 from shared.openapi.document import component_name
 from shared.security.keyfile import create_key
 from shared.security.roles import DOCS_ASSETS, PUBLIC_PATHS
+from tests.artifacts import copy_demo
+from tests.inprocess import inprocess_app
 from tests.servers import ROOT, ApiServer, tabserve_env, wait_until
 
 QUEUE = "openapitest"  # no worker consumes it: jobs submitted here stay queued
@@ -34,19 +33,9 @@ METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance"
 
 
-def _app(settings):
-    root = logging.getLogger()  # create_app sets up JSON logging; put pytest's back
-    handlers, level = root.handlers[:], root.level
-    try:
-        return create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 @pytest.fixture(scope="module")
 def app(base_settings):
-    return _app(base_settings.with_overrides(queue_name=QUEUE))
+    return inprocess_app(base_settings.with_overrides(queue_name=QUEUE))
 
 
 @pytest.fixture
@@ -63,7 +52,7 @@ def tokens(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="module")
 def keyed_client(base_settings, tokens):
     path, _ = tokens
-    app = _app(base_settings.with_overrides(queue_name=QUEUE, api_keys_file=path,
+    app = inprocess_app(base_settings.with_overrides(queue_name=QUEUE, api_keys_file=path,
                                             rate_limit_requests=0))
     return app.test_client()
 
@@ -71,8 +60,7 @@ def keyed_client(base_settings, tokens):
 @pytest.fixture(scope="module")
 def live(base_settings, artifacts_dir, tmp_path_factory):
     """A gunicorn of its own, over a copy of the artifacts (a test trains a model into it)."""
-    artifacts = tmp_path_factory.mktemp("openapi") / "artifacts"
-    shutil.copytree(artifacts_dir, artifacts)
+    artifacts = copy_demo(artifacts_dir, tmp_path_factory.mktemp("openapi") / "artifacts")
     settings = base_settings.with_overrides(
         artifacts_dir=artifacts, queue_name=QUEUE,
         # Its own Redis database: other tests' job records are not its to list or download.

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
 from shared import keys
@@ -21,31 +20,15 @@ from shared.jobs.retention import purge_expired
 from shared.jobs.store import JobStore
 from shared.services import Services
 from tests.jobclient import read_result, submit, wait_job
-from tests.servers import Process, free_port, wait_until
-from tests.test_job_reliability import LEASE, Stack, _csv, _ledger
-
-
-class EmptyRedis(Process):
-    """redis-server without persistence: a restart comes back empty."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir, self.port = workdir, port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            dict(os.environ), workdir / "redis.log")
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: client.ping(), 10, "redis-server")
-        client.close()
+from tests.jobstack import LEASE, Stack, _csv, _ledger
+from tests.servers import RedisServer, wait_until
 
 
 # A job scored whole and one split into parts, each with 20 queued jobs behind it.
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "parts"])
 def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_data, tmp_path,
                                                          split):
-    server = EmptyRedis(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis")
     settings = base_settings.with_overrides(
         redis_url=server.url, queue_name="empty", job_lease_seconds=LEASE, chunk_rows=2000,
         part_rows=30_000 if split else 0, worker_threads=1, data_dir=str(tmp_path / "data"))
@@ -63,7 +46,7 @@ def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_dat
         assert s.record(big["id"]).status is JobStatus.RUNNING
         server.kill()
         server.proc.wait(timeout=30)
-        s.procs.append(EmptyRedis(server.workdir, server.port))  # same port, nothing kept
+        s.procs.append(server.restarted())  # same port, nothing kept
         ids = [done["id"], big["id"], *queued]
 
         def all_back() -> bool:

@@ -4,8 +4,6 @@ real gunicorn, binary and JSON, with predictions equal to /predict's."""
 
 from __future__ import annotations
 
-import logging
-import shutil
 import struct
 
 import numpy as np
@@ -15,10 +13,11 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from api import create_app
 from shared.config import Settings
 from shared.models.store import ModelStore
 from shared.models.training import train_from_file
+from tests.artifacts import copy_demo
+from tests.inprocess import inprocess_app
 
 MODEL = "breast-cancer"
 
@@ -26,8 +25,7 @@ MODEL = "breast-cancer"
 @pytest.fixture(scope="module")
 def v2_artifacts(artifacts_dir, tmp_path_factory):
     """The demo model, a classifier with categories and string classes, and a regressor."""
-    root = tmp_path_factory.mktemp("v2-artifacts")
-    shutil.copytree(artifacts_dir, root, dirs_exist_ok=True)
+    root = copy_demo(artifacts_dir, tmp_path_factory.mktemp("v2") / "artifacts")
     rng = np.random.default_rng(0)
     n = 300
     frame = pd.DataFrame({
@@ -52,13 +50,7 @@ def app(v2_artifacts, redis_server, tmp_path_factory):
                         data_dir=str(tmp_path_factory.mktemp("v2-data")), log_level="INFO",
                         default_model=MODEL, worker_metrics_port=0, drift_interval_seconds=0,
                         max_online_rows=1000)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        app = create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    app = inprocess_app(settings)
     yield app
     runtime = app.extensions["tabserve"]
     runtime.predictions.flush()
@@ -116,8 +108,7 @@ def test_model_metadata_ready_and_repository(client, demo_data):
     assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
     assert client.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200
     index = client.post("/v2/repository/index").get_json()
-    # (other tests of the session may have added models to the shared artifacts directory)
-    assert {(m["name"], m["version"], m["state"]) for m in index} >= {
+    assert {(m["name"], m["version"], m["state"]) for m in index} == {
         (MODEL, "1", "READY"), ("shop", "1", "READY"), ("price", "1", "READY")}
     assert client.post(f"/v2/repository/models/{MODEL}/load", data=b"{}").status_code == 200
     assert "cannot be unloaded" in _error(

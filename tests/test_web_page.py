@@ -27,6 +27,7 @@ from shared.models.store import ModelStore
 from shared.models.training import train_from_file
 from shared.security.keyfile import create_key
 from shared.services import Services
+from tests.artifacts import copy_demo
 from tests.servers import ApiServer, tabserve_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -273,8 +274,7 @@ def keyed(base_settings, artifacts_dir, tmp_path_factory):
     keys_file = tmp_path_factory.mktemp("web-keys") / "keys.json"
     token = create_key(keys_file, "analyst", "submit")
     artifacts = tmp_path_factory.mktemp("web-artifacts") / "artifacts"
-    # The demo model only: other tests add models (a `loans` too) to the session's directory.
-    shutil.copytree(artifacts_dir / "breast-cancer", artifacts / "breast-cancer")
+    copy_demo(artifacts_dir, artifacts)
     table = tmp_path_factory.mktemp("web-loans") / "loans.csv"
     _loans().to_csv(table, index=False)
     train_from_file(ModelStore(artifacts), table, "approved", name="loans")
