@@ -348,14 +348,14 @@ def test_the_issues_ten_million_row_file_is_refused_under_the_default_limit(
         base_settings, redis_client, hostile_dir, demo_data, tmp_path):
     # The issue's case: a 1.35 MB Parquet file of 10 million rows was scored into a 968 MB
     # CSV. Under the default TABSERVE_MAX_JOB_ROWS it is refused from its footer.
-    from api import create_app
+    from tests.inprocess import inprocess_app
 
     path = _file(hostile_dir, demo_data, "10 million rows in 1 MB of Parquet")
     assert path.stat().st_size < 1_500_000
     settings = base_settings.with_overrides(data_dir=str(tmp_path / "data"),
                                             queue_name="hostile-held")
     assert settings.max_job_rows == Settings().max_job_rows == 5_000_000
-    client = create_app(settings).test_client()
+    client = inprocess_app(settings).test_client()
     r = client.post("/jobs", data=path.read_bytes(), content_type=PARQUET)
     assert r.status_code == 413, r.get_data(as_text=True)
     assert r.json["error"]["message"] == (

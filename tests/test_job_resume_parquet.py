@@ -38,8 +38,8 @@ from shared.jobs.submit import parse_options, submit_job
 from shared.services import Services
 from shared.storage import LocalStorage, ObjectStorage
 from tests.jobclient import file_bytes, read_result, submit, wait_job
+from tests.jobstack import LEASE, Stack, _csv, _pool_children
 from tests.servers import ApiServer, tabserve_env, wait_until
-from tests.test_job_reliability import LEASE, Stack, _csv, _pool_children
 from tests.test_s3 import BUCKET, seaweed  # noqa: F401 (the SeaweedFS fixture)
 
 N = 60_000

@@ -7,7 +7,6 @@ as the docs run it, and requests)."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 
@@ -16,26 +15,18 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from api import create_app
 from shared.config import Settings
 from shared.models.manifest import read_manifest_data
 from shared.models.store import ModelStore
 from shared.security.keyfile import create_key
+from tests.inprocess import inprocess_app
 
 MODEL = "breast-cancer"
 ROWS = 25
 PREDICT = f"/v1/models/{MODEL}:predict"
 
 
-def _app(settings: Settings):
-    # create_app sets up JSON logging on the root logger; put pytest's handlers back.
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return create_app(settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+_app = inprocess_app
 
 
 @pytest.fixture(scope="module")
