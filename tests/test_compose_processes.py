@@ -125,6 +125,8 @@ class Mapping:
                 value = str(self.ports.get(int(value), value))
             elif key.endswith("_BIND") and value in ("0.0.0.0", "::"):
                 value = LOOPBACK
+            elif key.endswith("_BIND"):
+                value = self.address(value)
             mapped[key] = value
         return mapped
 

@@ -218,7 +218,7 @@ CASES = {
     "CSV renamed .parquet": Case(csv_renamed_parquet, "parquet", PARQUET, 400,
                                  "not a readable Parquet file", "not a readable Parquet file"),
     "header of 100,000 columns": Case(header_of_100000_columns, "csv", "text/csv", 422,
-                                      "100000 columns", "TABSERVE_MAX_INPUT_COLUMNS"),
+                                      "TABSERVE_MAX_INPUT_COLUMNS", "TABSERVE_MAX_INPUT_COLUMNS"),
     "10 million rows in 1 MB of Parquet": Case(ten_million_rows_parquet, "parquet", PARQUET,
                                                413, "TABSERVE_MAX_JOB_ROWS",
                                                "TABSERVE_MAX_JOB_ROWS"),
