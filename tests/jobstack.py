@@ -78,6 +78,23 @@ class Stack:
     def record(self, job_id: str):
         return self.jobs.get(job_id)
 
+    def wait_succeeded(self, ids: list[str], timeout: float, what: str) -> None:
+        """Wait for every job of `ids` to succeed; else fail naming each one's state."""
+        def state(job_id: str) -> object:
+            try:
+                job = self.record(job_id)
+            except Exception as exc:  # noqa: BLE001 - no record: say so
+                return type(exc).__name__
+            return (job.status.value, f"attempt {job.attempt}", f"rows {job.rows_done}")
+
+        try:
+            wait_until(lambda: all(self.record(i).status == "succeeded" for i in ids), timeout,
+                       what)
+        except TimeoutError as exc:
+            states = {i: state(i) for i in ids}
+            late = {i: v for i, v in states.items() if v[0] != "succeeded"}
+            raise AssertionError(f"{exc}: {late}; logs in {self.tmp}") from None
+
     def wait_rows(self, job_id: str, what: str = "the job to make progress") -> None:
         wait_until(lambda: self.record(job_id).rows_done > 0, 60, what)
 

@@ -229,8 +229,7 @@ def _restart_mid_jobs(s: Stack, server: RedisServer, sig: int, demo_data) -> Non
     server.proc.wait(timeout=30)
     s.procs.append(server.restarted())  # the same port and directory
     ids = [big["id"], *queued]
-    wait_until(lambda: all(s.record(i).status == "succeeded" for i in ids), 120,
-               "every job to succeed after the restart")
+    s.wait_succeeded(ids, 120, "every job to succeed after the restart")
     _ledger(s.api.url, big["id"], n_big)
     for job_id in queued:
         _ledger(s.api.url, job_id, n_small)

@@ -21,7 +21,7 @@ from shared.jobs.store import JobStore
 from shared.services import Services
 from tests.jobclient import read_result, submit, wait_job
 from tests.jobstack import LEASE, Stack, _csv, _ledger
-from tests.servers import RedisServer, wait_until
+from tests.servers import RedisServer
 
 
 # A job scored whole and one split into parts, each with 20 queued jobs behind it.
@@ -49,15 +49,7 @@ def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_dat
         s.procs.append(server.restarted())  # same port, nothing kept
         ids = [done["id"], big["id"], *queued]
 
-        def all_back() -> bool:
-            return all(s.record(i).status is JobStatus.SUCCEEDED for i in ids)
-
-        try:
-            wait_until(all_back, 120, "every job's record to come back and succeed")
-        except TimeoutError:
-            states = {i: (r.status.value, r.attempt, r.rows_done) if (r := s.record(i)) else None
-                      for i in ids}
-            raise AssertionError(f"not all back: {states}; logs in {tmp_path}") from None
+        s.wait_succeeded(ids, 120, "every job's record to come back and succeed")
         _ledger(s.api.url, big["id"], n_big)
         for job_id in [done["id"], *queued]:
             _ledger(s.api.url, job_id, n_small)
