@@ -145,8 +145,9 @@ def report(results: Results, config: Config, command: str, quick: bool) -> tuple
         verdict = {True: "pass", False: "**FAIL**", None: "—"}[check.passed]
         lines.append(f"| {check.what} | {check.measured} | {check.target} | {verdict} |")
     lines += _variant_ratios(results) + _ceilings(results)
-    if results.notes:
-        lines += ["", "Notes:", "", *(f"- {n}" for n in results.notes)]
+    notes = [*_busy_note(results), *results.notes]
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return title, "\n".join(lines) + "\n"
 
 
@@ -164,6 +165,17 @@ def _other_cpu(results: Results) -> str:
         text += (" **The machine was not quiet for every run: rows with a high \"other CPU\" "
                  "are lower and noisier than a quiet machine gives.**")
     return text
+
+
+def _busy_note(results: Results) -> list[str]:
+    """A plain word when the machine had more runnable processes than cores."""
+    cores = os.cpu_count() or 1
+    if max(results.load_before[0], results.load_after[0]) <= cores:
+        return []
+    return [f"**Busy machine**: load average {_load(results.load_before)} at the start and "
+            f"{_load(results.load_after)} at the end on {cores} cores (other work was running): "
+            "every server's figures are lower and noisier than a quiet machine gives, and the "
+            "ratios less certain. Re-run on a quiet machine."]
 
 
 def _load(load: tuple[float, float, float]) -> str:
