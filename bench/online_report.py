@@ -22,13 +22,14 @@ SERVERS = (("tabserve", "tabserve `/predict`"), ("hello", "hello-world Flask"),
            ("mlflow-keepalive", "mlflow, `dataframe_split`, keep-alive client"),
            ("mlflow-shipped", "mlflow as started by default (no thread pinning), "
                               "`dataframe_split`"),
-           ("mlserver-pw0", "MLServer, `parallel_workers` 0 (inference in its HTTP process)"),
-           ("mlserver-pw1", "MLServer, `parallel_workers` 1 (its default)"),
-           ("mlserver-pw2", "MLServer, `parallel_workers` 2"))
+           *((f"mlserver-pw{n}{key}", f"MLServer, `parallel_workers` {n}{what}{client}")
+             for n, what in ((0, " (inference in its HTTP process)"), (1, " (its default)"),
+                             (2, ""))
+             for key, client in (("", ""), ("-keepalive", ", keep-alive client"))))
 # The ratios are against MLflow's best pinned variant; the default start is for reference.
 MLFLOW = ("mlflow", "mlflow-inputs", "mlflow-keepalive")
 HELLO = ("hello", "hello-after")
-MLSERVER = ("mlserver-pw0", "mlserver-pw1", "mlserver-pw2")  # the ratio uses the best
+MLSERVER = tuple(key for key, _ in SERVERS if key.startswith("mlserver"))  # ratio: the best
 MLSERVER_FACTOR = 3.0  # tabserve req/s over MLServer's best, at concurrency 16 (issue 18)
 CEILING_SHARE = 0.45  # of hello-world's req/s at concurrency 16
 P99_FACTOR = 8.0  # mlflow's p99 over tabserve's, at concurrency 16
@@ -90,7 +91,7 @@ def _mlserver_check(results: Results, label: str, tab: LoadResult | None) -> Che
         return Check(what, "not measured", f"≥ {MLSERVER_FACTOR:g}×", None)
     key, best = max(runs, key=lambda kr: kr[1].rps)
     ratio = tab.rps / best.rps
-    return Check(f"{what} (best: `parallel_workers` {key.removeprefix('mlserver-pw')})",
+    return Check(f"{what} (best: {dict(SERVERS)[key].removeprefix('MLServer, ')})",
                  f"{ratio:.1f}×", f"≥ {MLSERVER_FACTOR:g}×", ratio >= MLSERVER_FACTOR)
 
 
@@ -269,8 +270,9 @@ on 127.0.0.1 with everything else at its defaults: gRPC and metrics on their own
 log on) serves the same pickles with mlserver-sklearn (`predict_proba` requested in each V2 JSON \
 body: `{{"inputs": [{{"name": "input-0", "shape": [1, 30], "datatype": "FP64", "data": \
 [...]}}], "outputs": [{{"name": "predict_proba"}}]}}`, to `/v2/models/<m>/infer`), with \
-`OMP_NUM_THREADS=1`, at `parallel_workers` 0, 1 (its default) and 2; its HTTP side is one \
-uvicorn process whatever the setting. The ratio uses its best. \
+`OMP_NUM_THREADS=1`, at `parallel_workers` 0, 1 (its default) and 2, each from a \
+`Connection: close` client and from a keep-alive one; its HTTP side is one uvicorn process \
+whatever the setting. The ratio uses its best of these six. \
 Hello-world runs before and after tabserve; the ratio to it uses the mean of the two. \
 Before the load, answers are checked against the in-process model. \
 In-process time: median over {config.raw_calls} calls, rows in turn, with no server running."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -225,10 +226,11 @@ def bench_mlserver(work: Path, cases: list[ModelCase], X: np.ndarray, bodies: Pa
                                                    env)
             if workers == MLSERVER_PARALLEL_WORKERS[0]:
                 _check_mlserver(server, cases, X, bodies, results)
-            for case in cases:
-                results.runs[(case.label, f"mlserver-pw{workers}")] = sweep(
+            for case, (suffix, close) in itertools.product(cases, (("", True),
+                                                                  ("-keepalive", False))):
+                results.runs[(case.label, f"mlserver-pw{workers}{suffix}")] = sweep(
                     server.infer_url(case.algorithm), bodies, config, results,
-                    f"mlserver parallel_workers={workers} {case.label}")
+                    f"mlserver-pw{workers}{suffix} {case.label}", close)
         except (mlserver_serve.MlserverUnavailableError, AssertionError,
                 requests.RequestException) as exc:
             results.notes.append(f"mlserver, parallel_workers={workers}: not measured: {exc}")

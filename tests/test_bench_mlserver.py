@@ -49,6 +49,7 @@ def _run(rps: float) -> list[LoadResult]:
 @pytest.mark.parametrize(("mlserver_rps", "passed"), [
     ({"mlserver-pw0": 300, "mlserver-pw1": 400, "mlserver-pw2": 250}, False),  # 1190 ÷ 400 < 3
     ({"mlserver-pw0": 300, "mlserver-pw1": 390, "mlserver-pw2": 250}, True),
+    ({"mlserver-pw1": 390, "mlserver-pw1-keepalive": 500}, False),  # keep-alive counts too
     ({}, None),
 ])
 def test_mlserver_target_uses_its_best_parallel_workers(mlserver_rps, passed):
