@@ -219,13 +219,15 @@ def bench_mlserver(work: Path, cases: list[ModelCase], X: np.ndarray, bodies: Pa
     repository = _mlserver_repository(work, cases)
     names = [p.name for p in repository.iterdir() if p.is_dir()]
     env = tabserve_env({}, ONE_THREAD)  # the same one model thread per process as tabserve
+    checked = False
     for workers in MLSERVER_PARALLEL_WORKERS:
         server = None
         try:
             server = mlserver_serve.MlserverServer(python, repository, work, workers, names,
                                                    env)
-            if workers == MLSERVER_PARALLEL_WORKERS[0]:
+            if not checked:  # once, on the first server that starts
                 _check_mlserver(server, cases, X, bodies, results)
+                checked = True
             for case, (suffix, close) in itertools.product(cases, (("", True),
                                                                   ("-keepalive", False))):
                 results.runs[(case.label, f"mlserver-pw{workers}{suffix}")] = sweep(
