@@ -53,7 +53,8 @@ screenshot: setup-test
 		-k uploaded_csv
 
 # Benchmarks write their sections of docs/benchmarks.md; run them on an otherwise idle machine.
-# bench: online (15 s per load run) + batch + monitoring overhead + one model call in and out
+# bench: online (15 s per load run; tabserve, hello-world, mlflow and MLServer, whose venvs
+# bench.online builds in bench/out/ from PyPI) + batch + monitoring overhead + one model call in and out
 # of a server's rhythm + /predict beside slow clients and a hung Redis; bench-quick: a short
 # pass.
 BENCH_ARGS ?=

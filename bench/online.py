@@ -1,8 +1,9 @@
-"""Online benchmark: single-row /predict of tabserve beside a hello-world Flask app and
-`mlflow models serve`, same worker count and load, in one run; ratios from that run.
+"""Online benchmark: single-row /predict of tabserve beside a hello-world Flask app,
+`mlflow models serve` and Seldon MLServer, same load, in one run; ratios from that run.
 
     .venv/bin/python -m bench.online [--quick] [--duration S] [--concurrency 1 16 64]
-                                     [--skip-mlflow] [--workers 2] [--loadgen wrk|python]
+                                     [--skip-mlflow] [--skip-mlserver] [--workers 2]
+                                     [--loadgen wrk|python]
 
 Two models, trained here on scikit-learn's breast-cancer data: the demo XGBoost classifier
 (100 trees) and a 100-tree RandomForestClassifier. Each server runs alone, warmed up, then is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
+from bench import mlserver_serve
 from bench.cpuload import OtherCPU, wait_quiet
 from bench.inprocess import measure_raw
 from bench.loadgen import wrk_version
@@ -36,6 +39,7 @@ from bench.scenarios import (
     Results,
     bench_hello,
     bench_mlflow,
+    bench_mlserver,
     bench_tabserve,
 )
 from shared.models.loading import limit_threads, load_model, read_verified
@@ -51,6 +55,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--workers", type=int, default=2, help="server workers, every server")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument("--loadgen", choices=["wrk", "python"], default=None,
                         help="default: wrk when installed, else the Python generator")
     parser.add_argument("--wait-quiet", type=float, default=120.0, metavar="S",
@@ -60,7 +65,7 @@ def main() -> None:
     duration = args.duration or (3.0 if args.quick else 15.0)
     config = Config(duration=duration, warmup=1.0 if args.quick else 3.0,
                     concurrency=args.concurrency, workers=args.workers,
-                    skip_mlflow=args.skip_mlflow,
+                    skip_mlflow=args.skip_mlflow, skip_mlserver=args.skip_mlserver,
                     tool=args.loadgen or ("wrk" if wrk_version() else "python"),
                     raw_calls=500 if args.quick else 3000, wait_quiet=args.wait_quiet)
     results = run(config)
@@ -75,11 +80,13 @@ def run(config: Config) -> Results:
     """Every scenario, one after the other, each server alone on the machine."""
     work = Path(tempfile.mkdtemp(prefix="tabserve-online-"))
     results = Results()
+    results.load_before = os.getloadavg()
     results.other_cpu_before = wait_quiet(BUSY_PERCENT, config.wait_quiet)
     try:
         _run_all(work, config, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results.load_after = os.getloadavg()
     return results
 
 
@@ -100,6 +107,10 @@ def _run_all(work: Path, config: Config, results: Results) -> None:
         results.notes.append("mlflow: skipped (--skip-mlflow).")
     else:
         bench_mlflow(work, cases, X, bodies, config, results)
+    if config.skip_mlserver:
+        results.notes.append("mlserver: skipped (--skip-mlserver).")
+    else:
+        bench_mlserver(work, cases, X, bodies["mlserver"], config, results)
 
 
 def _measure_raw_quietly(case: ModelCase, names: list[str], X: np.ndarray,
@@ -147,6 +158,7 @@ def _write_bodies(work: Path, names: list[str], X: np.ndarray) -> dict[str, Path
         "tabserve": lambda row: {"features": dict(zip(names, row, strict=True))},
         "mlflow": lambda row: {"dataframe_split": {"columns": names, "data": [row]}},
         "mlflow-inputs": lambda row: {"inputs": [row]},
+        "mlserver": mlserver_serve.infer_body,
     }
     paths = {}
     for kind, shape in shapes.items():

@@ -21,10 +21,16 @@ SERVERS = (("tabserve", "tabserve `/predict`"), ("hello", "hello-world Flask"),
            ("mlflow", "mlflow, `dataframe_split`"), ("mlflow-inputs", "mlflow, `inputs`"),
            ("mlflow-keepalive", "mlflow, `dataframe_split`, keep-alive client"),
            ("mlflow-shipped", "mlflow as started by default (no thread pinning), "
-                              "`dataframe_split`"))
+                              "`dataframe_split`"),
+           *((f"mlserver-pw{n}{key}", f"MLServer, `parallel_workers` {n}{what}{client}")
+             for n, what in ((0, " (inference in its HTTP process)"), (1, " (its default)"),
+                             (2, ""))
+             for key, client in (("", ""), ("-keepalive", ", keep-alive client"))))
 # The ratios are against MLflow's best pinned variant; the default start is for reference.
 MLFLOW = ("mlflow", "mlflow-inputs", "mlflow-keepalive")
 HELLO = ("hello", "hello-after")
+MLSERVER = tuple(key for key, _ in SERVERS if key.startswith("mlserver"))  # ratio: the best
+MLSERVER_FACTOR = 3.0  # tabserve req/s over MLServer's best, at concurrency 16 (issue 18)
 CEILING_SHARE = 0.45  # of hello-world's req/s at concurrency 16
 P99_FACTOR = 8.0  # mlflow's p99 over tabserve's, at concurrency 16
 OVERHEAD_MS = 1.0  # tabserve p50 at concurrency 1 over the in-process model time
@@ -55,6 +61,7 @@ def checks(results: Results) -> list[Check]:
         else:
             out.append(Check(f"{label}: tabserve vs mlflow, c=16", "not measured",
                              f"≥ {factor:g}× req/s, ≥ {P99_FACTOR:g}× p99", None))
+        out.append(_mlserver_check(results, label, tab))
         hello = _hello_rps(results, 16)
         if tab and hello:
             share = tab.rps / hello
@@ -74,6 +81,18 @@ def checks(results: Results) -> list[Check]:
                  for r in runs)
     out.append(Check("tabserve errors, all runs", str(errors), "0", errors == 0))
     return out
+
+
+def _mlserver_check(results: Results, label: str, tab: LoadResult | None) -> Check:
+    """tabserve against MLServer at its best parallel_workers, concurrency 16."""
+    runs = [(key, r) for key in MLSERVER if (r := _at(results, label, key, 16))]
+    what = f"{label}: tabserve req/s ÷ best MLServer req/s, c=16"
+    if not (tab and runs):
+        return Check(what, "not measured", f"≥ {MLSERVER_FACTOR:g}×", None)
+    key, best = max(runs, key=lambda kr: kr[1].rps)
+    ratio = tab.rps / best.rps
+    return Check(f"{what} (best: {dict(SERVERS)[key].removeprefix('MLServer, ')})",
+                 f"{ratio:.1f}×", f"≥ {MLSERVER_FACTOR:g}×", ratio >= MLSERVER_FACTOR)
 
 
 def _at(results: Results, label: str, server: str, concurrency: int) -> LoadResult | None:
@@ -127,8 +146,9 @@ def report(results: Results, config: Config, command: str, quick: bool) -> tuple
         verdict = {True: "pass", False: "**FAIL**", None: "—"}[check.passed]
         lines.append(f"| {check.what} | {check.measured} | {check.target} | {verdict} |")
     lines += _variant_ratios(results) + _ceilings(results)
-    if results.notes:
-        lines += ["", "Notes:", "", *(f"- {n}" for n in results.notes)]
+    notes = [*_busy_note(results), *results.notes]
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return title, "\n".join(lines) + "\n"
 
 
@@ -140,22 +160,38 @@ def _other_cpu(results: Results) -> str:
             f"run and {mean:.0f}% on average during the measured runs (at most "
             f"{max(kept, default=0):.0f}% in one; column \"other CPU %\"). A run during which "
             f"they used more than {BUSY_PERCENT:g}% is repeated, up to {ATTEMPTS} times, and "
-            "the quietest attempt kept.")
+            "the quietest attempt kept. Load average (1, 5, 15 min) at the start "
+            f"{_load(results.load_before)}, at the end {_load(results.load_after)}.")
     if max(kept, default=0) > BUSY_PERCENT:
         text += (" **The machine was not quiet for every run: rows with a high \"other CPU\" "
                  "are lower and noisier than a quiet machine gives.**")
     return text
 
 
+def _busy_note(results: Results) -> list[str]:
+    """A plain word when the machine had more runnable processes than cores."""
+    cores = os.cpu_count() or 1
+    if max(results.load_before[0], results.load_after[0]) <= cores:
+        return []
+    return [f"**Busy machine**: load average {_load(results.load_before)} at the start and "
+            f"{_load(results.load_after)} at the end on {cores} cores (other work was running): "
+            "every server's figures are lower and noisier than a quiet machine gives, and the "
+            "ratios less certain. Re-run on a quiet machine."]
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
+
+
 def _variant_ratios(results: Results) -> list[str]:
     """tabserve against each MLflow variant at concurrency 16 (the targets use the best)."""
     names = dict(SERVERS)
-    lines = ["", "tabserve against each MLflow variant at concurrency 16:", "",
-             "| model | mlflow variant | tabserve req/s ÷ mlflow's | mlflow p99 ÷ tabserve's |",
+    lines = ["", "tabserve against each MLflow and MLServer variant at concurrency 16:", "",
+             "| model | peer variant | tabserve req/s ÷ peer's | peer p99 ÷ tabserve's |",
              "|---|---|---|---|"]
     for label, _ in results.models:
         tab = _at(results, label, "tabserve", 16)
-        for key in (*MLFLOW, "mlflow-shipped"):
+        for key in (*MLFLOW, "mlflow-shipped", *MLSERVER):
             ml = _at(results, label, key, 16)
             if tab and ml:
                 lines.append(f"| {label} | {names[key]} | {tab.rps / ml.rps:.1f}× | "
@@ -177,23 +213,30 @@ def _ceilings(results: Results) -> list[str]:
     lines = []
     for label, factor in results.models:
         raw = results.raw.get(label)
-        mlflow = [r for key in MLFLOW if (r := _at(results, label, key, 16))]
-        if not (hello and raw and mlflow):
+        if not (hello and raw):
             continue
         model_bound = cores * 1000 / raw["numpy_p50_ms"]
         served_ms = raw.get("served_p50_ms", raw["numpy_p50_ms"])
         served_bound = cores * 1000 / served_ms
         ceiling = min(hello, served_bound)
-        best = max(r.rps for r in mlflow)
+        peers = []
+        for name, keys, target in (("MLflow", MLFLOW, factor), ("MLServer", MLSERVER,
+                                                                MLSERVER_FACTOR)):
+            if runs := [r for key in keys if (r := _at(results, label, key, 16))]:
+                best = max(r.rps for r in runs)
+                peers.append((name, best, f"about {ceiling / best:.1f}× {name}'s best "
+                              f"({best:,.0f} req/s) against the {target:g}× target"))
+        if not peers:
+            continue
         lines.append(f"- {label}: a server calling `predict_proba` can serve at most "
                      f"{cores} cores ÷ {raw['numpy_p50_ms']:.2f} ms = {model_bound:,.0f} req/s; "
                      f"tabserve at most min(hello-world {hello:,.0f}, {cores} cores ÷ "
                      f"{served_ms:.2f} ms = {served_bound:,.0f}) = {ceiling:,.0f} req/s, "
-                     f"about {ceiling / best:.1f}× MLflow's best ({best:,.0f} req/s), "
-                     f"against the {factor:g}× target.")
-        if best > 1.1 * model_bound:
-            lines[-1] += (" **MLflow's best is above what the cores can score at the "
-                          "in-process model time: that run is suspect; run again.**")
+                     + ", ".join(text for _, _, text in peers) + ".")
+        for name, best, _ in peers:
+            if best > 1.1 * model_bound:
+                lines[-1] += (f" **{name}'s best is above what the cores can score at the "
+                              "in-process model time: that run is suspect; run again.**")
     if lines:
         lines = ["", "Ceilings at concurrency 16 on this machine (the load generator's share "
                  "of the cores is not even counted, and the model time varies by some 10% "
@@ -222,6 +265,14 @@ with its defaults (a JSON log line per request, Prometheus metrics, predictions 
 local Redis); MLflow's server is uvicorn (FastAPI) with `--workers {config.workers}` and \
 `OMP_NUM_THREADS=1` (the same one model thread per worker as tabserve), and once more as a \
 user starts it, without that (for reference: the ratios use the pinned variants). \
+Seldon MLServer (`mlserver start`, its own venv in bench/out/mlserver-venv, settings.json \
+on 127.0.0.1 with everything else at its defaults: gRPC and metrics on their own ports, access \
+log on) serves the same pickles with mlserver-sklearn (`predict_proba` requested in each V2 JSON \
+body: `{{"inputs": [{{"name": "input-0", "shape": [1, 30], "datatype": "FP64", "data": \
+[...]}}], "outputs": [{{"name": "predict_proba"}}]}}`, to `/v2/models/<m>/infer`), with \
+`OMP_NUM_THREADS=1`, at `parallel_workers` 0, 1 (its default) and 2, each from a \
+`Connection: close` client and from a keep-alive one; its HTTP side is one uvicorn process \
+whatever the setting. The ratio uses its best of these six. \
 Hello-world runs before and after tabserve; the ratio to it uses the mean of the two. \
 Before the load, answers are checked against the in-process model. \
 In-process time: median over {config.raw_calls} calls, rows in turn, with no server running."""

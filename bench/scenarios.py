@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -11,13 +12,14 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench import mlflow_serve
+from bench import mlflow_serve, mlserver_serve
 from bench.cpuload import OtherCPU, wait_quiet
 from bench.loadgen import LoadResult, run_load
 from shared.config import Settings
 from tests.servers import ApiServer, Process, RedisServer, free_port, tabserve_env, wait_until
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+MLSERVER_PARALLEL_WORKERS = (0, 1, 2)  # 0: inference in its HTTP process; 1: its default
 BUSY_PERCENT = 10.0  # other processes' CPU during a run above which it is repeated
 ATTEMPTS = 3  # runs at most per concurrency; the one with the least other CPU is kept
 
@@ -29,6 +31,7 @@ class Config:
     concurrency: list[int]
     workers: int
     skip_mlflow: bool
+    skip_mlserver: bool
     tool: str
     raw_calls: int
     wait_quiet: float
@@ -55,6 +58,8 @@ class Results:
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     other_cpu_before: float = 0.0  # % of the machine other processes used before the run
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)  # os.getloadavg() at the start
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)  # and at the end
 
 
 def sweep(url: str, bodies: Path, config: Config, results: Results, what: str,
@@ -77,7 +82,7 @@ def sweep(url: str, bodies: Path, config: Config, results: Results, what: str,
                 kept = r
             if r.other_cpu <= BUSY_PERCENT or attempt == ATTEMPTS - 1:
                 break
-            wait_quiet(BUSY_PERCENT, 60)
+            wait_quiet(BUSY_PERCENT, min(60.0, config.wait_quiet))
         assert kept is not None
         runs.append(kept)
     return runs
@@ -198,3 +203,78 @@ def _check_mlflow(url: str, model: Any, X: np.ndarray, bodies: dict[str, Path]) 
                               headers={"Content-Type": "application/json"})
             assert r.ok, f"mlflow answered {r.status_code} to {kind}: {r.text[:500]}"
             assert r.json()["predictions"] == model.predict(X[i:i + 1]).tolist(), (i, r.text)
+
+
+def bench_mlserver(work: Path, cases: list[ModelCase], X: np.ndarray, bodies: Path,
+                   config: Config, results: Results) -> None:
+    """`mlserver start` serving each model with mlserver-sklearn, once per parallel_workers
+    setting; a failure is recorded in the notes, not raised."""
+    try:
+        python = mlserver_serve.ensure_venv(mlserver_serve.VENV.parent / "mlserver-install.log")
+        results.versions.update({f"mlserver venv: {k}": v for k, v in
+                                 mlserver_serve.installed_versions(python).items()})
+    except mlserver_serve.MlserverUnavailableError as exc:
+        results.notes.append(f"mlserver: could not be installed: {exc}")
+        return
+    repository = _mlserver_repository(work, cases)
+    names = [p.name for p in repository.iterdir() if p.is_dir()]
+    env = tabserve_env({}, ONE_THREAD)  # the same one model thread per process as tabserve
+    checked = False
+    for workers in MLSERVER_PARALLEL_WORKERS:
+        server = None
+        try:
+            server = mlserver_serve.MlserverServer(python, repository, work, workers, names,
+                                                   env)
+            if not checked:  # once, on the first server that starts
+                _check_mlserver(server, cases, X, bodies, results)
+                checked = True
+            for case, (suffix, close) in itertools.product(cases, (("", True),
+                                                                  ("-keepalive", False))):
+                results.runs[(case.label, f"mlserver-pw{workers}{suffix}")] = sweep(
+                    server.infer_url(case.algorithm), bodies, config, results,
+                    f"mlserver-pw{workers}{suffix} {case.label}", close)
+        except (mlserver_serve.MlserverUnavailableError, AssertionError,
+                requests.RequestException) as exc:
+            results.notes.append(f"mlserver, parallel_workers={workers}: not measured: {exc}")
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def _mlserver_repository(work: Path, cases: list[ModelCase]) -> Path:
+    """A folder per model: the pickle tabserve serves under mlserver-sklearn (measured), and
+    the XGBoost model's booster as JSON under mlserver-xgboost (checked only)."""
+    repository = work / "mlserver-models"
+    for case in cases:
+        assert case.pickle_path is not None
+        mlserver_serve.add_model(repository, case.algorithm, mlserver_serve.SKLEARN_RUNTIME,
+                                 case.pickle_path)
+        if case.algorithm == "xgboost":
+            booster = work / "xgboost-booster.json"
+            case.model.save_model(booster)
+            mlserver_serve.add_model(repository, "xgboost-native",
+                                     mlserver_serve.XGBOOST_RUNTIME, booster)
+    return repository
+
+
+def _check_mlserver(server: mlserver_serve.MlserverServer, cases: list[ModelCase],
+                    X: np.ndarray, bodies: Path, results: Results) -> None:
+    """MLServer's predict_proba equals the in-process model's (which tabserve's was checked
+    against) on every 57th row, for each runtime."""
+    lines = bodies.read_text().splitlines()
+    served = [(case.algorithm, case) for case in cases]
+    served += [("xgboost-native", case) for case in cases if case.algorithm == "xgboost"]
+    for name, case in served:
+        worst = 0.0
+        for i in range(0, len(X), 57):
+            r = requests.post(server.infer_url(name), data=lines[i], timeout=30,
+                              headers={"Content-Type": "application/json"})
+            assert r.ok, f"mlserver answered {r.status_code} for {name}: {r.text[:500]}"
+            out = r.json()["outputs"][0]
+            got = np.array(out["data"]).reshape(out["shape"])
+            expected = case.model.predict_proba(X[i:i + 1])
+            assert np.allclose(got, expected), (name, i, got, expected)
+            worst = max(worst, float(np.abs(got - expected).max()))
+        results.notes.append(f"mlserver, model `{name}` ({case.label}): predict_proba checked "
+                             f"against the in-process model on {len(range(0, len(X), 57))} "
+                             f"rows, largest difference {worst:g}.")

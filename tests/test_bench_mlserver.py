@@ -1,0 +1,64 @@
+"""The MLServer peer of bench.online: its pins follow constraints.txt, its model repository
+and settings are what `mlserver start` reads, and the report's target uses its best setting.
+(The server itself runs in `make bench`, from a venv built from PyPI, not in the suite.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import mlserver_serve
+from bench.loadgen import LoadResult
+from bench.online_report import MLSERVER_FACTOR, checks
+from bench.scenarios import Results
+from tests.servers import ROOT
+
+
+def test_requirements_pin_the_numeric_stack_to_tabserves():
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().split())
+    wanted = dict(req.split("==") for req in mlserver_serve.requirements())
+    for name in ("numpy", "pandas", "scipy", "scikit-learn", "xgboost-cpu"):
+        assert wanted[name] == pins[name], name
+    assert wanted["mlserver"] == wanted["mlserver-sklearn"] == mlserver_serve.MLSERVER_VERSION
+    assert wanted["mlserver"].startswith("1.")
+
+
+def test_model_folder_holds_the_file_under_its_runtimes_wellknown_name(tmp_path: Path):
+    model = tmp_path / "m.pkl"
+    model.write_bytes(b"pickle bytes")
+    mlserver_serve.add_model(tmp_path / "repo", "rf", mlserver_serve.SKLEARN_RUNTIME, model)
+    settings = json.loads((tmp_path / "repo" / "rf" / "model-settings.json").read_text())
+    assert settings == {"name": "rf", "implementation": "mlserver_sklearn.SKLearnModel",
+                        "parameters": {"uri": "./model.pkl"}}
+    assert (tmp_path / "repo" / "rf" / "model.pkl").read_bytes() == b"pickle bytes"
+
+
+def test_infer_body_is_one_fp64_row_asking_for_predict_proba():
+    body = mlserver_serve.infer_body([0.5] * 30)
+    assert body["inputs"] == [{"name": "input-0", "shape": [1, 30], "datatype": "FP64",
+                               "data": [0.5] * 30}]
+    assert body["outputs"] == [{"name": "predict_proba"}]
+
+
+def _run(rps: float) -> list[LoadResult]:
+    return [LoadResult("wrk", 16, 1.0, int(rps), 0, 1.0, 1.0, 1.0, 1.0)]
+
+
+@pytest.mark.parametrize(("mlserver_rps", "passed"), [
+    ({"mlserver-pw0": 300, "mlserver-pw1": 400, "mlserver-pw2": 250}, False),  # 1190 ÷ 400 < 3
+    ({"mlserver-pw0": 300, "mlserver-pw1": 390, "mlserver-pw2": 250}, True),
+    ({"mlserver-pw1": 390, "mlserver-pw1-keepalive": 500}, False),  # keep-alive counts too
+    ({}, None),
+])
+def test_mlserver_target_uses_its_best_parallel_workers(mlserver_rps, passed):
+    results = Results(models=[("demo", 10.0)])
+    results.runs[("demo", "tabserve")] = _run(1190)
+    for key, rps in mlserver_rps.items():
+        results.runs[("demo", key)] = _run(rps)
+    check = next(c for c in checks(results) if "MLServer" in c.what)
+    assert check.passed is passed
+    assert check.target == f"≥ {MLSERVER_FACTOR:g}×"
+    if mlserver_rps:
+        assert "`parallel_workers` 1" in check.what
