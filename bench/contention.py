@@ -43,14 +43,16 @@ class Phase:
     errors: int
     job_seconds: list[float]
     load: float
+    span: float = 0.0  # the first job's start to the last one's end
 
     def row(self, idle_p99: float | None) -> str:
         ms = np.asarray(self.latencies) * 1e3
         p50, p99 = np.percentile(ms, [50, 99])
         ratio = f"{p99 / idle_p99:.2f}" if idle_p99 else "1.00"
         jobs = ", ".join(f"{s:.2f}" for s in self.job_seconds) or "-"
+        span = f"{self.span:.2f}" if self.span else "-"
         return (f"| {self.name} | {len(ms) + self.errors} | {self.errors} | {p50:.2f} | "
-                f"{p99:.2f} | {ms.max():.1f} | {ratio} | {jobs} | {self.load:.1f} |")
+                f"{p99:.2f} | {ms.max():.1f} | {ratio} | {jobs} | {span} | {self.load:.1f} |")
 
     @property
     def p99(self) -> float:
@@ -98,8 +100,10 @@ def with_jobs(name: str, api: ApiServer, env: dict[str, str], work: Path, path: 
         worker.stop()
     assert all(j["status"] == "succeeded" for j in finished), finished
     seconds = [_ts(j["finished_at"]) - _ts(j["started_at"]) for j in finished]
+    span = max(_ts(j["finished_at"]) for j in finished) - min(_ts(j["started_at"])
+                                                               for j in finished)
     return Phase(name, result["latencies"], result["errors"], seconds,  # type: ignore[arg-type]
-                 os.getloadavg()[0])
+                 os.getloadavg()[0], span)
 
 
 def main() -> None:
@@ -153,18 +157,20 @@ def report(args: argparse.Namespace, phases: list[Phase]) -> str:
         "gunicorn workers, the load generator: all on the same cores. /predict: "
         f"{args.rate:g} requests/s, open loop, 4 keep-alive clients, one row each; with jobs, "
         "from the first job's start to the last one's end (the files uploaded before the "
-        "worker starts). Job seconds: running to succeeded, each job.", "",
+        "worker starts). Job seconds: running to succeeded, each job (a 1M-row job runs as two "
+        "parts, which may interleave with other jobs' parts); all jobs: the first start to the "
+        "last end.", "",
         "| phase | /predict requests | errors | p50 ms | p99 ms | max ms | p99 / idle p99 | "
-        "job seconds | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "job seconds | all jobs s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(p.row(idle if i else None) for i, p in enumerate(phases)), "",
     ]
     for p in phases[1:]:
         ms = np.asarray(p.latencies) * 1e3
         ok = p.p99 <= 3 * idle and ms.max() <= 50 and not p.errors
         lines.append(f"- {p.name}: p99 {p.p99 / idle:.2f}× idle, max {ms.max():.1f} ms "
-                     f"(goal ≤ 3×, ≤ 50 ms): {'PASS' if ok else 'FAIL'}; jobs "
-                     f"{np.mean(p.job_seconds):.2f} s on average")
+                     f"(goal ≤ 3×, ≤ 50 ms): {'PASS' if ok else 'FAIL'}; all jobs in "
+                     f"{p.span:.2f} s")
     return "\n".join(lines) + "\n"
 
 

@@ -58,9 +58,9 @@ class Settings(BaseSettings):
     # end past this size (shared.jobs.segments); 0: at every chunk's end.
     segment_bytes: int = Field(4 * 1024 * 1024, ge=0)
     worker_threads: int = Field(0, ge=0)
-    # The CPU priority (nice) of a worker's pool processes, which score: online /predict on
-    # the same machine keeps its latency while jobs run (0: as the API's).
-    worker_nice: int = Field(10, ge=0, le=19)
+    # The CPU priority (nice) of a worker's pool processes, which score (0: as the API's;
+    # 10 lets /predict on the same machine go first, at the jobs' expense: bench.contention).
+    worker_nice: int = Field(0, ge=0, le=19)
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     visibility_timeout_seconds: int = Field(300, ge=1)
     # Disk: uploads are refused (507) while the data or staging directory has less free

@@ -133,15 +133,24 @@ def test_list_get_and_delete(api_server, worker, frame):
     assert r.status_code == 404
 
 
-def test_the_pool_processes_score_at_a_lower_cpu_priority(worker, base_settings):
-    """Scoring yields the CPU to online requests on the same machine (TABSERVE_WORKER_NICE);
-    the worker's main process (heartbeat, reaper, broker) keeps its priority."""
+def test_the_pool_processes_score_at_the_priority_set(base_settings, tmp_path):
+    """TABSERVE_WORKER_NICE lowers the pool processes' CPU priority, so scoring can yield
+    the CPU to online requests on the same machine; the worker's main process (heartbeat,
+    reaper, broker) keeps its own."""
     import os
 
     import psutil
 
-    main = psutil.Process(worker.pid)
-    children = main.children()
-    assert children and base_settings.worker_nice == 10
-    assert main.nice() == os.nice(0)
-    assert all(c.nice() == max(base_settings.worker_nice, os.nice(0)) for c in children)
+    from tests.servers import WorkerProcess, tabserve_env
+
+    assert base_settings.worker_nice == 0  # the default: as the API's
+    settings = base_settings.with_overrides(worker_nice=10, queue_name="nice")
+    worker = WorkerProcess(tabserve_env(settings.as_env()), tmp_path, "nice", 2)
+    try:
+        main = psutil.Process(worker.pid)
+        children = main.children()
+        assert len(children) == 2
+        assert main.nice() == os.nice(0)
+        assert all(c.nice() == max(10, os.nice(0)) for c in children)
+    finally:
+        worker.stop()
