@@ -4,8 +4,10 @@ recognised, failed jobs' files after their grace period, dead processes' metric 
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -215,12 +217,30 @@ def test_dead_processes_files_are_folded_and_the_totals_kept(tmp_path):
 
 
 def test_directories_of_dead_servers_are_removed(tmp_path):
+    here = os.readlink("/proc/self/ns/pid")
     gone = tmp_path / "tabserve-metrics-worker-gone"
+    older = tmp_path / "tabserve-metrics-worker-older"  # a marker from before namespaces
     live = tmp_path / "tabserve-metrics-api-live"
     foreign = tmp_path / "tabserve-metrics-unmarked"
-    for directory, pid in ((gone, _dead_pid()), (live, 1), (foreign, None)):
+    # Made in another PID namespace (a container sharing /tmp, a test's unshare): its pid
+    # cannot be seen from here, which does not make it dead.
+    elsewhere = tmp_path / "tabserve-metrics-api-elsewhere"
+    dead = _dead_pid()
+    for directory, marker in ((gone, f"{dead} {here}"), (older, f"{dead}"),
+                              (live, f"1 {here}"), (foreign, None),
+                              (elsewhere, f"{dead} pid:[1]")):
         directory.mkdir()
-        if pid is not None:
-            (directory / metricsdir.MARKER).write_text(f"{pid}\n")
-    assert metricsdir.remove_dead_dirs(tmp_path) == [gone]
-    assert not gone.exists() and live.is_dir() and foreign.is_dir()
+        if marker is not None:
+            (directory / metricsdir.MARKER).write_text(marker + "\n")
+    assert sorted(metricsdir.remove_dead_dirs(tmp_path)) == sorted([gone, older])
+    assert not gone.exists() and live.is_dir() and foreign.is_dir() and elsewhere.is_dir()
+
+
+def test_a_prepared_directory_names_its_makers_pid_namespace(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env: dict[str, str] = {}
+    directory = metricsdir.prepare(env, "api")
+    assert (directory / metricsdir.MARKER).read_text().split() == [
+        str(os.getpid()), os.readlink("/proc/self/ns/pid")]
+    assert metricsdir.remove_dead_dirs(tmp_path) == []
+    assert metricsdir.remove_if_owned(directory) and not directory.exists()

@@ -37,9 +37,23 @@ def prepare(env: MutableMapping[str, str], role: str) -> Path:
         return clean(given)
     remove_dead_dirs()
     directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{role}-"))
-    (directory / MARKER).write_text(f"{os.getpid()}\n")
+    (directory / MARKER).write_text(f"{os.getpid()} {_pid_namespace()}\n")
     env[ENV] = str(directory)
     return directory
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace ("pid:[4026531836]"), "" where /proc does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _maker(directory: Path) -> tuple[int, str | None]:
+    """The pid that made a directory and its PID namespace (None: a marker without one)."""
+    fields = (directory / MARKER).read_text().split()
+    return int(fields[0]), (fields[1] if len(fields) > 1 else None)
 
 
 def clean(directory: str | os.PathLike[str]) -> Path:
@@ -58,10 +72,10 @@ def remove_if_owned(directory: str | os.PathLike[str] | None = None) -> bool:
         return False
     path = Path(raw)
     try:
-        owner = int((path / MARKER).read_text().strip())
-    except (OSError, ValueError):
+        owner, namespace = _maker(path)
+    except (OSError, ValueError, IndexError):
         return False
-    if owner != os.getpid():
+    if owner != os.getpid() or namespace not in (None, _pid_namespace()):
         return False
     shutil.rmtree(path, ignore_errors=True)
     return True
@@ -78,13 +92,18 @@ def _alive(pid: int) -> bool:
 
 
 def remove_dead_dirs(parent: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Remove the directories tabserve made (here, or in the temp dir) whose maker died."""
+    """Remove the directories tabserve made (here, or in the temp dir) whose maker died.
+    Only a maker in this PID namespace can be seen to have died: a server in a container
+    sharing this temp dir (or in a PID namespace of a test) has pids this one cannot see."""
     removed = []
+    here = _pid_namespace()
     for directory in Path(parent or tempfile.gettempdir()).glob(f"{PREFIX}*"):
         try:
-            owner = int((directory / MARKER).read_text().strip())
-        except (OSError, ValueError):
+            owner, namespace = _maker(directory)
+        except (OSError, ValueError, IndexError):
             continue  # not made by tabserve, or not yet marked
+        if namespace is not None and namespace != here:
+            continue  # its maker's pid means nothing here
         if not _alive(owner):
             shutil.rmtree(directory, ignore_errors=True)
             removed.append(directory)
