@@ -6,7 +6,7 @@ import json
 import logging
 
 import orjson
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from shared.diskspace import is_disk_full, storage_full
@@ -19,13 +19,33 @@ logger = logging.getLogger(__name__)
 def error_response(status: int, code: str, message: str, details: list | None = None) -> Response:
     """The one JSON error shape."""
     body = {"error": {"code": code, "message": message, "details": details or []}}
+    return _error_json(body, status)
+
+
+def _error_json(body: dict, status: int, headers: dict[str, str] | None = None) -> Response:
     try:
         payload = orjson.dumps(body)
     except orjson.JSONEncodeError:
         # A message quoting the client's text can hold what orjson refuses (a lone
         # surrogate); the standard encoder escapes it, so the error still goes out as JSON.
         payload = json.dumps(body, default=str).encode()
-    return Response(payload, status=status, mimetype="application/json")
+    return Response(payload, status=status, mimetype="application/json", headers=headers)
+
+
+def register_plain_errors(bp: Blueprint) -> None:
+    """On bp's routes, every error as {"error": "message"} with its status: the shape the
+    Open Inference Protocol (V2) and KServe's V1 answer (the rest of the API keeps its own)."""
+
+    @bp.errorhandler(TabserveError)
+    def _domain_error(exc: TabserveError) -> Response:
+        note_domain_error(exc, "online")
+        return _error_json({"error": exc.message}, exc.status, getattr(exc, "headers", None))
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            return _error_json({"error": too_large_message()}, 413)
+        return _error_json({"error": exc.description or exc.name}, exc.code or 500)
 
 
 def note_domain_error(exc: TabserveError, path: str) -> None:

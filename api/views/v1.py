@@ -7,11 +7,10 @@ domain error (the rest of the API keeps its own shape).
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.errors import note_domain_error, too_large_message
+from api.errors import register_plain_errors
 from api.views import json_response, read_body, runtime
-from shared.errors import NotFoundError, TabserveError, UnsupportedMediaTypeError
+from shared.errors import NotFoundError, UnsupportedMediaTypeError
 from shared.models.loading import LoadedModel
 from shared.online import v1
 from shared.online.predict import parse_limited_json
@@ -23,23 +22,7 @@ bp = Blueprint("v1", __name__, url_prefix="/v1")
 BODY_TYPES = frozenset({"", "application/json", "application/x-www-form-urlencoded"})
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = json_response({"error": message}, status=status)
-    response.headers.update(headers or {})
-    return response
-
-
-@bp.errorhandler(TabserveError)
-def _domain_error(exc: TabserveError) -> Response:
-    note_domain_error(exc, "online")
-    return error(exc.status, exc.message, getattr(exc, "headers", None))
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    if isinstance(exc, RequestEntityTooLarge):
-        return error(413, too_large_message())
-    return error(exc.code or 500, exc.description or exc.name)
+register_plain_errors(bp)
 
 
 @bp.get("/models")

@@ -11,14 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 import orjson
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.errors import note_domain_error, too_large_message
+from api.errors import register_plain_errors
 from api.views import json_response, read_body, runtime
 from shared.errors import (
     BadRequestError,
     NotFoundError,
-    TabserveError,
     UnsupportedMediaTypeError,
 )
 from shared.models.loading import LoadedModel
@@ -33,23 +31,7 @@ bp = Blueprint("v2", __name__, url_prefix="/v2")
 BODY_TYPES = frozenset({"", "application/json", "application/octet-stream"})
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = json_response({"error": message}, status=status)
-    response.headers.update(headers or {})
-    return response
-
-
-@bp.errorhandler(TabserveError)
-def _domain_error(exc: TabserveError) -> Response:
-    note_domain_error(exc, "online")
-    return error(exc.status, exc.message, getattr(exc, "headers", None))
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    if isinstance(exc, RequestEntityTooLarge):
-        return error(413, too_large_message())
-    return error(exc.code or 500, exc.description or exc.name)
+register_plain_errors(bp)
 
 
 @bp.get("")
