@@ -93,7 +93,10 @@ class Stack:
         except TimeoutError as exc:
             states = {i: state(i) for i in ids}
             late = {i: v for i, v in states.items() if v[0] != "succeeded"}
-            raise AssertionError(f"{exc}: {late}; logs in {self.tmp}") from None
+            exited = [p.name for p in self.procs
+                      if isinstance(p, WorkerProcess) and not p.alive()]
+            raise AssertionError(f"{exc}: {late}; workers exited: {exited or 'none'}; "
+                                 f"logs in {self.tmp}") from None
 
     def wait_rows(self, job_id: str, what: str = "the job to make progress") -> None:
         wait_until(lambda: self.record(job_id).rows_done > 0, 60, what)

@@ -183,10 +183,21 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_the_cap(job_stack, b
 
 def test_a_job_over_its_time_limit_fails_with_timeout_leaving_nothing(job_stack, big):
     data, _ = big
-    s = job_stack(chunk_rows=20)  # thousands of small chunks: far longer than its limit
-    s.worker("w1")
+    s = job_stack()
+    worker = s.worker("w1")
     job = submit(s.api.url, data, "csv", id_column="key", time_limit_seconds=1).json()
-    done = wait_job(s.api.url, job["id"], timeout=60)
+    # The attempt is frozen as soon as it runs, so that it outlasts its limit however fast
+    # the machine is (a 90,000-row job takes about a second: racing it made this flaky).
+    wait_until(lambda: s.record(job["id"]).status == "running", 30, "the job to start",
+               interval=0.01)
+    children = _pool_children(worker)
+    for child in children:
+        child.suspend()
+    try:
+        done = wait_job(s.api.url, job["id"], timeout=60)
+    finally:
+        for child in children:
+            child.resume()
     assert done["status"] == "failed" and done["error"]["code"] == "timeout", done
     assert done["attempts"] == 1 and "retry" not in done
     wait_until(lambda: s.logged(f"job {job['id']}: stopped") == 1, 30,

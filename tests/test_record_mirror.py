@@ -59,6 +59,7 @@ def test_every_job_comes_back_after_redis_restarts_empty(base_settings, demo_dat
         listed = requests.get(f"{s.api.url}/jobs?limit=100", timeout=10).json()["jobs"]
         assert {j["id"] for j in listed} == set(ids)
         assert s.logged("record restored from storage") >= 2
+        assert s.logged("Unrecoverable error") == 0  # the worker reconnected (test_broker.py)
     finally:
         s.stop()
         server.stop()

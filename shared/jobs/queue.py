@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from urllib.parse import urlsplit
+
 from celery import Celery
 
 from shared.config import Settings
+from shared.jobs import broker
 
 SCORE_JOB = "tabserve.score_job"
 SCORE_PART = "tabserve.score_part"
@@ -41,6 +44,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
+    if urlsplit(settings.redis_url).scheme in broker.SCHEMES:
+        app.conf.broker_transport = broker.TRANSPORT  # survives Redis dying mid-poll
     return app
 
 
