@@ -45,7 +45,7 @@ run: setup
 # runs every file in this one process.
 TEST_WORKERS ?= 2
 test: setup-test
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # docs/web-page.png: the web page with a prediction shown and a job done, in headless chromium.
 screenshot: setup-test
