@@ -23,6 +23,7 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import jobstack
 from tests.jobclient import file_bytes, read_result, submit, wait_job
 from tests.servers import ApiServer, WorkerProcess, free_port, tabserve_env, wait_until
 
@@ -83,7 +84,7 @@ def _frame(demo_data, n: int) -> pd.DataFrame:
 
 
 def _csv(demo_data, n: int) -> bytes:
-    return _frame(demo_data, n).to_csv(index=False).encode()
+    return jobstack._csv(demo_data, n)
 
 
 def _files(root: Path) -> list[str]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests
 
 from tests.jobclient import read_result, submit, wait_job
+from tests.jobstack import _csv
 from tests.servers import ApiServer, WorkerProcess, free_port, tabserve_env, wait_until
 
 
@@ -28,11 +28,8 @@ def fault_settings(base_settings, redis_server, redis_client, tmp_path):
 
 @pytest.fixture
 def big_csv(demo_data) -> tuple[bytes, int]:
-    names, X = demo_data
     n = 300_000
-    frame = pd.DataFrame(np.tile(X, (n // len(X) + 1, 1))[:n], columns=names)
-    frame.insert(0, "key", np.arange(n))
-    return frame.to_csv(index=False).encode(), n
+    return _csv(demo_data, n), n
 
 
 def _servers(settings, tmp_path, workers: int):

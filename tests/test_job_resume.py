@@ -32,13 +32,15 @@ def _ledger_of(api_url: str, job_id: str, expected: list[int]) -> None:
 
 
 def _with_bad_rows(data: bytes, every: int) -> tuple[bytes, list[int]]:
-    """The CSV with a non-number in the first feature of every `every`-th row."""
-    frame = pd.read_csv(io.BytesIO(data))
-    bad = list(range(every // 2, len(frame), every))
-    column = frame.columns[1]
-    frame[column] = frame[column].astype(object)
-    frame.loc[bad, column] = "oops"
-    return frame.to_csv(index=False).encode(), bad
+    """The CSV with a non-number in the first feature of every `every`-th row (its bytes
+    edited: what pandas writes for the frame with those cells changed, in a fraction of the
+    time)."""
+    lines = data.decode().split("\n")  # the header, a line per row, "" after the last
+    bad = list(range(every // 2, len(lines) - 2, every))
+    for row in bad:
+        key, _, rest = lines[row + 1].split(",", 2)
+        lines[row + 1] = f"{key},oops,{rest}"
+    return "\n".join(lines).encode(), bad
 
 
 def _checkpointed(s: Stack, job_id: str) -> None:
