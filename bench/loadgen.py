@@ -1,8 +1,14 @@
 """Closed-loop HTTP load on 127.0.0.1: wrk with bench/post.lua, or a Python asyncio fallback.
 
-Both POST the bodies of a file (one JSON document per line) in turn, from `concurrency`
-connections, each sending its next request when the previous answer is in, for a fixed time.
-With `close`, every request carries `Connection: close`, so each one opens a connection.
+Both POST the bodies of a file in turn, from `concurrency` connections, each sending its next
+request when the previous answer is in, for a fixed time. With `close`, every request carries
+`Connection: close`, so each one opens a connection.
+
+A bodies file holds one body per line, sent as is (a JSON document: `Content-Type:
+application/json`). Two optional line forms carry what a line cannot (write_bodies writes them):
+`#header NAME: VALUE` sends that header with every request of the file (a `Content-Type` one
+replaces the default), and `#hex HEX` is one body given as hex digits, for bodies whose bytes
+may hold a newline (V2's binary tensors). post.lua reads the same format.
 
     .venv/bin/python -m bench.loadgen URL BODIES_FILE [-c 16] [-d 5] [--close] [--tool python]
 """
@@ -15,6 +21,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +30,9 @@ import numpy as np
 
 LUA = Path(__file__).with_name("post.lua")
 WRK_TIMEOUT_S = 30  # well above any latency measured; a slower answer counts as an error
+HEADER_LINE = b"#header "
+HEX_LINE = b"#hex "
+DEFAULT_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -44,6 +54,39 @@ class LoadResult:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+
+def write_bodies(path: Path, bodies: Iterable[bytes | str],
+                 headers: dict[str, str] | None = None) -> Path:
+    """A bodies file: the headers every request carries, then one body per line, hex-encoded
+    where it holds a newline or is raw bytes."""
+    lines = [f"#header {name}: {value}\n".encode() for name, value in (headers or {}).items()]
+    for body in bodies:
+        if isinstance(body, str) and "\n" not in body and not body.startswith("#"):
+            lines.append(body.encode() + b"\n")
+        else:
+            raw = body.encode() if isinstance(body, str) else body
+            lines.append(HEX_LINE + raw.hex().encode() + b"\n")
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def read_bodies(path: Path) -> tuple[dict[str, str], list[bytes]]:
+    """The headers (the default Content-Type unless the file names one) and the bodies of a
+    bodies file, as post.lua reads them."""
+    headers: dict[str, str] = {}
+    bodies = []
+    for line in path.read_bytes().split(b"\n"):
+        if line.startswith(HEADER_LINE):
+            name, _, value = line[len(HEADER_LINE):].decode("latin-1").partition(":")
+            headers[name.strip()] = value.strip()
+        elif line.startswith(HEX_LINE):
+            bodies.append(bytes.fromhex(line[len(HEX_LINE):].decode("ascii")))
+        elif line:
+            bodies.append(line)
+    named = {name.lower() for name in headers}
+    defaults = {k: v for k, v in DEFAULT_HEADERS.items() if k.lower() not in named}
+    return {**defaults, **headers}, bodies
 
 
 def wrk_version() -> str | None:
@@ -86,8 +129,8 @@ async def run_python(url: str, bodies: Path, concurrency: int, seconds: float,
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    payloads = [_request(host, port, target, line.encode(), close)
-                for line in bodies.read_text().splitlines() if line]
+    headers, lines = read_bodies(bodies)
+    payloads = [_request(host, port, target, body, close, headers) for body in lines]
     latencies: list[float] = []
     kinds: dict[str, int] = {}
     started = time.perf_counter()
@@ -102,11 +145,13 @@ async def run_python(url: str, bodies: Path, concurrency: int, seconds: float,
                       kinds)
 
 
-def _request(host: str, port: int, target: str, body: bytes, close: bool) -> bytes:
+def _request(host: str, port: int, target: str, body: bytes, close: bool,
+             headers: dict[str, str]) -> bytes:
     connection = "Connection: close\r\n" if close else ""
-    head = (f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{connection}"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = (f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{connection}{fields}"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
 
 
 async def _connection(host: str, port: int, payloads: list[bytes], deadline: float,

@@ -1,5 +1,6 @@
 """Online benchmark: single-row /predict of tabserve beside a hello-world Flask app,
 `mlflow models serve` and Seldon MLServer, same load, in one run; ratios from that run.
+tabserve's /invocations and V2 infer (JSON and binary tensors) run on its /predict's API.
 
     .venv/bin/python -m bench.online [--quick] [--duration S] [--concurrency 1 16 64]
                                      [--skip-mlflow] [--skip-mlserver] [--workers 2]
@@ -31,6 +32,7 @@ from bench.cpuload import OtherCPU, wait_quiet
 from bench.inprocess import measure_raw
 from bench.loadgen import wrk_version
 from bench.online_report import report, write_section
+from bench.protocols import write_protocol_bodies
 from bench.scenarios import (
     ATTEMPTS,
     BUSY_PERCENT,
@@ -101,7 +103,7 @@ def _run_all(work: Path, config: Config, results: Results) -> None:
     # The ceiling is measured before and after tabserve: the ratio uses their mean, so
     # a drift of the machine's speed during the run does not fall on one side only.
     bench_hello(work, bodies["tabserve"], config, results, "hello")
-    bench_tabserve(work, cases, X, bodies["tabserve"], config, results)
+    bench_tabserve(work, cases, X, bodies, config, results)
     bench_hello(work, bodies["tabserve"], config, results, "hello-after")
     if config.skip_mlflow:
         results.notes.append("mlflow: skipped (--skip-mlflow).")
@@ -153,14 +155,13 @@ def _rows() -> tuple[list[str], np.ndarray]:
 
 
 def _write_bodies(work: Path, names: list[str], X: np.ndarray) -> dict[str, Path]:
-    """One request body per data row, for each request shape."""
+    """One request body per data row, for each request shape (MLflow's are also those of
+    tabserve's /invocations)."""
     shapes = {
         "tabserve": lambda row: {"features": dict(zip(names, row, strict=True))},
-        "mlflow": lambda row: {"dataframe_split": {"columns": names, "data": [row]}},
-        "mlflow-inputs": lambda row: {"inputs": [row]},
         "mlserver": mlserver_serve.infer_body,
     }
-    paths = {}
+    paths = write_protocol_bodies(work, names, X)
     for kind, shape in shapes.items():
         paths[kind] = work / f"bodies-{kind}.jsonl"
         paths[kind].write_text("".join(json.dumps(shape(r)) + "\n" for r in X.tolist()))

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.common import machine
+from bench.protocols_report import KEYS as PROTOCOLS
+from bench.protocols_report import protocol_check, protocol_tables
 from bench.scenarios import ATTEMPTS, BUSY_PERCENT
 
 if TYPE_CHECKING:
@@ -77,9 +79,11 @@ def checks(results: Results) -> list[Check]:
             out.append(Check(f"{label}: tabserve p50 at c=1 − in-process predict_proba",
                              f"{tab1.p50_ms:.2f} − {raw['numpy_p50_ms']:.2f} = {over:.2f} ms",
                              f"≤ {OVERHEAD_MS:g} ms", over <= OVERHEAD_MS))
-    errors = sum(r.errors for (_, server), runs in results.runs.items() if server == "tabserve"
-                 for r in runs)
-    out.append(Check("tabserve errors, all runs", str(errors), "0", errors == 0))
+        out.append(Check(*protocol_check(results, label)))
+    errors = sum(r.errors for (_, server), runs in results.runs.items()
+                 if server == "tabserve" or server in PROTOCOLS for r in runs)
+    out.append(Check("tabserve errors, all runs (`/predict` and the protocol endpoints)",
+                     str(errors), "0", errors == 0))
     return out
 
 
@@ -140,6 +144,7 @@ def report(results: Results, config: Config, command: str, quick: bool) -> tuple
                 lines.append(f"| {c} | {name} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
                              f"{r.p99_ms:.2f} | {r.errors}{f' ({kinds})' if kinds else ''} | "
                              f"{r.other_cpu or 0:.0f} |")
+    lines += protocol_tables(results, config)
     lines += ["", "### Targets", "", "| target | measured | required | result |",
               "|---|---|---|---|"]
     for check in checks(results):

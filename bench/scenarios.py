@@ -15,6 +15,7 @@ import requests
 from bench import mlflow_serve, mlserver_serve
 from bench.cpuload import OtherCPU, wait_quiet
 from bench.loadgen import LoadResult, run_load
+from bench.protocols import ENDPOINTS, check_protocols, endpoint_url
 from shared.config import Settings
 from tests.servers import ApiServer, Process, RedisServer, free_port, tabserve_env, wait_until
 
@@ -95,9 +96,10 @@ def _settle(run: LoadResult) -> LoadResult:
     return run
 
 
-def bench_tabserve(work: Path, cases: list[ModelCase], X: np.ndarray, bodies: Path,
-                   config: Config, results: Results) -> None:
-    """`tabserve api` (gunicorn) serving both models, each loaded in turn by model ref."""
+def bench_tabserve(work: Path, cases: list[ModelCase], X: np.ndarray,
+                   bodies: dict[str, Path], config: Config, results: Results) -> None:
+    """`tabserve api` (gunicorn) serving both models, each loaded in turn by model ref:
+    /predict, then on the same process the protocol endpoints (bench/protocols.py)."""
     redis = RedisServer(work / "redis")  # as deployed: /predict logs predictions to Redis
     settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
                         redis_url=redis.url, default_model=cases[0].ref)
@@ -106,9 +108,14 @@ def bench_tabserve(work: Path, cases: list[ModelCase], X: np.ndarray, bodies: Pa
         api = ApiServer(tabserve_env(settings.as_env()), work, workers=config.workers)
         for case in cases:
             url = f"{api.url}/predict?model={case.ref}"
-            _check_tabserve(url, case.model, X, bodies)
-            results.runs[(case.label, "tabserve")] = sweep(url, bodies, config, results,
-                                                           f"tabserve {case.label}")
+            _check_tabserve(url, case.model, X, bodies["tabserve"])
+            check_protocols(api.url, case.ref, case.model, X, bodies)
+            results.runs[(case.label, "tabserve")] = sweep(url, bodies["tabserve"], config,
+                                                           results, f"tabserve {case.label}")
+            for endpoint in ENDPOINTS:
+                results.runs[(case.label, endpoint.key)] = sweep(
+                    endpoint_url(api.url, endpoint, case.ref), bodies[endpoint.bodies], config,
+                    results, f"tabserve {endpoint.key} {case.label}")
     finally:
         if api is not None:
             api.stop()
