@@ -28,12 +28,19 @@ from shared.jobs.leftovers import dead_files
 from shared.jobs.outputs import ErrorsWriter
 from shared.jobs.store import JobStore
 from shared.jobs.streams import SegmentedStream, StreamOutput, join_bytes
-from shared.storage import PIECE_BYTES, LocalStorage
+from shared.storage import MIN_PART_BYTES, PIECE_BYTES, LocalStorage
 from tests.jobclient import read_result, submit, wait_job
 from tests.jobstack import LEASE, _csv, _pool_children
 from tests.servers import ApiServer, WorkerProcess, tabserve_env, wait_until
 from tests.test_job_resume import _with_bad_rows
-from tests.test_s3 import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, seaweed  # noqa: F401
+from tests.test_s3 import (  # noqa: F401 (the SeaweedFS fixtures)
+    ACCESS_KEY,
+    BUCKET,
+    REGION,
+    SECRET_KEY,
+    bucket_storage,
+    seaweed,
+)
 
 N = 40_000
 SEGMENT = re.compile(r"\.s\d{5}\.[a-z]+$")
@@ -129,6 +136,32 @@ def test_join_bytes_streams_in_pieces(tmp_path):
         tracemalloc.stop()
     assert (tmp_path / "ab").stat().st_size == 2 * (size // 4096 + 1) * 4096
     assert peak < 3 * PIECE_BYTES, peak  # a piece or two, never a whole file
+
+
+@pytest.mark.parametrize("sizes,copied", [
+    ((MIN_PART_BYTES + 1, MIN_PART_BYTES, 100), True),  # each but the last a whole S3 part
+    ((MIN_PART_BYTES + 1,), True),
+    ((MIN_PART_BYTES + 1, 100, MIN_PART_BYTES), False),  # a small one inside: streamed
+])
+def test_segments_of_5_mib_are_joined_by_copies_inside_the_bucket(bucket_storage,  # noqa: F811
+                                                                  sizes, copied):
+    keys, expected = [], b""
+    for i, size in enumerate(sizes):
+        data = bytes([65 + i]) * size
+        keys.append(paths.segment("jobs/j/result.csv", i))
+        with bucket_storage.writer(keys[-1]) as fh:
+            fh.write(data)
+        expected += data
+    assert bucket_storage.join_copies(keys, "jobs/j/copied.csv") is copied
+    join_bytes(bucket_storage, keys, "jobs/j/result.csv")
+    with bucket_storage.open("jobs/j/result.csv") as fh:
+        assert fh.read() == expected
+    if copied:
+        with bucket_storage.open("jobs/j/copied.csv") as fh:
+            assert fh.read() == expected
+    else:
+        assert not bucket_storage.exists("jobs/j/copied.csv")
+    assert not LocalStorage("/nonexistent").join_copies(keys, "x")  # a directory streams
 
 
 def test_segments_of_errors_files_are_attempt_files():

@@ -58,7 +58,7 @@ from shared.models.loading import Prediction
 from shared.monitoring.drift import DriftAccumulator
 from shared.monitoring.metrics import record_job_finished, record_prediction
 from shared.monitoring.predictions import pack_job_chunk
-from shared.storage import Storage
+from shared.storage import MIN_PART_BYTES, Storage
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -206,7 +206,7 @@ def _checkpoint(storage: Storage, run: JobRun, scored: Scored,
     if isinstance(writer, (SegmentedOutput, StreamOutput)):
         held = [n for n in (writer.open_bytes, None if stream is None else stream.open_bytes)
                 if n is not None]
-        if not held or sum(held) < run.rt.settings.segment_bytes:
+        if not held or sum(held) < _segment_bytes(run.rt.settings.segment_bytes, writer):
             return None
         segments = writer.cut()
         errors_segments = stream.cut() if stream is not None else None
@@ -218,6 +218,13 @@ def _checkpoint(storage: Storage, run: JobRun, scored: Scored,
             storage.sync(err_fh)
     return scored.checkpoint(run.attempt, output, output_bytes, errors_file, errors_bytes,
                              segments, errors_segments)
+
+
+def _segment_bytes(setting: int, writer: Any) -> int:
+    # Byte-stream segments (on S3) of at least S3's smallest part are joined by copies
+    # inside the store (Storage.join_copies); 0, a segment per chunk, stays 0.
+    return max(setting, MIN_PART_BYTES) if setting and isinstance(writer, StreamOutput) \
+        else setting
 
 
 def _output(files: ExitStack, storage: Storage, run: JobRun,

@@ -124,9 +124,12 @@ class StreamOutput(OutputWriter):
 
 def join_bytes(storage: Storage, sources: list[str], target: str,
                drop_headers: bool = False) -> None:
-    """Lay files of the store end to end into target, streamed piece by piece (never a whole
+    """Lay files of the store end to end into target: copied inside the store where it can
+    (S3, files of at least 5 MiB but the last), else streamed piece by piece (never a whole
     file in memory); with drop_headers, each file after the first begins with a header line
     (a CSV file's), which is left out."""
+    if not drop_headers and storage.join_copies(sources, target):
+        return
     with storage.writer(target) as out:
         for i, key in enumerate(sources):
             with storage.open(key) as fh:
