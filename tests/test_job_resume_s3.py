@@ -141,6 +141,7 @@ def test_join_bytes_streams_in_pieces(tmp_path):
 @pytest.mark.parametrize("sizes,copied", [
     ((MIN_PART_BYTES + 1, MIN_PART_BYTES, 100), True),  # each but the last a whole S3 part
     ((MIN_PART_BYTES + 1,), True),
+    ((100,), True),  # one part: the last may be small
     ((MIN_PART_BYTES + 1, 100, MIN_PART_BYTES), False),  # a small one inside: streamed
 ])
 def test_segments_of_5_mib_are_joined_by_copies_inside_the_bucket(bucket_storage,  # noqa: F811

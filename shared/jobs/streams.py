@@ -7,7 +7,8 @@ writes these files as segment objects (shared.jobs.paths `segment`): the bytes g
 open segment, which is closed, a complete object, at a chunk's end (shared.jobs.run decides
 when), and the checkpoint names the closed ones; the next attempt adopts them and writes its
 own after them. The segments are one stream cut in pieces: a CSV header is in the first
-segment only (a resumed attempt writes none), and `join_bytes` lays them end to end.
+segment only (a resumed attempt writes none), and `join_bytes` lays them end to end (by
+copies inside the store when it can: Storage.join_copies).
 """
 
 from __future__ import annotations
