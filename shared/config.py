@@ -54,8 +54,10 @@ class Settings(BaseSettings):
     chunk_rows: int = Field(25_000, ge=1)
     max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # the longest CSV row a job reads
     part_rows: int = Field(500_000, ge=0)  # 0: never cut a job into parts
-    # A Parquet output's segment is closed (and a checkpoint recorded) at the first chunk's
-    # end past this size (shared.jobs.segments); 0: at every chunk's end.
+    # A file's open segments (a Parquet output's; on S3 any output's and the errors file's)
+    # are closed, and a checkpoint recorded, at the first chunk's end past this size (on S3
+    # at least 5 MiB for CSV and JSON lines, joined by copies; shared.jobs.segments,
+    # streams); 0: at every chunk's end.
     segment_bytes: int = Field(4 * 1024 * 1024, ge=0)
     worker_threads: int = Field(0, ge=0)
     # The CPU priority (nice) of a worker's pool processes, which score (0: as the API's;

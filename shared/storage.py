@@ -29,6 +29,7 @@ from shared.errors import ConfigError
 PIECE_BYTES = 1024 * 1024  # copy and download piece
 READ_BLOCK_BYTES = 8 * 1024 * 1024  # s3fs read-ahead block
 PART_BYTES = 8 * 1024 * 1024  # s3fs multipart part (S3's minimum is 5 MiB)
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part of a multipart upload but the last
 
 
 # A writer's temporary file beside its key's: `.<name>.<32 hex>.part`, renamed when complete.
@@ -99,6 +100,11 @@ class Storage(ABC):
     def sync(fh: Any) -> int:
         """Flush a writer's file to disk (appendable stores); its size in bytes."""
         raise io.UnsupportedOperation("only an appendable store syncs a partial file")
+
+    def join_copies(self, sources: list[str], target: str) -> bool:
+        """Lay stored files end to end into target inside the store, no byte through this
+        process, where the store can; False (nothing done) where it cannot."""
+        return False
 
     # Each store implements these.
     @abstractmethod
@@ -327,6 +333,32 @@ class ObjectStorage(Storage):
         with open(path, "rb") as src, self.writer(key) as dst:
             shutil.copyfileobj(src, dst, PIECE_BYTES)
         path.unlink(missing_ok=True)
+
+    def join_copies(self, sources: list[str], target: str) -> bool:
+        """A multipart upload whose parts are copies of the sources (UploadPartCopy), when
+        each but the last holds at least S3's smallest part (and none is empty); aborted on
+        any failure, so the target appears only complete."""
+        sizes = [self.size(key) for key in sources]
+        if not sizes or min(sizes) == 0 or min(sizes[:-1], default=MIN_PART_BYTES) < \
+                MIN_PART_BYTES:
+            return False
+        bucket, key, _ = self.fs.split_path(self._path(target))
+        upload = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+        where = {"Bucket": bucket, "Key": key, "UploadId": upload["UploadId"]}
+        try:
+            parts = []
+            for number, source in enumerate(sources, 1):
+                copied = self.fs.call_s3("upload_part_copy", CopySource=self._path(source),
+                                         PartNumber=number, **where)
+                parts.append({"PartNumber": number,
+                              "ETag": copied["CopyPartResult"]["ETag"]})
+            self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts},
+                            **where)
+        except BaseException:
+            self.fs.call_s3("abort_multipart_upload", **where)
+            raise
+        self.fs.invalidate_cache(self._path(target))
+        return True
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))

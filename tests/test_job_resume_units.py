@@ -11,7 +11,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from shared.jobs.checkpoint import Checkpoint, can_checkpoint, usable
+from shared.jobs.checkpoint import (
+    Checkpoint,
+    can_checkpoint,
+    errors_in_segments,
+    usable,
+    writes_segments,
+)
 from shared.jobs.inputs import iter_chunks, resumed_range, whole_range
 from shared.jobs.leftovers import dead_files
 from shared.jobs.record import JobStatus, new_job
@@ -76,27 +82,42 @@ def test_a_checkpoint_is_used_only_while_its_files_hold_its_bytes(tmp_path):
     (tmp_path / "jobs/j").mkdir(parents=True)
     (tmp_path / "jobs/j/out.part").write_bytes(b"x" * 9_000)
     kept = _checkpoint("jobs/j/out.part")
-    assert usable(kept, storage, skip=False) == kept
-    assert usable(kept, storage, skip=True) is None  # its errors file is not there
+    assert usable(kept, storage, "csv", skip=False) == kept
+    assert usable(kept, storage, "csv", skip=True) is None  # its errors file is not there
     (tmp_path / "jobs/j/out.part").write_bytes(b"x" * 100)
-    assert usable(kept, storage, skip=False) is None
-    assert usable(_checkpoint("jobs/j/gone.part"), storage, skip=False) is None
+    assert usable(kept, storage, "csv", skip=False) is None
+    assert usable(_checkpoint("jobs/j/gone.part"), storage, "csv", skip=False) is None
     assert Checkpoint.from_raw('{"rows": 3}') is None  # another shape: start over
     assert Checkpoint.from_raw(kept.to_json()) == kept
 
 
-def test_which_jobs_are_checkpointed(tmp_path):
+def test_which_jobs_are_checkpointed_and_which_files_go_in_segments(tmp_path):
+    assert all(can_checkpoint(i, o) for i in ("csv", "parquet")
+               for o in ("csv", "jsonl", "parquet"))
     local = LocalStorage(tmp_path)
-    assert can_checkpoint(local, "csv", "csv") and can_checkpoint(local, "csv", "jsonl")
-    assert can_checkpoint(local, "parquet", "csv")
-    # Parquet output is written in segments, whole files: any store, but on S3 only
-    # without an errors file (appended to).
-    assert can_checkpoint(local, "csv", "parquet") and can_checkpoint(local, "csv", "parquet",
-                                                                      skip=True)
+    # Local storage appends to CSV and JSON lines outputs and to the errors file; a Parquet
+    # output is in segments. On S3 (no appending) every file is in segments.
+    assert not writes_segments(local, True, "csv") and not writes_segments(local, True, "jsonl")
+    assert writes_segments(local, True, "parquet") and not errors_in_segments(local, True)
     bucket = ObjectStorage("s3://bucket/data", fs=object(), staging_dir=tmp_path)
-    assert not can_checkpoint(bucket, "csv", "csv")
-    assert can_checkpoint(bucket, "parquet", "parquet")
-    assert not can_checkpoint(bucket, "parquet", "parquet", skip=True)
+    assert all(writes_segments(bucket, True, fmt) for fmt in ("csv", "jsonl", "parquet"))
+    assert errors_in_segments(bucket, True)
+    assert not writes_segments(bucket, False, "csv") and not errors_in_segments(bucket, False)
+
+
+def test_a_checkpoint_of_another_shape_is_not_used(tmp_path):
+    storage = LocalStorage(tmp_path)
+    (tmp_path / "jobs/j").mkdir(parents=True)
+    for name in ("out.part", "err.part", "result.s00000.csv", "errors.s00000.csv"):
+        (tmp_path / "jobs/j" / name).write_bytes(b"x" * 9_000)
+    appended = _checkpoint("jobs/j/out.part", "jobs/j/err.part")
+    in_segments = Checkpoint(1, 4000, 2, 123_456, "", 0, None, 0,
+                             segments=["jobs/j/result.s00000.csv"],
+                             errors_segments=["jobs/j/errors.s00000.csv"])
+    assert usable(appended, storage, "csv", skip=True) == appended
+    assert usable(in_segments, storage, "csv", skip=True) is None  # local appends
+    assert usable(appended, storage, "parquet", skip=True) is None  # Parquet is in segments
+    assert in_segments.files() == {"jobs/j/result.s00000.csv", "jobs/j/errors.s00000.csv"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

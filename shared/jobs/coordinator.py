@@ -114,8 +114,8 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
                              checkpoint=None if checkpoint is None else asdict(checkpoint))
 
     run = JobRun(rt, job, report, attempt)
-    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt, run.skip)
-    resume = usable(Checkpoint.from_raw(job.checkpoint), storage, run.skip) \
+    run.checkpoints = can_checkpoint(job.input["format"], run.out_fmt)
+    resume = usable(Checkpoint.from_raw(job.checkpoint), storage, run.out_fmt, run.skip) \
         if run.checkpoints else None
     part = None
     if resume is not None:

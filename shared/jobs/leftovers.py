@@ -9,8 +9,10 @@ when complete (shared.storage), so the record says which files are alive:
 - a live job needs the files of its running attempt (or of any later one): an earlier
   attempt's are dead, as are a part's earlier attempts' unless they are its result. A split
   job's own result and errors files are written by whichever part completes the set, so
-  they are left alone while it runs. The temporary files a checkpoint names (the job's or a
-  part's, shared.jobs.checkpoint) are kept too: the next attempt resumes from them.
+  they are left alone while it runs. The files a checkpoint names (the job's or a part's,
+  shared.jobs.checkpoint: temporary files, or the segments of its output and errors file)
+  are kept too: the next attempt resumes from them. A segment no checkpoint names is judged
+  by its attempt, as any attempt's file is.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from shared.jobs.run import (
 )
 from shared.jobs.segments import delete_segments, join_parquet
 from shared.jobs.store import JobStore
+from shared.jobs.streams import join_bytes
 from shared.monitoring.metrics import JOB_ATTEMPTS, record_job_finished
 from shared.storage import Storage
 
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COUNT_WAIT_SECONDS = 3.0
-COPY_BYTES = 8 << 20
 # Outputs whose parts, laid end to end, are the result (CSV parts after the first have no
 # header): the result is the list of parts, streamed in order, never copied into one file.
 CONCATENATED = ("csv", "jsonl")
@@ -103,8 +103,8 @@ def _run_part(rt: Services, job_id: str, index: int, attempt: int, worker: str,
     spec = jobs.part_spec(job_id, index)
     run = JobRun(rt, job, _PartProgress(jobs, job, index, attempt, spec["start"]), attempt)
     run.header = index == 0 or run.out_fmt not in CONCATENATED
-    run.checkpoints = can_checkpoint(storage, job.input["format"], run.out_fmt, run.skip)
-    resume = usable(earlier[0], storage, run.skip) if run.checkpoints else None
+    run.checkpoints = can_checkpoint(job.input["format"], run.out_fmt)
+    resume = usable(earlier[0], storage, run.out_fmt, run.skip) if run.checkpoints else None
     part = Part(index, spec["start"], spec["end"], 0)
     if resume is not None:  # rows numbered within the part, shifted by its first row
         run.adopt(resume)
@@ -276,15 +276,9 @@ def _assemble(rt: Services, job: Job, run: JobRun) -> JobOutcome:
 
 
 def _join(storage: Storage, sources: list[str], target: str, fmt: str) -> None:
-    """Concatenate part files (CSV headers after the first dropped; Parquet files joined
-    by their row groups' bytes, shared.jobs.segments)."""
+    """Concatenate part files (CSV headers after the first dropped, shared.jobs.streams;
+    Parquet files joined by their row groups' bytes, shared.jobs.segments)."""
     if fmt == "parquet":
         join_parquet(storage, sources, target)
-        return
-    with storage.writer(target) as out:
-        for i, key in enumerate(sources):
-            with storage.open(key) as fh:
-                if fmt == "csv" and i > 0:
-                    fh.readline()
-                while piece := fh.read(COPY_BYTES):
-                    out.write(piece)
+    else:
+        join_bytes(storage, sources, target, drop_headers=fmt == "csv")

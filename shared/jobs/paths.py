@@ -7,9 +7,10 @@ import re
 ROOT = "jobs"
 # A file an attempt writes: result / errors of the job, or a part's output / errors file
 # (`00003.a2.csv`, `00003.a2.errors.csv`), with `.aN` after the first attempt, and the
-# segments of a Parquet output written in segments (`result.a2.s00004.parquet`).
+# segments of a file written in segments (`result.a2.s00004.parquet`, `errors.s00001.csv`,
+# `00003.a2.errors.s00000.csv`).
 _WRITTEN = re.compile(r"^(?:result|errors|(?P<index>\d{5}))(?:\.a(?P<attempt>\d+))?"
-                      r"(?:\.s\d{5,})?\.(?:errors\.)?[a-z]+$")
+                      r"(?:\.errors)?(?:\.s\d{5,})?\.[a-z]+$")
 
 
 def job_dir(job_id: str) -> str:
@@ -41,8 +42,8 @@ def errors(job_id: str, attempt: int = 1) -> str:
 
 
 def segment(output: str, number: int) -> str:
-    """The key of segment `number` of an output written in segments (shared.jobs.segments):
-    the output's key with `.sNNNNN` before its extension."""
+    """The key of segment `number` of a file written in segments (shared.jobs.segments,
+    streams): the file's key with `.sNNNNN` before its extension."""
     head, dot, ext = output.rpartition(".")
     return f"{head}.s{number:05d}{dot}{ext}"
 

@@ -28,7 +28,7 @@ from shared.errors import (
     TabserveError,
 )
 from shared.jobs import paths
-from shared.jobs.checkpoint import Checkpoint, writes_segments
+from shared.jobs.checkpoint import Checkpoint, errors_in_segments, writes_segments
 from shared.jobs.chunks import (
     CheckedChunk,
     RowError,
@@ -53,11 +53,12 @@ from shared.jobs.pipeline import WriteBehind, prefetch
 from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
 from shared.jobs.segments import SegmentedOutput
 from shared.jobs.store import JobStore
+from shared.jobs.streams import SegmentedStream, StreamOutput
 from shared.models.loading import Prediction
 from shared.monitoring.drift import DriftAccumulator
 from shared.monitoring.metrics import record_job_finished, record_prediction
 from shared.monitoring.predictions import pack_job_chunk
-from shared.storage import Storage
+from shared.storage import MIN_PART_BYTES, Storage
 
 if TYPE_CHECKING:
     from shared.services import Services
@@ -153,10 +154,11 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         else:
             check_csv_file(input_fh, run.dialect, run.limits.max_columns)
         writer = _output(files, storage, run, output_key)
-        err_fh = files.enter_context(_writer(storage, errors_key, "w", None if resume is None
-                                             else (resume.errors or "", resume.errors_bytes))
-                                     ) if run.skip else None
-        run.errors = ErrorsWriter(err_fh, header=resume is None) if err_fh else None
+        err_fh = _errors_file(files, storage, run, errors_key) if run.skip else None
+        if isinstance(err_fh, SegmentedStream):  # a header only if no adopted one holds it
+            run.errors = ErrorsWriter(err_fh.text(), header=not err_fh.segments)
+        elif err_fh is not None:
+            run.errors = ErrorsWriter(err_fh, header=resume is None)
         chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
                              run.rt.settings.chunk_rows, part, run.dialect)
 
@@ -184,39 +186,60 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
         if writer.rows == 0:
             writer.write(_empty_output(run.loaded, run.id_column))
         writer.close()
-        run.segments = writer.segments if isinstance(writer, SegmentedOutput) else []
+        run.segments = list(writer.segments) if isinstance(
+            writer, (SegmentedOutput, StreamOutput)) else []
+        if isinstance(err_fh, SegmentedStream):
+            err_fh.join()
+            run.segments += err_fh.segments
     return writer.rows
 
 
 def _checkpoint(storage: Storage, run: JobRun, scored: Scored,
-                writer: OutputWriter | SegmentedOutput, output_key: str,
+                writer: OutputWriter | SegmentedOutput | StreamOutput, output_key: str,
                 errors: tuple[str, Any]) -> Checkpoint | None:
-    """The checkpoint after a chunk, its files synced first; None while a segmented output
-    keeps its segment open."""
-    segments = None
-    if isinstance(writer, SegmentedOutput):
-        segments = writer.cut_past(run.rt.settings.segment_bytes)
-        if segments is None:
+    """The checkpoint after a chunk, its files synced first (or their open segments closed:
+    None while they hold fewer than TABSERVE_SEGMENT_BYTES, no checkpoint at this chunk)."""
+    errors_key, err_fh = errors
+    stream = err_fh if isinstance(err_fh, SegmentedStream) else None
+    segments = errors_segments = None
+    output, output_bytes, errors_file, errors_bytes = "", 0, None, 0
+    if isinstance(writer, (SegmentedOutput, StreamOutput)):
+        held = [n for n in (writer.open_bytes, None if stream is None else stream.open_bytes)
+                if n is not None]
+        if not held or sum(held) < _segment_bytes(run.rt.settings.segment_bytes, writer):
             return None
-        output, output_bytes = "", 0
+        segments = writer.cut()
+        errors_segments = stream.cut() if stream is not None else None
     else:
         output, output_bytes = storage.partial_key(output_key, writer.fh), \
             storage.sync(writer.fh)
-    errors_key, err_fh = errors
-    return scored.checkpoint(run.attempt, output, output_bytes,
-                             storage.partial_key(errors_key, err_fh) if err_fh else None,
-                             storage.sync(err_fh) if err_fh else 0, segments)
+    if err_fh is not None and stream is None:
+        errors_file, errors_bytes = storage.partial_key(errors_key, err_fh), \
+            storage.sync(err_fh)
+    return scored.checkpoint(run.attempt, output, output_bytes, errors_file, errors_bytes,
+                             segments, errors_segments)
+
+
+def _segment_bytes(setting: int, writer: Any) -> int:
+    # Byte-stream segments (on S3) of at least S3's smallest part are joined by copies
+    # inside the store (Storage.join_copies); 0, a segment per chunk, stays 0.
+    return max(setting, MIN_PART_BYTES) if setting and isinstance(writer, StreamOutput) \
+        else setting
 
 
 def _output(files: ExitStack, storage: Storage, run: JobRun,
-            key: str) -> OutputWriter | SegmentedOutput:
-    """The range's output writer: in segments (Parquet, when checkpointing), or one file
-    (continuing a checkpoint's bytes when resumed)."""
+            key: str) -> OutputWriter | SegmentedOutput | StreamOutput:
+    """The range's output writer: in segments (Parquet, or any output on a store that cannot
+    append, when checkpointing), or one file (continuing a checkpoint's bytes when
+    resumed)."""
     resume = run.resume
     done = 0 if resume is None else resume.rows - resume.rows_failed
-    if writes_segments(run.checkpoints, run.out_fmt):
-        return files.enter_context(SegmentedOutput(
-            storage, key, None if resume is None else resume.segments, done))
+    if writes_segments(storage, run.checkpoints, run.out_fmt):
+        adopted = None if resume is None else resume.segments
+        if run.out_fmt == "parquet":
+            return files.enter_context(SegmentedOutput(storage, key, adopted, done))
+        stream = files.enter_context(SegmentedStream(storage, key, adopted))
+        return StreamOutput(stream, run.out_fmt, run.header and not adopted, done)
     out_fh = files.enter_context(_writer(storage, key, "wb", None if resume is None
                                          else (resume.output, resume.output_bytes)))
     writer = OutputWriter(out_fh, run.out_fmt, header=run.header and resume is None)
@@ -224,8 +247,19 @@ def _output(files: ExitStack, storage: Storage, run: JobRun,
     return writer
 
 
+def _errors_file(files: ExitStack, storage: Storage, run: JobRun, key: str) -> Any:
+    """The errors file: in segments (a SegmentedStream, on a store that cannot append, when
+    checkpointing), or one text file (continuing a checkpoint's bytes when resumed)."""
+    resume = run.resume
+    if errors_in_segments(storage, run.checkpoints):
+        return files.enter_context(SegmentedStream(
+            storage, key, None if resume is None else resume.errors_segments))
+    return files.enter_context(_writer(storage, key, "w", None if resume is None
+                                       else (resume.errors or "", resume.errors_bytes)))
+
+
 def _writer(storage: Storage, key: str, mode: str, start: tuple[str, int] | None) -> Any:
-    # Only a resumed range passes `start` (only appendable stores resume).
+    # Only a range resumed on an appendable store passes `start`.
     if start is None:
         return storage.writer(key, mode)
     return storage.writer(key, mode, start)  # type: ignore[call-arg]
@@ -244,11 +278,13 @@ class Scored:
     drift: np.ndarray | None = None
 
     def checkpoint(self, attempt: int, output: str, output_bytes: int, errors: str | None,
-                   errors_bytes: int, segments: list[str] | None = None) -> Checkpoint:
+                   errors_bytes: int, segments: list[str] | None = None,
+                   errors_segments: list[str] | None = None) -> Checkpoint:
         """The checkpoint once this chunk is on disk in these files."""
         return Checkpoint(attempt, self.rows_done, self.rows_failed, self.bytes_done, output,
                           output_bytes, errors, errors_bytes,
-                          None if self.drift is None else self.drift.tolist(), segments)
+                          None if self.drift is None else self.drift.tolist(), segments,
+                          errors_segments)
 
 
 Report = Callable[["JobRun", Scored, "Checkpoint | None"], Answer]

@@ -60,6 +60,11 @@ class SegmentedOutput:
     def _next_key(self) -> str:
         return paths.segment(self.key, len(self.segments))
 
+    @property
+    def open_bytes(self) -> int | None:
+        """The bytes in the open segment so far; None when no segment is open."""
+        return None if self._fh is None else int(self._fh.tell())
+
     def cut_past(self, min_bytes: int) -> list[str] | None:
         """At a chunk's end: close the open segment once it holds min_bytes, and return the
         closed segments' keys; None while it stays open (no checkpoint at this chunk)."""
