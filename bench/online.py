@@ -135,8 +135,9 @@ def _measure_raw_quietly(case: ModelCase, names: list[str], X: np.ndarray,
 
 def _train(work: Path) -> list[ModelCase]:
     store = ModelStore(work / "artifacts")
-    cases = [ModelCase("XGBoost, 100 trees (demo)", "", "xgboost", 10.0),
-             ModelCase("RandomForest, 100 trees", "", "random-forest", 6.0)]
+    # tabserve req/s over mlflow's best: 3x for both (issue 18; round one asked 10x and 6x)
+    cases = [ModelCase("XGBoost, 100 trees (demo)", "", "xgboost", 3.0),
+             ModelCase("RandomForest, 100 trees", "", "random-forest", 3.0)]
     for case in cases:
         manifest = train_demo(store, algorithm=case.algorithm)
         case.ref = manifest.ref
