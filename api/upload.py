@@ -29,9 +29,15 @@ from shared.jobs.submit import format_of
 
 logger = logging.getLogger(__name__)
 CLOSE_CONNECTION = "tabserve.close_connection"  # environ key: end the connection after
-# Largest piece asked of the server's stream at once: the watchdog can only bound a read by the
-# bytes it asked for, so a smaller piece lets it cut a slow client sooner.
+# The piece asked of the server's stream at once: the watchdog can only bound a read by the
+# bytes it asked for, so a small piece lets it cut a slow client sooner. A body that keeps
+# arriving faster than a piece per FAST_READ_SECONDS is read in pieces growing to
+# MAX_PIECE_BYTES: gunicorn reads ahead up to 1 MiB and copies what is left of its buffer at
+# every read, so 64 KiB reads of a fast upload cost it ~3 MiB of copying each (a 556 MiB
+# upload took 2.7-3.5 s, most of it in gunicorn's Unreader.read; bench in the commit).
 PIECE_BYTES = 64 * 1024
+MAX_PIECE_BYTES = 1024 * 1024
+FAST_READ_SECONDS = 0.05
 
 
 class UploadRequest(Request):
@@ -156,15 +162,30 @@ class PacedInput:
         self._sock = sock
         self.received = 0
         self.cut = False
+        self.piece = PIECE_BYTES  # grows while the body arrives fast, back at a slow read
+        self._buf, self._pos = b"", 0  # the last piece read, served from `_pos` on
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:  # all of it, still piece by piece
-            return b"".join(iter(lambda: self._paced(self._stream.read, PIECE_BYTES), b""))
-        return self._paced(self._stream.read, min(size, PIECE_BYTES))
+            return b"".join(iter(lambda: self.read(MAX_PIECE_BYTES), b""))
+        if size == 0:
+            return b""
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = self._paced(self._stream.read, self.piece), 0
+        out = self._buf[self._pos:self._pos + size]
+        self._pos += len(out)
+        return out
 
     def readline(self, size: int | None = -1) -> bytes:
-        size = PIECE_BYTES if size is None or size < 0 else min(size, PIECE_BYTES)
-        return self._paced(self._stream.readline, size)
+        limit = PIECE_BYTES if size is None or size < 0 else min(size, PIECE_BYTES)
+        end = min(len(self._buf), self._pos + limit)
+        newline = self._buf.find(b"\n", self._pos, end)
+        if newline >= 0 or end - self._pos == limit:
+            stop = newline + 1 if newline >= 0 else end
+            out, self._pos = self._buf[self._pos:stop], stop
+            return out
+        head, self._buf, self._pos = self._buf[self._pos:], b"", 0
+        return head + self._paced(self._stream.readline, limit - len(head))
 
     def __iter__(self) -> PacedInput:
         return self
@@ -192,6 +213,7 @@ class PacedInput:
         if self.cut or time.monotonic() > self.deadline(0):
             self._refuse()
         WATCHDOG.watch(self, self.deadline(size))
+        started = time.monotonic()
         try:
             data = read(size)
         except Exception:
@@ -201,6 +223,11 @@ class PacedInput:
         finally:
             WATCHDOG.unwatch(self)
         self.received += len(data)
+        if len(data) == size == self.piece and \
+                time.monotonic() - started < FAST_READ_SECONDS:
+            self.piece = min(2 * self.piece, MAX_PIECE_BYTES)
+        elif len(data) == size:
+            self.piece = PIECE_BYTES
         if self.cut or data and time.monotonic() > self.deadline(0):
             self._refuse()
         return data

@@ -1,0 +1,91 @@
+"""api.upload.PacedInput, the request body reader of uploads: it hands every byte on once, in
+order, whatever the sizes asked (Werkzeug's multipart parser asks 64 KiB, the raw upload
+path 1 MiB), reads the server's stream in pieces that grow while the body arrives fast, and
+falls back to small pieces (a slow client is cut sooner) at a slow read."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import time
+
+import pytest
+
+from api.upload import MAX_PIECE_BYTES, PIECE_BYTES, PacedInput
+
+
+class Recorded(io.BytesIO):
+    """A body whose reads are recorded (the size asked of each), optionally slow."""
+
+    def __init__(self, data: bytes, delay: float = 0.0) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+        self.delay = delay
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.asked.append(-1 if size is None else size)
+        if self.delay:
+            time.sleep(self.delay)
+        return super().read(size)
+
+
+def _paced(body) -> PacedInput:
+    return PacedInput(body, rate=1, grace=3600, sock=None)
+
+
+@pytest.mark.parametrize("sizes", [[64 * 1024], [1 << 20], [1, 7, 65_537, 300_000],
+                                   [5_000_000]])
+def test_every_byte_comes_out_once_in_order(sizes):
+    data = os.urandom(3 * MAX_PIECE_BYTES + 12_345)
+    paced, out, turn = _paced(Recorded(data)), [], 0
+    while piece := paced.read(sizes[turn % len(sizes)]):
+        assert len(piece) <= sizes[turn % len(sizes)]
+        out.append(piece)
+        turn += 1
+    assert b"".join(out) == data
+    assert paced.received == len(data)
+
+
+def test_lines_and_pieces_mixed_come_out_whole():
+    rng = random.Random(7)
+    lines = [b"x" * rng.randrange(0, 3000) + b"\n" for _ in range(2000)]
+    data = b"".join(lines) + b"no newline at the end"
+    paced, out = _paced(Recorded(data)), []
+    while True:
+        piece = paced.readline() if rng.random() < 0.5 else paced.read(rng.randrange(1, 9000))
+        if not piece:
+            break
+        out.append(piece)
+    assert b"".join(out) == data
+
+
+def test_a_readline_finishes_a_line_begun_in_the_last_piece():
+    data = b"a" * (PIECE_BYTES - 10) + b"bcdefghijklmnop\nnext\n"
+    paced = _paced(Recorded(data))
+    assert paced.read(PIECE_BYTES - 12) == b"a" * (PIECE_BYTES - 12)
+    assert paced.readline() == b"aabcdefghijklmnop\n"  # two bytes buffered, the rest read
+    assert paced.readline() == b"next\n"
+    assert paced.readline() == b""
+
+
+def test_a_fast_body_is_read_in_pieces_growing_to_the_largest():
+    body = Recorded(b"z" * (8 * MAX_PIECE_BYTES))
+    paced = _paced(body)
+    while paced.read(64 * 1024):  # what Werkzeug's multipart parser asks
+        pass
+    assert body.asked[:5] == [PIECE_BYTES, 2 * PIECE_BYTES, 4 * PIECE_BYTES, 8 * PIECE_BYTES,
+                              MAX_PIECE_BYTES]
+    assert max(body.asked) == MAX_PIECE_BYTES
+
+
+def test_a_slow_read_goes_back_to_small_pieces():
+    body = Recorded(b"z" * (4 * MAX_PIECE_BYTES))
+    paced = _paced(body)
+    for _ in range(6):
+        paced.read(MAX_PIECE_BYTES)
+    assert body.asked[-1] == MAX_PIECE_BYTES
+    body.delay = 0.1  # the client slows down: the next piece asked is the smallest again
+    paced.read(MAX_PIECE_BYTES)
+    paced.read(MAX_PIECE_BYTES)
+    assert body.asked[-1] == PIECE_BYTES
