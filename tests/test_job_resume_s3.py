@@ -244,12 +244,23 @@ def test_pool_child_sigkilled_mid_job_resumes_on_s3(s3_stack, seaweed, demo_data
     assert errors.status_code == 200 and errors.text.count("row,field,message") == 1
     assert pd.read_csv(io.StringIO(errors.text))["row"].tolist() == bad
 
-    # The adopted segments and attempt 2's are gone once it finished; a segment the killed
-    # attempt closed past its checkpoint (if the kill fell just there) is the sweep's.
+    # The adopted segments and attempt 2's are deleted by the attempt that finished, just
+    # after the job became "succeeded" (so the wait); a segment the killed attempt closed
+    # past its checkpoint (if the kill fell just there) is the sweep's.
     record = jobs.get(job_id)
-    files = _bucket_files(seaweed.fs, job_id)
-    left = [f for f in files if SEGMENT.search(f)]
-    assert not set(left) & (set(at_kill.segments or []) | set(at_kill.errors_segments or []))
-    assert set(left) <= set(dead_files(record, files, [], time.time(), 3600)), left
+    adopted = set(at_kill.segments or []) | set(at_kill.errors_segments or [])
+
+    def listed() -> tuple[list[str], list[str]]:
+        seaweed.fs.invalidate_cache()
+        files = _bucket_files(seaweed.fs, job_id)
+        return files, [f for f in files if SEGMENT.search(f)]
+
+    def only_dead_segments_left() -> bool:
+        files, left = listed()
+        return not set(left) & adopted and \
+            set(left) <= set(dead_files(record, files, [], time.time(), 3600))
+
+    wait_until(only_dead_segments_left, 30, "the finished attempt to delete its segments")
+    files, left = listed()
     assert {f"jobs/{job_id}/result.a{record.attempt}.{fmt}",
             f"jobs/{job_id}/errors.a{record.attempt}.csv"} <= set(files)
