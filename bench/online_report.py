@@ -49,7 +49,7 @@ class Check:
 def checks(results: Results) -> list[Check]:
     """The online targets, each computed from this run's numbers."""
     out = []
-    for label, factor in results.models:
+    for index, (label, factor) in enumerate(results.models):
         tab = _at(results, label, "tabserve", 16)
         mlflow = [r for key in MLFLOW if (r := _at(results, label, key, 16))]
         if tab and mlflow:
@@ -67,7 +67,7 @@ def checks(results: Results) -> list[Check]:
         hello = _hello_rps(results, 16)
         if tab and hello:
             share = tab.rps / hello
-            required = factor == results.models[0][1]
+            required = index == 0  # the demo's is the target; the others' for reference
             out.append(Check(f"{label}: tabserve req/s ÷ hello-world req/s, c=16"
                              + ("" if required else " (for reference; the target is the demo's)"),
                              f"{share:.0%}", f"≥ {CEILING_SHARE:.0%}",

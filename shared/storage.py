@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import errno
 import io
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from typing import IO, Any
 
 from shared.config import Settings
 from shared.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 PIECE_BYTES = 1024 * 1024  # copy and download piece
 READ_BLOCK_BYTES = 8 * 1024 * 1024  # s3fs read-ahead block
@@ -355,7 +358,11 @@ class ObjectStorage(Storage):
             self.fs.call_s3("complete_multipart_upload", MultipartUpload={"Parts": parts},
                             **where)
         except BaseException:
-            self.fs.call_s3("abort_multipart_upload", **where)
+            try:  # best effort: the error that stopped the copies is the one to raise
+                self.fs.call_s3("abort_multipart_upload", **where)
+            except Exception as exc:  # noqa: BLE001 - a bucket lifecycle rule ends it
+                logger.warning("%s: the multipart upload %s was not aborted: %s", target,
+                               where["UploadId"], exc)
             raise
         self.fs.invalidate_cache(self._path(target))
         return True

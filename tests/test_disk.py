@@ -23,8 +23,8 @@ import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import jobstack
 from tests.jobclient import file_bytes, read_result, submit, wait_job
+from tests.jobstack import _csv
 from tests.servers import ApiServer, WorkerProcess, free_port, tabserve_env, wait_until
 
 MiB = 1024 * 1024
@@ -81,10 +81,6 @@ def _frame(demo_data, n: int) -> pd.DataFrame:
     frame = pd.DataFrame(np.tile(X, (n // len(X) + 1, 1))[:n], columns=names)
     frame.insert(0, "key", np.arange(n))
     return frame
-
-
-def _csv(demo_data, n: int) -> bytes:
-    return jobstack._csv(demo_data, n)
 
 
 def _files(root: Path) -> list[str]:
