@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from api.errors import register_error_handlers
 from api.requestlog import install_request_logging
@@ -13,8 +13,9 @@ from shared.config import Settings
 from shared.errors import HeaderTooLargeError
 from shared.jobs.queue import warm_queue
 from shared.logs import configure_logging
-from shared.monitoring.metrics import QueueCollector, register_collector
+from shared.monitoring.metrics import REFUSALS_HELD, QueueCollector, register_collector
 from shared.security.gate import Gate
+from shared.security.refusals import RefusalThrottle
 from shared.services import Services
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_request_logging(app, metrics=settings.monitoring, access_log=settings.access_log)
     install_header_limit(app, settings.max_header_bytes)
     install_gate(app, runtime.gate)
+    install_refusal_throttle(app, settings)
 
     from api.views import (
         feedback,
@@ -95,3 +97,28 @@ def install_gate(app: Flask, gate: Gate) -> None:
     def _admit() -> None:
         g.principal = gate.admit(request.headers.get("Authorization"), request.path,
                                  route_action())
+
+
+# A process's threads (TABSERVE_WEB_THREADS) per refusal held at a time: with 64, 8 may wait
+# and 56 stay for /predict; under sync workers (1 thread) nothing is ever held.
+THREADS_PER_HELD_REFUSAL = 8
+
+
+def install_refusal_throttle(app: Flask, settings: Settings) -> None:
+    """A refused job submission (4xx) from a client over its bucket is answered late, so a
+    client looping on refused uploads cannot take the cores /predict needs
+    (shared/security/refusals.py)."""
+    throttle = RefusalThrottle(settings.job_refusal_burst, settings.job_refusals_per_second,
+                               slots=settings.web_threads // THREADS_PER_HELD_REFUSAL)
+    if not throttle.enabled:
+        return
+
+    @app.after_request
+    def _hold_refusal(response: Response) -> Response:
+        if request.endpoint == "jobs.create_job" and 400 <= response.status_code < 500:
+            principal = getattr(g, "principal", None)
+            client = f"key:{principal.name}" if principal is not None and principal.name \
+                else f"addr:{request.remote_addr}"
+            if throttle.hold(client):
+                REFUSALS_HELD.labels(str(response.status_code)).inc()
+        return response

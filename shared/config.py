@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     rate_limit_requests: int = Field(60_000, ge=0)  # per key per window; 0: no limit
     rate_limit_window_seconds: int = Field(60, ge=1)
     max_live_jobs_per_key: int = Field(20, ge=0)  # queued and running; 0: no cap
+    # A client's refused job submissions (4xx): this many at once, then each answered no
+    # sooner than the bucket refills at the rate (0: never delayed; shared/security/refusals.py).
+    job_refusal_burst: int = Field(10, ge=0)
+    job_refusals_per_second: float = Field(1.0, ge=0)
     # Job callbacks (shared/jobs/callbacks.py): the hosts a callback_url may name (host or
     # host:port, comma-separated; empty: callbacks off) and the file holding the HMAC key
     # that signs them (required when hosts are set).

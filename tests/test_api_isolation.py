@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -26,6 +27,8 @@ from tests.servers import ApiServer, RedisServer, tabserve_env, wait_until
 
 MIN_RATE = 64 * 1024
 GRACE = 3.0
+# Per gunicorn worker: refused submissions at once, then at this rate (shared/security/refusals).
+REFUSAL_BURST, REFUSAL_RATE = 2, 10.0
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,8 @@ def stack(artifacts_dir, tmp_path_factory) -> Iterator[tuple[ApiServer, RedisSer
                         default_model="breast-cancer", worker_metrics_port=0,
                         drift_interval_seconds=0, upload_min_bytes_per_second=MIN_RATE,
                         upload_grace_seconds=GRACE, web_timeout=5,
-                        redis_circuit_open_seconds=2.0)
+                        redis_circuit_open_seconds=2.0, job_refusal_burst=REFUSAL_BURST,
+                        job_refusals_per_second=REFUSAL_RATE)
     try:
         api = ApiServer(tabserve_env(settings.as_env()), tmp_path, workers=2)
     except Exception:
@@ -257,3 +261,70 @@ def _capture(call, errors: list[BaseException]) -> None:
         call()
     except BaseException as exc:  # noqa: BLE001 - kept for the assertion
         errors.append(exc)
+
+
+WIDE_CSV = ",".join(f"c{i}" for i in range(100_000)).encode() + b"\n1\n"
+
+
+def _refused_upload(url: str) -> int:
+    r = requests.post(url + "/jobs", files={"file": ("wide.csv", WIDE_CSV, "text/csv")},
+                      timeout=10)
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.json()["error"]["details"][:1] == [{"field": "header", "message": ANY}], r.text
+    return r.status_code
+
+
+def _held(url: str) -> float:
+    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith('tabserve_job_refusals_held_total{status="422"} '):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_client_looping_on_refused_uploads_is_slowed_and_predict_answers(stack, demo_rows):
+    """Each worker lets REFUSAL_BURST refusals of a client go at once, then holds the next
+    ones so that no more than REFUSAL_RATE a second go out: 30 refusals in a row take at
+    least (30 - 2 workers x burst) / (2 x rate) seconds however fast the machine is; two
+    looping clients get no more than that rate between them; /predict answers throughout;
+    an accepted upload of the same client is not held."""
+    api, _, _ = stack
+    # After the hung-Redis test a worker's circuit may still be open: wait until both
+    # workers (connections go to either) reach Redis again.
+    wait_until(lambda: all(requests.get(api.url + "/jobs?limit=1", timeout=5).status_code
+                           == 200 for _ in range(8)), 20, "both workers reaching Redis")
+    held_before = _held(api.url)
+    start = time.monotonic()
+    assert {_refused_upload(api.url) for _ in range(30)} == {422}
+    elapsed = time.monotonic() - start
+    assert elapsed >= (30 - 2 * REFUSAL_BURST) / (2 * REFUSAL_RATE) * 0.95, elapsed
+    assert _held(api.url) > held_before
+
+    stop, counts, errors = threading.Event(), [0, 0], list[BaseException]()
+
+    def flood(i: int) -> None:
+        while not stop.is_set():
+            assert _refused_upload(api.url) == 422
+            counts[i] += 1
+
+    threads = [threading.Thread(target=_capture, args=(lambda i=i: flood(i), errors))
+               for i in range(2)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        predict_latencies(api.url, demo_rows[0], 50)  # every one a 200
+        threading.Event().wait(max(3.0 - (time.monotonic() - start), 0))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    elapsed = time.monotonic() - start
+    assert not errors, errors
+    # The buckets were left empty above; 2 answers may be in flight when `stop` is set.
+    assert sum(counts) <= 2 * REFUSAL_RATE * elapsed + 2 * REFUSAL_BURST + 2, (counts, elapsed)
+
+    held = _held(api.url)
+    accepted = requests.post(api.url + "/jobs", timeout=10, files={
+        "file": ("ok.csv", _csv(demo_rows, 10_000), "text/csv")})
+    assert accepted.status_code == 202, accepted.text
+    assert _held(api.url) == held

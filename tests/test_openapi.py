@@ -65,7 +65,11 @@ def live(base_settings, artifacts_dir, tmp_path_factory):
         artifacts_dir=artifacts, queue_name=QUEUE,
         # Its own Redis database: other tests' job records are not its to list or download.
         redis_url=base_settings.redis_url.rsplit("/", 1)[0] + "/11",
-        data_dir=str(tmp_path_factory.mktemp("openapi-data")))
+        data_dir=str(tmp_path_factory.mktemp("openapi-data")),
+        # Schemathesis is a client looping on refused submissions, which the API slows down
+        # after a few (shared/security/refusals.py; its own tests are in test_api_isolation):
+        # off here, so the fuzzer's hundreds of 4xx fit its time.
+        job_refusals_per_second=0)
     env = tabserve_env(settings.as_env())
     server = ApiServer(env, tmp_path_factory.mktemp("openapi-logs"))
     server.env = env  # type: ignore[attr-defined]

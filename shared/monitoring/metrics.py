@@ -70,6 +70,11 @@ ROWS_PREDICTED = Counter(
 VALIDATION_ERRORS = Counter(
     "tabserve_validation_errors_total", "Inputs rejected by validation, by error code.",
     ("code", "path"))
+REFUSALS_HELD = Counter(
+    "tabserve_job_refusals_held_total",
+    "Refused job submissions answered late, by HTTP status: their client was over its "
+    "refusal bucket (TABSERVE_JOB_REFUSAL_BURST, TABSERVE_JOB_REFUSALS_PER_SECOND).",
+    ("status",))
 
 # --- Jobs (batch) ---
 JOBS_SUBMITTED = Counter(
