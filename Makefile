@@ -59,6 +59,9 @@ screenshot: setup-test
 # pass.
 BENCH_ARGS ?=
 
+# Each step records its rows of issue 18's goals under this run's name; bench.goals writes
+# them as one table (rows from another run are marked so).
+bench: export BENCH_RUN := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 bench: setup-test bench-deps
 	$(BIN)/python -m bench.online $(BENCH_ARGS)
 	$(BIN)/python -m bench.batch
@@ -66,6 +69,7 @@ bench: setup-test bench-deps
 	$(BIN)/python -m bench.modelcall
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.contention
+	$(BIN)/python -m bench.goals
 
 bench-quick: setup-test bench-deps
 	$(BIN)/python -m bench.online --quick $(BENCH_ARGS)

@@ -25,6 +25,7 @@ import numpy as np
 import requests
 
 from bench.common import demo_file, machine
+from bench.goals import record
 from bench.isolation import steady_predict
 from bench.online_report import write_section
 from shared.config import Settings
@@ -144,12 +145,27 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section(f"## {TITLE}", text)
+        record_goal(args, phases)
+
+
+def record_goal(args: argparse.Namespace, phases: list[Phase]) -> None:
+    """This run's row of issue 18's table (bench.goals): the phase at the workers' default
+    priority (the first with jobs)."""
+    idle, p = phases[0].p99, phases[1]
+    worst = float(np.max(np.asarray(p.latencies) * 1e3))
+    ratio = p.p99 / idle
+    record("beside_job", f"p99 {ratio:.2f}× idle, max {worst:.1f} ms ({p.name})",
+           ratio <= 3 and worst <= 50 and not p.errors, _command(args))
+
+
+def _command(args: argparse.Namespace) -> str:
+    return (f"python -m bench.contention --rows {args.rows} --jobs {args.jobs} "
+            f"--rate {args.rate:g} --nice {' '.join(map(str, args.nice))}")
 
 
 def report(args: argparse.Namespace, phases: list[Phase]) -> str:
     idle = phases[0].p99
-    command = (f"python -m bench.contention --rows {args.rows} --jobs {args.jobs} "
-               f"--rate {args.rate:g} --nice {' '.join(map(str, args.nice))}")
+    command = _command(args)
     lines = [
         f"## {TITLE}", "",
         f"Command: `{command}` ({dt.date.today()})", "",

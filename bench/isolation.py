@@ -32,6 +32,7 @@ import requests
 from sklearn.datasets import load_breast_cancer
 
 from bench.common import machine
+from bench.goals import record
 from bench.loadgen import run_load, wrk_version
 from bench.online_report import DOCS, write_section
 from shared.config import Settings
@@ -364,6 +365,21 @@ def main() -> None:
     print(text)
     if not args.no_write:
         add_to_section(f"## {TITLE}", text)
+        record_goal(args, phases)
+
+
+def record_goal(args: argparse.Namespace, phases: list[Phase]) -> None:
+    """This run's row of issue 18's table (bench.goals): phase (b) against idle."""
+    uploads = next((p for p in phases if p.name.startswith("(b) ")), None)
+    if uploads is None or phases[0].name != "idle":
+        return
+    idle, p99 = (float(np.percentile(np.asarray(p.latencies) * 1e3, 99))
+                 for p in (phases[0], uploads))
+    busy = phases[0].load > BUSY_LOAD
+    record("uploads", f"p99 {p99 / idle:.2f}× ({p99:.1f} ms against {idle:.1f}), "
+           f"{uploads.errors} errors", None if busy else p99 <= 2 * idle and not uploads.errors,
+           f"python -m bench.isolation --phases {args.phases}",
+           f"load average {phases[0].load:.1f} at idle: not judged" if busy else "")
 
 
 def add_to_section(title: str, text: str) -> None:

@@ -31,7 +31,7 @@ from bench import mlserver_serve
 from bench.cpuload import OtherCPU, wait_quiet
 from bench.inprocess import measure_raw
 from bench.loadgen import wrk_version
-from bench.online_report import report, write_section
+from bench.online_report import record_goals, report, write_section
 from bench.protocols import write_protocol_bodies
 from bench.scenarios import (
     ATTEMPTS,
@@ -76,6 +76,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section(title, text)
+        record_goals(results, command, args.quick)
 
 
 def run(config: Config) -> Results:

@@ -44,6 +44,7 @@ class Check:
     measured: str
     target: str
     passed: bool | None  # None: not measured
+    goal: str = ""  # its row in bench.goals (issue 18's table), if it is one
 
 
 def checks(results: Results) -> list[Check]:
@@ -56,14 +57,15 @@ def checks(results: Results) -> list[Check]:
             # against MLflow's best variant: its highest req/s and its lowest p99
             ratio = tab.rps / max(r.rps for r in mlflow)
             out.append(Check(f"{label}: tabserve req/s ÷ best mlflow req/s, c=16",
-                             f"{ratio:.1f}×", f"≥ {factor:g}×", ratio >= factor))
+                             f"{ratio:.1f}×", f"≥ {factor:g}×", ratio >= factor,
+                             "mlflow" if index == 0 else ""))
             p99 = min(r.p99_ms for r in mlflow) / tab.p99_ms
             out.append(Check(f"{label}: best mlflow p99 ÷ tabserve p99, c=16", f"{p99:.1f}×",
                              f"≥ {P99_FACTOR:g}×", p99 >= P99_FACTOR))
         else:
             out.append(Check(f"{label}: tabserve vs mlflow, c=16", "not measured",
                              f"≥ {factor:g}× req/s, ≥ {P99_FACTOR:g}× p99", None))
-        out.append(_mlserver_check(results, label, tab))
+        out.append(_mlserver_check(results, label, tab, "mlserver" if index == 0 else ""))
         hello = _hello_rps(results, 16)
         if tab and hello:
             share = tab.rps / hello
@@ -71,7 +73,8 @@ def checks(results: Results) -> list[Check]:
             out.append(Check(f"{label}: tabserve req/s ÷ hello-world req/s, c=16"
                              + ("" if required else " (for reference; the target is the demo's)"),
                              f"{share:.0%}", f"≥ {CEILING_SHARE:.0%}",
-                             share >= CEILING_SHARE if required else None))
+                             share >= CEILING_SHARE if required else None,
+                             "hello_share" if required else ""))
         tab1 = _at(results, label, "tabserve", 1)
         raw = results.raw.get(label)
         if tab1 and raw:
@@ -79,7 +82,7 @@ def checks(results: Results) -> list[Check]:
             out.append(Check(f"{label}: tabserve p50 at c=1 − in-process predict_proba",
                              f"{tab1.p50_ms:.2f} − {raw['numpy_p50_ms']:.2f} = {over:.2f} ms",
                              f"≤ {OVERHEAD_MS:g} ms", over <= OVERHEAD_MS))
-        out.append(Check(*protocol_check(results, label)))
+        out.append(Check(*protocol_check(results, label), "protocols" if index == 0 else ""))
     errors = sum(r.errors for (_, server), runs in results.runs.items()
                  if server == "tabserve" or server in PROTOCOLS for r in runs)
     out.append(Check("tabserve errors, all runs (`/predict` and the protocol endpoints)",
@@ -87,16 +90,17 @@ def checks(results: Results) -> list[Check]:
     return out
 
 
-def _mlserver_check(results: Results, label: str, tab: LoadResult | None) -> Check:
+def _mlserver_check(results: Results, label: str, tab: LoadResult | None,
+                    goal: str) -> Check:
     """tabserve against MLServer at its best parallel_workers, concurrency 16."""
     runs = [(key, r) for key in MLSERVER if (r := _at(results, label, key, 16))]
     what = f"{label}: tabserve req/s ÷ best MLServer req/s, c=16"
     if not (tab and runs):
-        return Check(what, "not measured", f"≥ {MLSERVER_FACTOR:g}×", None)
+        return Check(what, "not measured", f"≥ {MLSERVER_FACTOR:g}×", None, goal)
     key, best = max(runs, key=lambda kr: kr[1].rps)
     ratio = tab.rps / best.rps
     return Check(f"{what} (best: {dict(SERVERS)[key].removeprefix('MLServer, ')})",
-                 f"{ratio:.1f}×", f"≥ {MLSERVER_FACTOR:g}×", ratio >= MLSERVER_FACTOR)
+                 f"{ratio:.1f}×", f"≥ {MLSERVER_FACTOR:g}×", ratio >= MLSERVER_FACTOR, goal)
 
 
 def _at(results: Results, label: str, server: str, concurrency: int) -> LoadResult | None:
@@ -155,6 +159,16 @@ def report(results: Results, config: Config, command: str, quick: bool) -> tuple
     if notes:
         lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return title, "\n".join(lines) + "\n"
+
+
+def record_goals(results: Results, command: str, quick: bool) -> None:
+    """This run's rows of issue 18's table (bench.goals)."""
+    from bench.goals import record  # bench.goals writes its section with this module
+
+    for check in checks(results):
+        if check.goal:
+            record(check.goal, check.measured, check.passed, command,
+                   "quick run" if quick else "")
 
 
 def _other_cpu(results: Results) -> str:
