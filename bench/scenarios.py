@@ -137,11 +137,11 @@ def _check_tabserve(url: str, model: Any, X: np.ndarray, bodies: Path) -> None:
 class HelloServer(Process):
     """bench/hello_app.py under gunicorn with api/gunicorn_conf.py: tabserve's settings."""
 
-    def __init__(self, log_dir: Path, workers: int):
+    def __init__(self, log_dir: Path, workers: int, extra: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = tabserve_env({"TABSERVE_BIND": f"127.0.0.1:{self.port}",
-                            "TABSERVE_WEB_WORKERS": str(workers)}, ONE_THREAD)
+                            "TABSERVE_WEB_WORKERS": str(workers)}, {**ONE_THREAD, **(extra or {})})
         super().__init__([sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
                           "bench.hello_app:app"], env, log_dir / f"hello-{self.port}.log")
         wait_until(lambda: requests.get(self.url + "/predict", timeout=1).ok, 30, "hello app")
