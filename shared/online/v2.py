@@ -144,6 +144,8 @@ def flatten(data: Any) -> list[Any]:
     """A tensor's JSON data, flat: V2 allows it nested row-major (depth is capped before)."""
     if not isinstance(data, list):
         return [data]
+    if list not in map(type, data):  # flat already (a JSON parser's arrays are exact lists)
+        return data
     out: list[Any] = []
     for value in data:
         if isinstance(value, list):
