@@ -1,0 +1,51 @@
+"""The headers api.requestlog puts on every response: the view's own kept where the
+security headers are concerned, replaced where the request's id, model version or
+Cache-Control are; each name once."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g
+
+from api.requestlog import SECURITY_HEADERS, install_request_logging
+
+
+def _app() -> Flask:
+    app = Flask(__name__)
+    install_request_logging(app, metrics=False, access_log=False)
+
+    @app.get("/page")
+    def page() -> Response:
+        return Response("<p>", mimetype="text/html", headers={
+            "Content-Security-Policy": "default-src 'self'", "X-Request-ID": "the view's"})
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str) -> Response:
+        g.model_ref = "m:1"
+        return Response("{}", headers={"Cache-Control": "max-age=60",
+                                       "X-Model-Version": "stale"})
+
+    return app
+
+
+def _names(r) -> list[str]:
+    return [name.lower() for name, _ in r.headers]
+
+
+def test_a_page_keeps_its_policy_and_gets_the_other_security_headers():
+    r = _app().test_client().get("/page", headers={"X-Request-ID": "req-1"})
+    assert r.headers["Content-Security-Policy"] == "default-src 'self'"
+    for name, value in SECURITY_HEADERS.items():
+        if name != "Content-Security-Policy":
+            assert r.headers[name] == value
+    assert r.headers["X-Request-ID"] == "req-1"
+    assert "X-Model-Version" not in r.headers
+    assert len(_names(r)) == len(set(_names(r)))
+
+
+def test_the_request_id_model_version_and_cache_control_replace_the_views():
+    r = _app().test_client().get("/jobs/j1")
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.headers["X-Model-Version"] == "m:1" and r.headers["X-Served-By"].isdigit()
+    assert len(r.headers["X-Request-ID"]) == 32
+    assert r.headers["Content-Security-Policy"] == SECURITY_HEADERS["Content-Security-Policy"]
+    assert len(_names(r)) == len(set(_names(r)))
