@@ -2,7 +2,8 @@
 prebuilt environs (no server, no sockets), monitoring on as users run it (Prometheus
 multiprocess files, drift, the prediction log in a real redis-server), the access log on and
 written to /dev/null. One row per request, the bodies bench.protocols sends; the endpoints
-interleaved in rounds, so that each ratio to /predict comes from the same minutes:
+interleaved in rounds, so that each ratio to /predict comes from the same minutes; and
+bench.hello_app (a bare Flask app) with /predict's body, for /predict's share of it:
 
     PYTHONPATH=$PWD python -m bench.endpoints_inprocess [requests] [--profile ENDPOINT]
 
@@ -146,9 +147,14 @@ def build_app(root: Path, redis_url: str) -> tuple[Any, list[str], list[list[flo
 def measure(app: Any, names: list[str], rows: list[list[float]], requests: int,
             only: list[str] | None = None) -> dict[str, list[list[float]]]:
     """Microseconds per request, per endpoint and round."""
+    from bench.hello_app import app as hello_app
+
     per_row = [request_bodies(names, row) for row in rows[:64]]
-    keys = only or list(per_row[0])
-    calls = {key: [caller(app, environ_of(*bodies[key]), bodies[key][1]) for bodies in per_row]
+    keys = only or [*per_row[0], "hello"]
+    calls = {key: [caller(hello_app if key == "hello" else app,
+                          environ_of(*bodies["predict" if key == "hello" else key]),
+                          bodies["predict" if key == "hello" else key][1])
+                   for bodies in per_row]
              for key in keys}
     for key in keys:
         for i in range(WARMUP):
@@ -186,6 +192,10 @@ def report(times: dict[str, list[list[float]]]) -> None:
                   for i, rnd in enumerate(times[key])]
         print(f"{key:<20} {med:>10.1f} {p90:>8.1f} {base_med / med:>17.2f} "
               f"{min(rounds):>7.2f}-{max(rounds):<8.2f} {med - base_med:>9.1f}")
+    if "hello" in all_times:
+        share = statistics.median(all_times["hello"]) / base_med
+        print(f"/predict's share of hello-world's req/s: {share:.0%} (hello-world: "
+              "bench.hello_app, a bare Flask app reading the same body)")
     print(f"({ROUNDS} rounds of {len(times[base][0])} requests per endpoint, interleaved)")
 
 
