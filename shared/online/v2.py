@@ -124,6 +124,7 @@ def parse_tensor(item: Any, buffers: bytes, offset: int) -> tuple[Tensor, int]:
     count = math.prod(shape)
     parameters = item.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    values: list[Any] | np.ndarray
     if size is None:
         if "data" not in item:
             raise BadRequestError(f"input {name!r} has neither data nor binary_data_size")
