@@ -38,8 +38,6 @@ CLOSE_CONNECTION = "tabserve.close_connection"  # environ key: end the connectio
 PIECE_BYTES = 64 * 1024
 MAX_PIECE_BYTES = 1024 * 1024
 FAST_READ_SECONDS = 0.05
-
-
 IDLE_SECONDS = 60.0  # the watchdog's sleep with nothing to watch, before any body's grace
 
 
