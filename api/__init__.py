@@ -16,6 +16,7 @@ from shared.logs import configure_logging
 from shared.monitoring.metrics import REFUSALS_HELD, QueueCollector, register_collector
 from shared.security.gate import Gate
 from shared.security.refusals import RefusalThrottle
+from shared.security.roles import ANONYMOUS
 from shared.services import Services
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ def install_header_limit(app: Flask, limit: int) -> None:
 
     @app.before_request
     def _headers_fit() -> None:
+        # A header's environ key is at least as long as its name: when no key and value
+        # together pass the limit, no header does, and no name is built.
+        if all(len(key) + len(value) <= limit for key, value in request.environ.items()
+               if type(value) is str):
+            return
         for name, value in request.headers.items():
             size = len(name) + len(value)
             if size > limit:
@@ -92,6 +98,13 @@ def install_gate(app: Flask, gate: Gate) -> None:
         logger.warning("authentication is off: no API key is configured, so anyone who "
                        "reaches this port may use every endpoint; set TABSERVE_API_KEYS_FILE "
                        "(see docs/security.md)")
+
+        # Everyone is ANONYMOUS (Gate.admit's answer): nothing of the request to look at.
+        @app.before_request
+        def _admit_anyone() -> None:
+            g.principal = ANONYMOUS
+
+        return
 
     @app.before_request
     def _admit() -> None:

@@ -8,6 +8,7 @@ import re
 import time
 
 from flask import Flask, Response, g, request
+from werkzeug.datastructures import Headers
 
 from shared.logs import LineLogger
 from shared.monitoring.metrics import record_request
@@ -22,6 +23,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
 }
+_SECURITY = [(name, name.lower(), value) for name, value in SECURITY_HEADERS.items()]
 
 
 def install_request_logging(app: Flask, metrics: bool = True, access_log: bool = True) -> None:
@@ -42,15 +44,20 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         started = getattr(ctx, "started", None)
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
         request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
-        response.headers["X-Request-ID"] = request_id
-        for name, value in SECURITY_HEADERS.items():  # a page (/docs) sets its own policy
-            response.headers.setdefault(name, value)
+        headers = response.headers
+        # Header names the view set, looked at once: each Headers.set or setdefault would
+        # scan the list again; a name not there is appended.
+        present = {name.lower() for name, _ in headers}
+        put(headers, present, "X-Request-ID", request_id)
+        for name, lower, value in _SECURITY:  # a page (/docs) sets its own policy
+            if lower not in present:
+                headers.add(name, value)
         model_ref = getattr(ctx, "model_ref", None)
         if model_ref:  # which version answered, and which worker process (during a promote)
-            response.headers["X-Model-Version"] = model_ref
-            response.headers["X-Served-By"] = str(os.getpid())
+            put(headers, present, "X-Model-Version", model_ref)
+            put(headers, present, "X-Served-By", str(os.getpid()))
         if req.path.startswith("/jobs"):  # a job's record and files: another key's to see
-            response.headers["Cache-Control"] = "no-store"
+            put(headers, present, "Cache-Control", "no-store")
         status, method, path = response.status_code, req.method, req.path
         if metrics and latency_ms is not None:
             route = req.url_rule.rule if req.url_rule is not None else "unmatched"
@@ -61,3 +68,12 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
                 "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,
                 "model_version": model_ref})
         return response
+
+
+def put(headers: Headers, present: set[str], name: str, value: str) -> None:
+    """headers[name] = value; appended without a scan where `present` (the lowercased names
+    the headers had) does not hold it."""
+    if name.lower() in present:
+        headers[name] = value
+    else:
+        headers.add(name, value)

@@ -57,17 +57,20 @@ def v2_binary_body(row: list[float]) -> bytes:
     return V2_BINARY_HEADER + np.asarray(row, dtype="<f8").tobytes()
 
 
+def protocol_json_bodies(names: list[str], row: list[float]) -> dict[str, Any]:
+    """One row's JSON body for each JSON request shape of ENDPOINTS, by bodies file."""
+    return {"mlflow": {"dataframe_split": {"columns": names, "data": [row]}},
+            "mlflow-inputs": {"inputs": [row]},
+            "v2-json": v2_json_body(row)}
+
+
 def write_protocol_bodies(work: Path, names: list[str], X: np.ndarray) -> dict[str, Path]:
     """A bodies file per request shape of ENDPOINTS, one data row per request."""
     rows = X.tolist()
-    json_shapes = {
-        "mlflow": lambda row: {"dataframe_split": {"columns": names, "data": [row]}},
-        "mlflow-inputs": lambda row: {"inputs": [row]},
-        "v2-json": v2_json_body,
-    }
+    bodies = [protocol_json_bodies(names, row) for row in rows]
     paths = {kind: write_bodies(work / f"bodies-{kind}.jsonl",
-                                (json.dumps(shape(row)) for row in rows))
-             for kind, shape in json_shapes.items()}
+                                (json.dumps(body[kind]) for body in bodies))
+             for kind in ("mlflow", "mlflow-inputs", "v2-json")}
     paths["v2-binary"] = write_bodies(
         work / "bodies-v2-binary.txt", (v2_binary_body(row) for row in rows),
         {"Content-Type": "application/octet-stream",

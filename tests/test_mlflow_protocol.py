@@ -90,6 +90,13 @@ def test_every_shape_answers_the_predictions_of_predict(client, frame, expected,
     assert len(r.headers["X-Prediction-Id"]) == 32
 
 
+def test_split_columns_in_another_order(client, frame, expected):
+    shuffled = frame[frame.columns[::-1]]
+    r = client.post("/invocations", data=SHAPES["dataframe_split"](shuffled)[0],
+                    content_type=JSON)
+    assert r.get_json() == {"predictions": expected["predict"]}
+
+
 def test_one_row_as_an_object_of_values(client, frame, expected):
     r = client.post("/invocations", json={"inputs": frame.iloc[0].to_dict()})
     assert r.get_json() == {"predictions": expected["predict"][:1]}
@@ -134,6 +141,8 @@ ERRORS = [
     ("a list", b"[[1, 2]]", JSON, 400),
     ("split without data", b'{"dataframe_split": {"columns": ["a"]}}', JSON, 400),
     ("split row too short", b'{"dataframe_split": {"data": [[1.0, 2.0]]}}', JSON, 400),
+    ("split columns not names", b'{"dataframe_split": {"columns": [1], "data": [[1.0]]}}', JSON,
+     400),
     ("records not a list", b'{"dataframe_records": {"a": 1}}', JSON, 400),
     ("columns of unequal length", b'{"inputs": {"a": [1, 2], "b": [1]}}', JSON, 400),
     ("params not an object", b'{"inputs": [], "params": 3}', JSON, 400),

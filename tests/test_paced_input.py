@@ -1,18 +1,21 @@
 """api.upload.PacedInput, the request body reader of uploads: it hands every byte on once, in
 order, whatever the sizes asked (Werkzeug's multipart parser asks 64 KiB, the raw upload
 path 1 MiB), reads the server's stream in pieces that grow while the body arrives fast, and
-falls back to small pieces (a slow client is cut sooner) at a slow read."""
+falls back to small pieces (a slow client is cut sooner) at a slow read; and its watchdog,
+which cuts off a blocked read at its deadline without being woken for every body."""
 
 from __future__ import annotations
 
 import io
 import os
 import random
+import threading
 import time
 
 import pytest
 
-from api.upload import MAX_PIECE_BYTES, PIECE_BYTES, PacedInput
+from api.upload import MAX_PIECE_BYTES, PIECE_BYTES, PacedInput, _Watchdog
+from shared.errors import RequestTimeoutError
 
 
 class Recorded(io.BytesIO):
@@ -89,3 +92,50 @@ def test_a_slow_read_goes_back_to_small_pieces():
     paced.read(MAX_PIECE_BYTES)
     paced.read(MAX_PIECE_BYTES)
     assert body.asked[-1] == PIECE_BYTES
+
+
+class Blocking(io.BytesIO):
+    """A body whose read blocks until the reader is cut off (or 5 s)."""
+
+    def __init__(self) -> None:
+        super().__init__(b"late")
+        self.released = threading.Event()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.released.wait(5)
+        return super().read(size)
+
+
+class Watched(PacedInput):
+    def cut_off(self) -> None:
+        super().cut_off()
+        self._stream.released.set()  # as a socket shut down ends the server's blocked read
+
+
+def test_a_blocked_read_is_cut_off_at_its_deadline():
+    for grace in (0.3, 0.2):  # the second starts while the watchdog idles on the first's
+        body = Watched(Blocking(), rate=1_000_000, grace=grace, sock=None)
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError):
+            body.read(4)
+        assert grace <= time.monotonic() - started < grace + 0.5
+
+
+def test_watching_a_body_does_not_wake_an_idle_watchdog():
+    watchdog = _Watchdog()
+    first = PacedInput(io.BytesIO(), rate=1, grace=0.3, sock=None)
+    watchdog.watch(first, first.deadline(0))
+    watchdog.unwatch(first)
+    deadline = time.monotonic() + 5
+    # Until the thread has run with nothing to watch (before: infinity, or `first`'s deadline)
+    while not first.deadline(0) < watchdog._wake_at < float("inf"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    woken = []
+    notify = watchdog._cond.notify
+    watchdog._cond.notify = lambda *a: (woken.append(1), notify(*a))  # type: ignore[method-assign]
+    body = PacedInput(io.BytesIO(), rate=1, grace=0.3, sock=None)
+    watchdog.watch(body, body.deadline(4))
+    watchdog.unwatch(body)
+    assert woken == []
+    watchdog._idle = 3600.0  # this test's thread sleeps from its next wake-up on

@@ -318,3 +318,54 @@ def test_tritonclient_against_gunicorn(api_server, demo_data, demo_rows, binary)
     for got in (result, default_outputs):
         assert got.as_numpy("predict").tolist() == expected["predictions"]
         assert got.as_numpy("predict_proba").tolist() == proba
+
+
+def test_a_matrix_goes_straight_to_the_model_and_bad_values_are_still_named(client, demo_data,
+                                                                           demo_rows):
+    names, X = demo_data
+    expected = client.post("/predict", json={"instances": demo_rows[:3]}).get_json()
+    as_ints = np.round(X[:3]).astype("<i4")
+    rounded = client.post("/predict", json={"instances": [
+        dict(zip(names, row, strict=True)) for row in as_ints.tolist()]}).get_json()
+    for raw, datatype, want in ((X[:3].tobytes(), "FP64", expected),
+                                (as_ints.tobytes(), "INT32", rounded)):
+        body, length = _binary_request([("x", datatype, [3, 30], raw)])
+        r = client.post(f"/v2/models/{MODEL}/infer", data=body,
+                        headers={"Inference-Header-Content-Length": str(length)})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        assert _output(r.get_json(), "predict")["data"] == want["predictions"]
+        assert _output(r.get_json(), "predict_proba")["data"][1::2] == [
+            p["1"] for p in want["probabilities"]]
+    bad = X[:3].copy()
+    bad[2, 4] = np.nan
+    body, length = _binary_request([("x", "FP64", [3, 30], bad.tobytes())])
+    r = client.post(f"/v2/models/{MODEL}/infer", data=body,
+                    headers={"Inference-Header-Content-Length": str(length)})
+    assert f"row 2, feature {names[4]!r}: must be a finite number, got nan" in _error(r, 422)
+    flags = _matrix(names, demo_rows[:2])
+    flags["data"][0][0] = True
+    assert f"row 0, feature {names[0]!r}: must be a number, got boolean true" in _error(
+        _infer(client, {"inputs": [flags]}), 422)
+
+
+def test_the_payload_log_has_the_rows_of_a_matrix(v2_artifacts, redis_server, tmp_path_factory,
+                                                   demo_data, demo_rows, caplog):
+    names, X = demo_data
+    settings = Settings(artifacts_dir=v2_artifacts, redis_url=redis_server.url,
+                        data_dir=str(tmp_path_factory.mktemp("v2-payloads")), log_level="INFO",
+                        default_model=MODEL, worker_metrics_port=0, drift_interval_seconds=0,
+                        log_payloads="on")
+    app = inprocess_app(settings)
+    body, length = _binary_request([("x", "FP64", [2, 30], X[:2].tobytes())])
+    try:
+        with caplog.at_level("INFO", logger="tabserve.payloads"):
+            r = app.test_client().post(f"/v2/models/{MODEL}/infer", data=body,
+                                       headers={"Inference-Header-Content-Length": str(length)})
+    finally:
+        app.extensions["tabserve"].predictions.flush()
+        app.extensions["tabserve"].drift.drain()
+    assert r.status_code == 200, r.get_data(as_text=True)
+    (record,) = [rec for rec in caplog.records if rec.name == "tabserve.payloads"]
+    assert record.prediction_id == r.get_json()["parameters"]["prediction_id"]
+    assert record.inputs == [dict(zip(names, row, strict=True)) for row in X[:2].tolist()]
+    assert record.outputs == {"predictions": _output(r.get_json(), "predict")["data"]}

@@ -110,3 +110,49 @@ def test_the_fast_path_hands_bad_rows_to_the_checks(row, message):
         validator.validate([{"a": 0.0, "b": 0, "c": 0.0}, row])
     assert exc.value.details[0]["row"] == 1
     assert exc.value.details[0]["message"].startswith(message)
+
+
+def _rows_of(values: list, width: int = 3) -> list[dict]:
+    return [dict(zip(["a", "b", "c"], values[i:i + width], strict=True))
+            for i in range(0, len(values), width)]
+
+
+def test_plain_values_are_validates_matrix_bit_for_bit():
+    rng = np.random.default_rng(1)
+    values: list = []
+    for i, (a, b, c) in enumerate(zip(rng.normal(size=50) * 1e6, rng.integers(-2**40, 2**40, 50),
+                                      rng.normal(size=50), strict=True)):
+        values += [int(a) if i % 3 else float(a), int(b) if i % 2 else float(b), float(c)]
+    values += [2**53 + 1, 10**30, -0.0]  # ints rounded as float(v) rounds them
+    validator = RowValidator(NUMERIC, as_frame=False)
+    expected = validator.validate(_rows_of(values))
+    for given in (values, np.asarray(values[:-3], dtype="<f8"),
+                  np.asarray(values[:-3], dtype="<f4"), np.arange(-30, 30, dtype="<i8"),
+                  np.arange(-30, 30, dtype="<i4")):
+        n = len(given) // 3
+        got = validator.plain_values(given, n)
+        want = validator.validate(_rows_of(given.tolist() if isinstance(given, np.ndarray)
+                                           else given))
+        assert got is not None and got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes() and got.flags.f_contiguous
+    assert validator.plain_values(values, len(values) // 3).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("values", [
+    [1.0, 2.5, 0.0],                # not an integer where the schema says integer
+    [float("nan"), 1, 0.0],         # not finite (the lenient JSON parser lets NaN through)
+    [True, 1, 0.0],                 # a boolean is not a number
+    [None, 1, 0.0],
+    ["1", 1, 0.0],
+    [1.0, 10**400, 0.0],            # beyond any double
+    np.array([np.inf, 1.0, 0.0]),
+    np.array([True, False, True]),  # BOOL tensors go to the checks
+    [1.0, 1],                       # not n rows of the schema's width
+])
+def test_plain_values_hand_anything_else_to_validate(values):
+    assert RowValidator(NUMERIC, as_frame=False).plain_values(values, 1) is None
+
+
+def test_plain_values_only_for_a_plain_numeric_schema():
+    assert RowValidator(SCHEMA, as_frame=False).plain_values([1.0, 1, 1.0, 1.0], 1) is None
+    assert RowValidator(NUMERIC, as_frame=True).plain_values([1.0, 1, 1.0], 1) is None

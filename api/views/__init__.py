@@ -99,7 +99,11 @@ def json_body() -> Any:
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Serialize with orjson (NumPy-aware)."""
     payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(payload, status=status, mimetype="application/json", headers=headers)
+    response = Response(payload, status=status, mimetype="application/json")
+    if headers:  # set one by one: Response(headers=...) builds and extends a Headers first
+        for name, value in headers.items():
+            response.headers[name] = value
+    return response
 
 
 def json_body_bytes() -> bytes:

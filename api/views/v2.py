@@ -76,14 +76,15 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
     rt = runtime()
-    if request.headers.get("Content-Encoding", "identity") != "identity":
+    environ = request.environ  # headers read from it: no EnvironHeaders look-up per header
+    if environ.get("HTTP_CONTENT_ENCODING", "identity") != "identity":
         raise UnsupportedMediaTypeError("Content-Encoding is not supported: send the body "
                                         "uncompressed")
     if request.mimetype not in BODY_TYPES and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaTypeError(f"Content-Type must be application/json or none, got "
                                         f"{request.mimetype}")
     raw = read_body(request.max_content_length)
-    header, buffers = v2.split_body(raw, request.headers.get("Inference-Header-Content-Length"))
+    header, buffers = v2.split_body(raw, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
     body = v2.parse_header(header, rt.settings)
     loaded = load(name, version)
     answer = v2.infer(rt, loaded, body, buffers)

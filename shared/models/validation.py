@@ -136,6 +136,10 @@ class RowValidator:
                 matrix[i] = got  # ints convert as float(v) does: to the nearest double
         except (OverflowError, ValueError, TypeError):
             return None
+        return self._checked(matrix)
+
+    def _checked(self, matrix: np.ndarray) -> np.ndarray | None:
+        """The matrix when every value is finite and integral where the schema says integer."""
         if not np.isfinite(matrix).all():
             return None
         for j in self._integer_columns:
@@ -143,6 +147,25 @@ class RowValidator:
             if not np.array_equal(column, np.floor(column)):
                 return None
         return matrix
+
+    def plain_values(self, values: Sequence[Any] | np.ndarray, n: int) -> np.ndarray | None:
+        """The model's input from n rows of values in schema order, flat and row-major (a
+        tensor's data): what validate() returns for the same rows as objects, when each value
+        is a finite number (integral where the schema says integer). None sends the rows
+        through validate(), which names what is wrong."""
+        if not self._plain or len(values) != n * len(self.specs):
+            return None
+        if isinstance(values, np.ndarray):
+            if values.dtype.kind not in "fiu":  # booleans are not numbers to validate()
+                return None
+        elif not {type(v) for v in values} <= {float, int}:
+            return None
+        matrix = np.empty((n, len(self.specs)), dtype=np.float64, order="F")
+        try:  # ints convert as float(v) does: to the nearest double
+            matrix[...] = np.asarray(values, dtype=np.float64).reshape(matrix.shape)
+        except (OverflowError, ValueError, TypeError):
+            return None
+        return self._checked(matrix)
 
     def validate(self, rows: Sequence[Any], single: bool = False) -> np.ndarray | pd.DataFrame:
         """Validate rows (dicts) and return the model's input; raise ValidationError."""

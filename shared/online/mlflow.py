@@ -74,7 +74,9 @@ def split_rows(split: Any, names: list[str]) -> list[Any]:
         raise BadRequestError('"dataframe_split" must be an object with "data" (an array of '
                               'rows) and optionally "columns" and "index"')
     columns = split.get("columns", names)
-    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+    if columns == names:  # the schema's own strings as keys: their hashes are computed once
+        columns = names
+    elif not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise BadRequestError('"dataframe_split.columns" must be an array of feature names')
     return [zip_row(columns, row, i) for i, row in enumerate(split["data"])]
 

@@ -24,6 +24,9 @@ from shared.monitoring.predictions import new_prediction_id
 from shared.security.jsonlimits import check_json_depth, check_number_length
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from shared.services import Services
 
 # Audit log of inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS; off by default.
@@ -112,30 +115,41 @@ def score_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
                single: bool = False) -> Scored:
     """Validate rows and predict, recording metrics, drift and the prediction log: the
     part of the online path every protocol shares."""
+    return score_input(rt, loaded, loaded.validator.validate(rows, single=single))
+
+
+def score_input(rt: Services, loaded: LoadedModel, X: np.ndarray | pd.DataFrame) -> Scored:
+    """Predict on validated input (the validator's answer), recording metrics, drift and
+    the prediction log."""
     manifest = loaded.manifest
-    X = loaded.validator.validate(rows, single=single)
     started = time.perf_counter()
     try:
         result = loaded.predict(X)
     except ModelRejectedInputError as exc:
-        if len(rows) > 1:  # say which rows
+        if len(X) > 1:  # say which rows
             exc.details = [{"row": i, "message": reason}
                            for i, reason in loaded.refused_rows(X, MAX_DETAILS)]
         raise
     labels = result.labels.tolist()
     prediction_id = new_prediction_id()
     if rt.settings.monitoring:
-        record_prediction(manifest, "online", len(rows), time.perf_counter() - started)
+        record_prediction(manifest, "online", len(X), time.perf_counter() - started)
         rt.drift.observe(manifest, X, result.labels)
         rt.predictions.add(prediction_id, manifest.name, manifest.version, manifest.task,
                            labels)
     return Scored(result, labels, prediction_id)
 
 
+def payload_sampled(rt: Services) -> bool:
+    """Whether this request's inputs and outputs are to be logged (TABSERVE_LOG_PAYLOADS)."""
+    return bool(rt.payload_sample_rate) and random.random() < rt.payload_sample_rate
+
+
 def log_payload(rt: Services, loaded: LoadedModel, prediction_id: str, rows: list[Any],
-                outputs: dict[str, Any]) -> None:
-    """Audit-log a request's inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS."""
-    if rt.payload_sample_rate and random.random() < rt.payload_sample_rate:
+                outputs: dict[str, Any], sampled: bool | None = None) -> None:
+    """Audit-log a request's inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS (or
+    already sampled: `sampled`)."""
+    if sampled if sampled is not None else payload_sampled(rt):
         payload_logger.info("payload %s", prediction_id, extra={
             "prediction_id": prediction_id, "model_version": loaded.manifest.ref,
             "inputs": rows, "outputs": outputs})

@@ -19,9 +19,12 @@ import numpy as np
 from shared.errors import BadRequestError, PayloadTooLargeError, ValidationError
 from shared.models.loading import LoadedModel
 from shared.models.manifest import Manifest
-from shared.online.predict import log_payload, parse_limited_json, score_rows
+from shared.models.validation import RowValidator
+from shared.online.predict import log_payload, parse_limited_json, payload_sampled, score_input
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from shared.config import Settings
     from shared.services import Services
 
@@ -35,12 +38,18 @@ OUTPUTS = ("predict", "predict_proba")  # MLServer's names for the scikit-learn 
 
 @dataclass
 class Tensor:
-    """An input tensor: its values flat, row-major, as the Python values JSON would give."""
+    """An input tensor: its values flat, row-major: the Python values JSON gave, or for
+    numbers sent as binary data, a NumPy array of them."""
 
     name: str
     datatype: str
     shape: list[int]
-    values: list[Any]
+    values: list[Any] | np.ndarray
+
+    def as_list(self) -> list[Any]:
+        """The values as the Python values JSON would give."""
+        values = self.values
+        return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 @dataclass
@@ -115,6 +124,7 @@ def parse_tensor(item: Any, buffers: bytes, offset: int) -> tuple[Tensor, int]:
     count = math.prod(shape)
     parameters = item.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    values: list[Any] | np.ndarray
     if size is None:
         if "data" not in item:
             raise BadRequestError(f"input {name!r} has neither data nor binary_data_size")
@@ -135,6 +145,8 @@ def flatten(data: Any) -> list[Any]:
     """A tensor's JSON data, flat: V2 allows it nested row-major (depth is capped before)."""
     if not isinstance(data, list):
         return [data]
+    if list not in map(type, data):  # flat already (a JSON parser's arrays are exact lists)
+        return data
     out: list[Any] = []
     for value in data:
         if isinstance(value, list):
@@ -144,15 +156,15 @@ def flatten(data: Any) -> list[Any]:
     return out
 
 
-def decode_binary(name: str, datatype: str, data: bytes) -> list[Any]:
-    """A tensor's raw bytes as Python values."""
+def decode_binary(name: str, datatype: str, data: bytes) -> list[Any] | np.ndarray:
+    """A tensor's raw bytes: BYTES as Python strings, numbers as a NumPy array."""
     if datatype == "BYTES":
         return decode_bytes_tensor(name, data)
     dtype = np.dtype(NUMPY_DTYPES[datatype])
     if len(data) % dtype.itemsize:
         raise BadRequestError(f"input {name!r}: {len(data)} bytes is not a whole number of "
                               f"{datatype} values")
-    return np.frombuffer(data, dtype=dtype).tolist()
+    return np.frombuffer(data, dtype=dtype)
 
 
 def decode_bytes_tensor(name: str, data: bytes) -> list[Any]:
@@ -190,7 +202,7 @@ def matrix_rows(tensor: Tensor, names: list[str], max_rows: int) -> list[dict[st
             "per feature, named after it",
             details=[{"field": tensor.name, "message": f"shape must be [N, {width}]"}])
     n = check_row_count(tensor.shape[0], max_rows)
-    values = tensor.values
+    values = tensor.as_list()
     return [dict(zip(names, values[i * width:(i + 1) * width], strict=True)) for i in range(n)]
 
 
@@ -209,7 +221,7 @@ def feature_rows(tensors: list[Tensor], max_rows: int) -> list[dict[str, Any]]:
         raise ValidationError("an input name appears twice")
     check_row_count(lengths.pop(), max_rows)
     return [dict(zip(names, row, strict=True))
-            for row in zip(*(t.values for t in tensors), strict=True)]
+            for row in zip(*(t.as_list() for t in tensors), strict=True)]
 
 
 def check_row_count(n: int, max_rows: int) -> int:
@@ -222,12 +234,28 @@ def check_row_count(n: int, max_rows: int) -> int:
     return n
 
 
+def model_input(tensors: list[Tensor], validator: RowValidator, max_rows: int
+                ) -> tuple[np.ndarray | pd.DataFrame, list[dict[str, Any]] | None]:
+    """The model's input, and the rows it was validated from: one [N, F] tensor of finite
+    numbers goes straight into the input matrix (no rows: None); anything else becomes rows
+    for the validator, which names what is wrong."""
+    names = validator.names
+    if len(tensors) == 1 and tensors[0].name not in names:
+        tensor = tensors[0]
+        if len(tensor.shape) == 2 and tensor.shape[1] == len(names):
+            X = validator.plain_values(tensor.values, check_row_count(tensor.shape[0], max_rows))
+            if X is not None:
+                return X, None
+    rows = to_rows(tensors, names, max_rows)
+    return validator.validate(rows), rows
+
+
 def infer(rt: Services, loaded: LoadedModel, header: Any, buffers: bytes) -> InferAnswer:
     """Score a V2 request with a loaded model and shape the answer."""
     request = parse_request(header, buffers)
     chosen = choose_outputs(request, available_outputs(loaded))
-    rows = to_rows(request.inputs, loaded.validator.names, rt.settings.max_online_rows)
-    scored = score_rows(rt, loaded, rows, single=False)
+    X, rows = model_input(request.inputs, loaded.validator, rt.settings.max_online_rows)
+    scored = score_input(rt, loaded, X)
     manifest = loaded.manifest
     arrays = {"predict": scored.result.labels, "predict_proba": scored.result.probabilities}
     tensors, pieces = [], []
@@ -242,7 +270,11 @@ def infer(rt: Services, loaded: LoadedModel, header: Any, buffers: bytes) -> Inf
         answer["id"] = request.id
     answer["parameters"] = {"prediction_id": scored.prediction_id}
     answer["outputs"] = tensors
-    log_payload(rt, loaded, scored.prediction_id, rows, {"predictions": scored.labels})
+    if payload_sampled(rt):
+        inputs = rows if rows is not None else to_rows(
+            request.inputs, loaded.validator.names, rt.settings.max_online_rows)
+        log_payload(rt, loaded, scored.prediction_id, inputs, {"predictions": scored.labels},
+                    sampled=True)
     return InferAnswer(answer, b"".join(pieces))
 
 
