@@ -288,10 +288,12 @@ def test_a_client_looping_on_refused_uploads_is_slowed_and_predict_answers(stack
     looping clients get no more than that rate between them; /predict answers throughout;
     an accepted upload of the same client is not held."""
     api, _, _ = stack
-    # After the hung-Redis test a worker's circuit may still be open: wait until both
-    # workers (connections go to either) reach Redis again.
+    # After the hung-Redis test a worker's circuit may still be open, for up to
+    # redis_circuit_open_seconds after its last failure; then its next call probes and
+    # closes it. Wait that long, then until both workers (connections go to either) answer.
+    time.sleep(2.5)
     wait_until(lambda: all(requests.get(api.url + "/jobs?limit=1", timeout=5).status_code
-                           == 200 for _ in range(8)), 20, "both workers reaching Redis")
+                           == 200 for _ in range(30)), 20, "both workers reaching Redis")
     held_before = _held(api.url)
     start = time.monotonic()
     assert {_refused_upload(api.url) for _ in range(30)} == {422}
