@@ -112,6 +112,9 @@ def bench_tabserve(work: Path, cases: list[ModelCase], X: np.ndarray,
             check_protocols(api.url, case.ref, case.model, X, bodies)
             results.runs[(case.label, "tabserve")] = sweep(url, bodies["tabserve"], config,
                                                            results, f"tabserve {case.label}")
+            results.runs[(case.label, "tabserve-keepalive")] = sweep(
+                url, bodies["tabserve"], config, results, f"tabserve-keepalive {case.label}",
+                close=False)
             for endpoint in ENDPOINTS:
                 results.runs[(case.label, endpoint.key)] = sweep(
                     endpoint_url(api.url, endpoint, case.ref), bodies[endpoint.bodies], config,
@@ -149,10 +152,13 @@ class HelloServer(Process):
 
 def bench_hello(work: Path, bodies: Path, config: Config, results: Results,
                 key: str = "hello") -> None:
-    """The hello-world app under the same gunicorn settings, with the same bodies."""
+    """The hello-world app under the same gunicorn settings, with the same bodies: a
+    connection per request (`key`), then keep-alive connections (`key`-keepalive)."""
     hello = HelloServer(work, config.workers)
     try:
         results.runs[("", key)] = sweep(hello.url + "/predict", bodies, config, results, key)
+        results.runs[("", f"{key}-keepalive")] = sweep(
+            hello.url + "/predict", bodies, config, results, f"{key}-keepalive", close=False)
     finally:
         hello.stop()
 

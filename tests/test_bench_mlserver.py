@@ -74,3 +74,21 @@ def test_only_the_first_models_hello_world_share_is_a_target():
     shares = [c for c in checks(results) if "hello-world" in c.what]
     assert [c.passed for c in shares] == [True, None]
     assert "for reference" in shares[1].what
+
+
+def test_peers_are_compared_with_tabserve_s_best_mode_and_hello_world_in_that_mode():
+    # tabserve is measured with a connection per request and with keep-alive clients, as the
+    # peers are: each peer ratio uses tabserve's best mode, and its share of hello-world
+    # compares it with hello-world in that same mode.
+    results = Results(models=[("demo", 3.0)])
+    results.runs[("demo", "tabserve")] = _run(1000)
+    results.runs[("demo", "tabserve-keepalive")] = _run(2400)
+    results.runs[("demo", "mlserver-pw1-keepalive")] = _run(790)
+    results.runs[("", "hello")] = _run(1500)
+    results.runs[("", "hello-keepalive")] = _run(4000)
+    results.runs[("", "hello-after-keepalive")] = _run(5000)
+    by_goal = {c.goal: c for c in checks(results) if c.goal}
+    assert by_goal["mlserver"].passed is True and by_goal["mlserver"].measured == "3.0×"
+    share = by_goal["hello_share"]
+    assert share.measured == "53%" and share.passed is False  # 2400 ÷ mean(4000, 5000)
+    assert "keep-alive" in share.what
