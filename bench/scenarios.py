@@ -58,6 +58,8 @@ class Results:
     runs: dict[tuple[str, str], list[LoadResult]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # label -> protocol endpoint -> its req/s over /predict's in each interleaved round
+    protocol_rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     other_cpu_before: float = 0.0  # % of the machine other processes used before the run
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)  # os.getloadavg() at the start
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)  # and at the end
@@ -119,10 +121,33 @@ def bench_tabserve(work: Path, cases: list[ModelCase], X: np.ndarray,
                 results.runs[(case.label, endpoint.key)] = sweep(
                     endpoint_url(api.url, endpoint, case.ref), bodies[endpoint.bodies], config,
                     results, f"tabserve {endpoint.key} {case.label}")
+            results.protocol_rounds[case.label] = protocol_rounds(api.url, url, case.ref,
+                                                                  bodies, config)
     finally:
         if api is not None:
             api.stop()
         redis.stop()
+
+
+PROTOCOL_ROUNDS = 3
+
+
+def protocol_rounds(base: str, predict_url: str, ref: str, bodies: dict[str, Path],
+                    config: Config) -> dict[str, list[float]]:
+    """Each protocol endpoint's req/s over /predict's at concurrency 16, in rounds that run
+    /predict and then every endpoint back to back: a ratio of two runs seconds apart, where
+    the sweeps' runs are minutes apart and the machine's drift falls on them."""
+    ratios: dict[str, list[float]] = {e.key: [] for e in ENDPOINTS}
+    for rnd in range(PROTOCOL_ROUNDS):
+        predict = run_load(config.tool, predict_url, bodies["tabserve"], 16, config.duration,
+                           True)
+        for endpoint in ENDPOINTS:
+            r = run_load(config.tool, endpoint_url(base, endpoint, ref),
+                         bodies[endpoint.bodies], 16, config.duration, True)
+            ratios[endpoint.key].append(r.rps / predict.rps if predict.rps else 0.0)
+        print(f"protocol round {rnd + 1} {ref}: /predict {predict.rps:.0f} req/s; " + ", ".join(
+            f"{k} {v[-1]:.2f}x" for k, v in ratios.items()), flush=True)
+    return ratios
 
 
 def _check_tabserve(url: str, model: Any, X: np.ndarray, bodies: Path) -> None:

@@ -174,3 +174,23 @@ def test_protocol_target_needs_each_endpoint_at_09_of_predict(ratios, passed):
     text = report(results, config, "cmd", quick=True)[1]
     assert ("protocol endpoints vs /predict, same API" in text) is any(
         r is not None for r in ratios)
+
+
+def test_the_target_uses_the_median_of_the_interleaved_rounds_when_they_ran():
+    from bench.loadgen import LoadResult
+    from bench.protocols import ENDPOINTS
+    from bench.protocols_report import protocol_check
+    from bench.scenarios import Results
+
+    results = Results(models=[("demo", 3.0)])
+    results.runs[("demo", "tabserve")] = [LoadResult("wrk", 16, 1.0, 1000, 0, 1, 1, 1, 1)]
+    for e in ENDPOINTS:  # the sweeps, minutes apart: one drifted far below
+        results.runs[("demo", e.key)] = [LoadResult("wrk", 16, 1.0, 700, 0, 1, 1, 1, 1)]
+    what, measured, _, passed = protocol_check(results, "demo")
+    assert passed is False and "interleaved" not in what
+    results.protocol_rounds["demo"] = {e.key: [0.95, 0.85, 0.97] for e in ENDPOINTS}
+    what, measured, _, passed = protocol_check(results, "demo")
+    assert passed is True and "median of 3 interleaved rounds" in what
+    assert f"{ENDPOINTS[0].key} 0.95× (0.85-0.97)" in measured
+    results.protocol_rounds["demo"][ENDPOINTS[-1].key] = [0.8, 0.95, 0.85]
+    assert protocol_check(results, "demo")[3] is False
