@@ -252,14 +252,25 @@ class _Watchdog:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # Made at the first body, in the process that serves: one made at import would
+        # hold an unpatched lock under gevent workers (GUNICORN_CMD_ARGS), which patch
+        # threading when the worker starts, maybe after this module was imported.
+        self._cond: threading.Condition | None = None
         self._due: dict[int, tuple[float, PacedInput]] = {}
         self._wake_at = float("inf")
         self._idle = IDLE_SECONDS
         self._thread: threading.Thread | None = None
 
+    def _condition(self) -> threading.Condition:
+        if self._cond is None:
+            with _MADE_ONCE:
+                if self._cond is None:
+                    self._cond = threading.Condition()
+        return self._cond
+
     def watch(self, body: PacedInput, deadline: float) -> None:
-        with self._cond:
+        cond = self._condition()
+        with cond:
             self._due[id(body)] = (deadline, body)
             self._idle = min(self._idle, body.grace)
             if self._thread is None:  # started in the process that serves
@@ -267,14 +278,15 @@ class _Watchdog:
                                                 daemon=True)
                 self._thread.start()
             if deadline < self._wake_at:  # a body's deadlines only grow: rarely woken
-                self._cond.notify()
+                cond.notify()
 
     def unwatch(self, body: PacedInput) -> None:
-        with self._cond:
+        with self._condition():
             self._due.pop(id(body), None)
 
     def _run(self) -> None:
-        with self._cond:
+        cond = self._condition()
+        with cond:
             while True:
                 now = time.monotonic()
                 for key, (deadline, body) in list(self._due.items()):
@@ -284,7 +296,9 @@ class _Watchdog:
                                     body.rate)
                         body.cut_off()
                 self._wake_at = min((d for d, _ in self._due.values()), default=now + self._idle)
-                self._cond.wait(timeout=max(self._wake_at - now, 0.01))
+                cond.wait(timeout=max(self._wake_at - now, 0.01))
 
 
+# Held only for the instant it takes to make the watchdog's condition, never while waiting.
+_MADE_ONCE = threading.Lock()
 WATCHDOG = _Watchdog()

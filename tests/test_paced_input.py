@@ -132,8 +132,9 @@ def test_watching_a_body_does_not_wake_an_idle_watchdog():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     woken = []
-    notify = watchdog._cond.notify
-    watchdog._cond.notify = lambda *a: (woken.append(1), notify(*a))  # type: ignore[method-assign]
+    cond = watchdog._condition()
+    notify = cond.notify
+    cond.notify = lambda *a: (woken.append(1), notify(*a))  # type: ignore[method-assign]
     body = PacedInput(io.BytesIO(), rate=1, grace=0.3, sock=None)
     watchdog.watch(body, body.deadline(4))
     watchdog.unwatch(body)

@@ -71,3 +71,15 @@ def test_the_clients_remembered_are_bounded():
     for i in range(MAX_CLIENTS + 50):
         throttle.delay(f"c{i}")
     assert len(throttle._buckets) == MAX_CLIENTS
+
+
+def test_the_hold_sleeps_with_the_time_sleep_of_the_moment(monkeypatch):
+    # gevent workers patch time.sleep when they start, maybe after this module was imported:
+    # a sleep bound at import would block every request of the process for the wait.
+    import time
+
+    throttle = RefusalThrottle(burst=0, per_second=2.0, slots=1, clock=Clock())
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    assert throttle.hold("a") == 0.5
+    assert slept == [0.5]

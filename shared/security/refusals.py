@@ -34,7 +34,7 @@ class RefusalThrottle:
 
     def __init__(self, burst: int, per_second: float, slots: int, max_wait: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] | None = None) -> None:
         self.burst, self.per_second, self.max_wait = burst, per_second, max_wait
         self.enabled = per_second > 0 and slots > 0
         self._slots = threading.BoundedSemaphore(max(slots, 1))
@@ -64,7 +64,10 @@ class RefusalThrottle:
         if wait <= 0 or not self._slots.acquire(blocking=False):
             return 0.0
         try:
-            self._sleep(wait)
+            # time.sleep looked up now, not when this module was imported: under gevent
+            # workers (GUNICORN_CMD_ARGS) it is patched to yield to the process's other
+            # requests only after the module may already have been imported.
+            (self._sleep or time.sleep)(wait)
         finally:
             self._slots.release()
         return wait
