@@ -24,6 +24,7 @@ import requests
 from shared.config import Settings
 from shared.redisguard import CircuitBreaker, CircuitOpenError
 from tests.servers import ApiServer, RedisServer, tabserve_env, wait_until
+from tests.test_monitoring_e2e import scrape, value
 
 MIN_RATE = 64 * 1024
 GRACE = 3.0
@@ -275,10 +276,8 @@ def _refused_upload(url: str) -> int:
 
 
 def _held(url: str) -> float:
-    for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith('tabserve_job_refusals_held_total{status="422"} '):
-            return float(line.split()[1])
-    return 0.0
+    return value(scrape(url + "/metrics"), "tabserve_job_refusals_held_total",
+                 status="422") or 0.0
 
 
 def test_a_client_looping_on_refused_uploads_is_slowed_and_predict_answers(stack, demo_rows):

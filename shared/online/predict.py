@@ -149,7 +149,9 @@ def log_payload(rt: Services, loaded: LoadedModel, prediction_id: str, rows: lis
                 outputs: dict[str, Any], sampled: bool | None = None) -> None:
     """Audit-log a request's inputs and outputs, sampled by TABSERVE_LOG_PAYLOADS (or
     already sampled: `sampled`)."""
-    if sampled if sampled is not None else payload_sampled(rt):
+    if sampled is None:
+        sampled = payload_sampled(rt)
+    if sampled:
         payload_logger.info("payload %s", prediction_id, extra={
             "prediction_id": prediction_id, "model_version": loaded.manifest.ref,
             "inputs": rows, "outputs": outputs})
