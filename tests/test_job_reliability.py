@@ -230,10 +230,12 @@ def test_every_job_succeeds_across_a_redis_restart_with_aof(base_settings, demo_
 
 def _restart_mid_jobs(s: Stack, server: RedisServer, sig: int, demo_data) -> None:
     s.worker("w1", concurrency=2)
-    n_big, n_small = 90_000, 300
+    # The big job must still run when the 20 small ones are in: 90,000 rows in 3 parts on
+    # two pool processes could finish first on a quick moment of the machine.
+    n_big, n_small = 300_000, 300
+    small = _csv(demo_data, n_small)
     big = submit(s.api.url, _csv(demo_data, n_big), "csv", id_column="key").json()
     s.wait_rows(big["id"])
-    small = _csv(demo_data, n_small)
     queued = [submit(s.api.url, small, "csv", id_column="key").json()["id"] for _ in range(20)]
     assert s.record(big["id"]).status == "running"
     server.kill(sig)
