@@ -168,15 +168,22 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
                         redis_url=redis.url, max_upload_bytes=16 * 1024**3,
                         worker_metrics_port=0, log_level="INFO")
     env = tabserve_env(settings.as_env())
-    api = None
+    # Two APIs on the same Redis and store: the default one scores a CSV body while it
+    # arrives (shared.jobs.arrival); the other waits for whole files, so that worker time
+    # is the scoring alone (and the rows stay comparable with earlier runs).
+    whole = tabserve_env(settings.with_overrides(stream_upload_min_bytes=0).as_env())
+    api = arriving = None
     workers: list[WorkerProcess] = []
     try:
-        api = ApiServer(env, work, workers=2)
+        api = ApiServer(whole, work, workers=2)
+        arriving = ApiServer(env, work, workers=2)
         workers.append(WorkerProcess(env, work, "b1"))
         out["small"] = small_jobs(api.url, small_count)
         # The two CSV sizes back to back on a fresh worker: memory compared like for like.
         out["queue_csv"] = best_of([through_queue(api.url, workers, csv, "csv")
                                     for _ in range(BASELINE_RUNS)])
+        out["arriving_csv"] = best_of([through_queue(arriving.url, workers, csv, "csv")
+                                       for _ in range(BASELINE_RUNS)])
         out["large"] = through_queue(api.url, workers, large, "csv")
         out["queue_parquet"] = best_of([through_queue(api.url, workers, parquet, "parquet")
                                         for _ in range(BASELINE_RUNS)])
@@ -193,7 +200,7 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
         out["large_2"] = through_queue(api.url, workers, large, "csv")
         out["set_2"] = job_set(api.url, csv, 4)
     finally:
-        for proc in (*workers, api, redis):
+        for proc in (*workers, api, arriving, redis):
             if proc is not None:
                 proc.stop()
         shutil.rmtree(work, ignore_errors=True)  # uploads and outputs: gigabytes
@@ -229,7 +236,11 @@ def report(r: dict, command: str) -> str:
              "`tabserve worker --concurrency 1` process (its reader and writer threads run "
              "beside the model; the scaling rows use `TABSERVE_WORKER_THREADS=1`, one core "
              "per worker). Worker time is the job's running to succeeded; end to end is "
-             "upload start to result downloaded. Cores: the worker processes' CPU seconds "
+             "upload start to result downloaded. Every row but one sends its file to an API "
+             "that waits for whole files (`TABSERVE_STREAM_UPLOAD_MIN_BYTES=0`); \"scored "
+             "as it arrives\" sends it to one with the default, where the job starts once "
+             "the first MiB is in, so its worker time includes the upload. "
+             "Cores: the worker processes' CPU seconds "
              f"over their time. The baselines and tabserve's 1,000,000-row jobs run "
              f"{BASELINE_RUNS} times each (seconds of every run in brackets) and keep their "
              "best times and smallest peak RSS; the 5,000,000-row jobs run once.", "",
@@ -240,7 +251,9 @@ def report(r: dict, command: str) -> str:
                            ("in-process limit, Parquet", lp, n)):
         lines.append(f"| {label} | {rows:,} | {b['seconds']:.2f}{_listed(b['runs'])} | "
                      f"{rate(rows, b['seconds'])} | {b['rss_mb']:.0f} | |")
-    for label, q in (("queue, CSV", qc), ("queue, Parquet", qp), ("queue, CSV", lg),
+    qa = r["arriving_csv"]
+    for label, q in (("queue, CSV", qc), ("queue, CSV, scored as it arrives", qa),
+                     ("queue, Parquet", qp), ("queue, CSV", lg),
                      (f"1 single-threaded worker, CSV ({l1['parts']} part)", l1),
                      (f"2 single-threaded workers, CSV ({l2['parts']} parts)", l2)):
         runs = {k: _listed(v) for k, v in q.get("runs", {}).items()}
@@ -253,8 +266,10 @@ def report(r: dict, command: str) -> str:
     checks = [
         ("worker time ≥ 2x faster than the naive script (CSV; issue 18)",
          naive["seconds"] / qc["worker_s"], 2.0),
-        ("end to end ≥ 1.6x the naive script (CSV; issue 18)",
-         naive["seconds"] / qc["end_to_end_s"], 1.6),
+        ("end to end ≥ 1.6x the naive script (CSV scored as it arrives; issue 18)",
+         naive["seconds"] / qa["end_to_end_s"], 1.6),
+        ("the same, whole file first (for reference)",
+         naive["seconds"] / qc["end_to_end_s"], None),
         ("worker peak RSS ≤ 1/3 of the naive script's", naive["rss_mb"] / qc["rss_mb"], 3.0),
         ("worker throughput ≥ 75% of the in-process limit, CSV",
          lc["seconds"] / qc["worker_s"], 0.75),
@@ -318,7 +333,8 @@ def main() -> None:
 def record_goals(r: dict, command: str) -> None:
     """This run's rows of issue 18's table (bench.goals)."""
     naive, qc, l1, l2 = r["naive"], r["queue_csv"], r["large_1"], r["large_2"]
-    worker, end = naive["seconds"] / qc["worker_s"], naive["seconds"] / qc["end_to_end_s"]
+    worker = naive["seconds"] / qc["worker_s"]
+    end = naive["seconds"] / r["arriving_csv"]["end_to_end_s"]
     rss, pair = naive["rss_mb"] / qc["rss_mb"], l1["worker_s"] / l2["worker_s"]
     record("worker_time", f"{worker:.2f}×", worker >= 2.0, command)
     record("end_to_end", f"{end:.2f}×", end >= 1.6, command)

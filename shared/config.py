@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     # A request body slower than this, once upload_grace_seconds have passed, is cut with a 408.
     upload_min_bytes_per_second: int = Field(64 * 1024, ge=0)  # 0: no minimum
     upload_grace_seconds: float = Field(10.0, gt=0)
+    # A raw-body CSV upload at least this large is queued once its start is checked and
+    # scored as it arrives (shared.jobs.arrival); 0: every job waits for its whole file.
+    stream_upload_min_bytes: int = Field(8 << 20, ge=0)
+    # Such a job fails (upload_interrupted) when its file stops growing for this long.
+    upload_stall_seconds: float = Field(120.0, gt=0)
     # The API's Redis calls: short timeouts, and a circuit that opens after so many failures
     # in a row and lets one probe through after redis_circuit_open_seconds (workers keep 5 s).
     api_redis_timeout_seconds: float = Field(0.5, gt=0)

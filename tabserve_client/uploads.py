@@ -1,4 +1,6 @@
-"""A streamed multipart/form-data body: the file is read in pieces as it is sent, never whole."""
+"""Streamed upload bodies: the file is read in pieces as it is sent, never whole; as the
+body alone (a CSV file, scored by the server as it arrives) or in a multipart/form-data
+form."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from typing import IO
+from urllib.parse import quote
 
 PIECE_BYTES = 256 * 1024
 Progress = Callable[[int, int], None]  # (bytes sent so far, the body's length)
@@ -63,6 +66,30 @@ class MultipartBody:
     def _field(self, name: str, value: str) -> bytes:
         return (f"--{self.boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
                 f"{value}\r\n").encode()
+
+
+class FileBody(MultipartBody):
+    """The file alone as a body of known length, read in pieces; `progress` as above."""
+
+    def __init__(self, fh: IO[bytes], content_type: str,
+                 progress: Progress | None = None) -> None:
+        self._parts = [fh]
+        self._length = _remaining(fh)
+        self._progress, self._sent, self._type = progress, 0, content_type
+
+    @property
+    def content_type(self) -> str:
+        return self._type
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment; filename=...` for a raw body: ASCII as is, else RFC 5987 UTF-8."""
+    try:
+        filename.encode("ascii")
+    except UnicodeEncodeError:
+        return f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+    quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
+    return f'attachment; filename="{quoted}"'
 
 
 def _remaining(fh: IO[bytes]) -> int:

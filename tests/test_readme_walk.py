@@ -162,7 +162,10 @@ def test_the_readme_as_written(walk_dir, customer_frame):
         fresh = requests.post(url + "/jobs", files={"file": ("big.csv", fh)},
                               timeout=60).json()["id"]
     r = requests.delete(f"{url}/jobs/{fresh}", timeout=10)
-    assert r.status_code == 204 or r.json()["status"] in ("cancelled", "cancelling"), r.text
+    # A 569-row job can end between the submit and the DELETE: the cancel then comes too
+    # late and the answer is the job's own final record (200, "succeeded"), nothing deleted.
+    assert r.status_code == 204 or r.json()["status"] in (
+        "cancelled", "cancelling", "succeeded"), r.text
     r = requests.delete(f"{url}/jobs/{csv_job}", timeout=10)
     assert r.status_code == 204
     assert requests.get(f"{url}/jobs/{csv_job}", timeout=10).status_code == 404

@@ -9,10 +9,13 @@ from typing import IO, cast
 from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.http import parse_options_header
 
 from api.upload import HashingWriter, end_body, guard_header
 from api.views import json_body, json_response, limit_body, principal, runtime
 from shared.errors import ResultGoneError, TabserveError, ValidationError
+from shared.jobs.arrival import START_BYTES, ArrivingUpload
 from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.jobs.idempotency import Fingerprint, check_key, submit_once
 from shared.jobs.inputs import InputFormat
@@ -20,6 +23,8 @@ from shared.jobs.lifecycle import cancel_or_delete, finished_file, visible_job, 
 from shared.jobs.outputs import CONTENT_TYPES
 from shared.jobs.record import Job, JobStatus
 from shared.jobs.submit import (
+    CSV_TYPES,
+    JobOptions,
     check_upload_room,
     copy_limited,
     format_of,
@@ -27,13 +32,14 @@ from shared.jobs.submit import (
     inspect_upload,
     parse_options,
     parse_url_request,
+    start_arriving,
     submit_input_url,
     submit_job,
 )
 from shared.jobs.validation import validation_report
 from shared.redisguard import redis_errors as queue_errors
 from shared.services import Services
-from shared.storage import Storage
+from shared.storage import Storage, is_local
 
 bp = Blueprint("jobs", __name__)
 
@@ -67,10 +73,14 @@ def _create_from_upload(rt: Services, key: str | None) -> Response:
     check_upload_room(rt, request.content_length or 0)  # 507 before a byte is staged
     try:
         try:
-            staged, fmt, filename, hashed = _stage_upload()
+            staged, fmt, filename, hashed, arrived = _stage_upload(
+                None if key else _arriving_options(rt))
         except TabserveError:
             end_body()  # refused before its end (a too wide CSV header): read no more of it
             raise
+        if arrived is not None:  # queued while it arrived: scored already, maybe done
+            return json_response(arrived.public(), status=202,
+                                 headers={"Location": f"/jobs/{arrived.id}"})
         values = {**request.args.to_dict(), **request.form.to_dict()}
         options = parse_options(values)
         if options.validate_only:
@@ -97,8 +107,26 @@ def _accepted(rt: Services, key: str | None, fingerprint: str,
     return json_response(job.public(), status=202, headers=headers)
 
 
-def _stage_upload() -> tuple[Path, InputFormat, str | None, Fingerprint | None]:
-    """The staged file, its format and name, and its fingerprint when one was asked for."""
+def _arriving_options(rt: Services) -> JobOptions | None:
+    """The options of a raw-body CSV upload large enough to be scored as it arrives
+    (shared.jobs.arrival); None for any other (bad options are refused as before, once the
+    body is in)."""
+    size = request.content_length or 0
+    least = rt.settings.stream_upload_min_bytes
+    if not least or size < least or request.mimetype not in CSV_TYPES \
+            or not is_local(rt.settings):
+        return None
+    try:
+        options = parse_options(request.args.to_dict())
+    except TabserveError:
+        return None
+    return None if options.validate_only else options
+
+
+def _stage_upload(arriving: JobOptions | None = None
+                  ) -> tuple[Path, InputFormat, str | None, Fingerprint | None, Job | None]:
+    """The staged file, its format and name, its fingerprint when one was asked for, and
+    the job when it was queued while the file arrived (`arriving`: its options)."""
     storage = runtime().storage
     if request.mimetype == "multipart/form-data":
         part = request.files.get("file")
@@ -109,16 +137,69 @@ def _stage_upload() -> tuple[Path, InputFormat, str | None, Fingerprint | None]:
         fmt = format_of(part.mimetype if part.mimetype != "application/octet-stream" else None,
                         part.filename)
         return (Path(part.stream.name), fmt, part.filename or None,
-                getattr(part.stream, "fingerprint", None))
+                getattr(part.stream, "fingerprint", None), None)
     fmt = format_of(request.mimetype, None)
+    filename = _body_filename()
     path, fh = storage.staging_file()
     request.staged = [path]  # type: ignore[attr-defined]
     hashed = Fingerprint() if IDEMPOTENCY_HEADER in request.headers else None
     guarded = guard_header(fh, request.mimetype)
     out = cast(IO[bytes], HashingWriter(guarded, hashed)) if hashed else guarded
+    limit = runtime().settings.max_upload_bytes
+    if arriving is None:
+        with out:
+            copy_limited(request.stream, out, limit, expected=request.content_length)
+        return path, fmt, filename, hashed, None
+    upload = ArrivingUpload(storage, path, fh, request.content_length or 0)
     with out:
-        copy_limited(request.stream, out, runtime().settings.max_upload_bytes)
-    return path, fmt, None, hashed
+        job = _copy_arriving(upload, out, arriving, limit, filename)
+    return path, fmt, filename, hashed, job
+
+
+def _body_filename() -> str | None:
+    """The file's name a raw body gives in `Content-Disposition: attachment;
+    filename="big.csv"` (RFC 6266; `filename*` decoded), as the Python client sends it."""
+    _, params = parse_options_header(request.headers.get("Content-Disposition", ""))
+    name = "".join(c for c in params.get("filename", "") if c.isprintable())
+    return Path(name.replace("\\", "/")).name[:255] or None
+
+
+def _copy_arriving(upload: ArrivingUpload, out: IO[bytes], options: JobOptions,
+                   limit: int, filename: str | None) -> Job | None:
+    """Stage the body, queueing its job once its first bytes are checked; the job, or None
+    when it waits for the whole file after all (shared.jobs.submit.start_arriving)."""
+    rt = runtime()
+    job: Job | None = None
+    written = 0
+
+    def piece(total: int) -> None:
+        nonlocal job, written
+        written = total
+        if job is not None:
+            out.flush()  # the worker reads what is on disk
+        elif total >= START_BYTES and upload.job_id is None and not upload.declined:
+            job = start_arriving(rt, upload, options, filename, principal().owner)
+            upload.declined = job is None
+
+    try:
+        copy_limited(request.stream, out, limit, piece, request.content_length)
+    except BaseException as exc:
+        if job is not None:
+            upload.abandon(rt.jobs, _broken(exc), written)
+        raise
+    if job is None:
+        return None
+    upload.finish()
+    return rt.jobs.get(job.id)
+
+
+def _broken(exc: BaseException) -> str:
+    """Why an upload stopped, in a few words."""
+    if isinstance(exc, TabserveError):
+        return exc.message
+    if isinstance(exc, ClientDisconnected):
+        return "the client went away"
+    return type(exc).__name__
 
 
 @bp.get("/jobs")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from shared import keys
 from shared.errors import TabserveError
 from shared.jobs import paths
+from shared.jobs.arrival import open_input
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
 from shared.jobs.inputs import resumed_range, whole_range
 from shared.jobs.lease import Lease
@@ -120,7 +121,7 @@ def _score(rt: Services, job: Job, attempt: int) -> int:
     part = None
     if resume is not None:
         run.adopt(resume)
-        with storage.open(job.input["key"]) as fh:
+        with open_input(storage, job, rt.settings) as fh:
             fmt = job.input["format"]
             part = resumed_range(fh, fmt, whole_range(fh, fmt), resume.rows, resume.position)
     else:

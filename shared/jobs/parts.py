@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shared import keys
 from shared.diskspace import is_disk_full
 from shared.jobs import paths
+from shared.jobs.arrival import follows_upload
 from shared.jobs.checkpoint import Checkpoint, can_checkpoint, note_attempt, usable
 from shared.jobs.csvrecords import count_csv_rows
 from shared.jobs.inputs import Part, plan_parts, resumed_range
@@ -58,8 +59,8 @@ def split_job(rt: Services, job: Job) -> bool:
     """Queue the job as parts when it is large and more than one worker process is alive;
     False when it is scored in one piece."""
     jobs = rt.jobs
-    if rt.settings.part_rows <= 0 or jobs.counts().workers < 2:
-        return False
+    if rt.settings.part_rows <= 0 or follows_upload(job) or jobs.counts().workers < 2:
+        return False  # (a job scored as its upload arrives has no whole file to cut)
     with rt.storage.open(job.input["key"]) as fh:
         parts = plan_parts(fh, job.input["format"], rt.settings.part_rows,
                            dialect_of(job.input, rt.settings))

@@ -27,6 +27,11 @@ def upload(job_id: str, fmt: str) -> str:
     return f"{ROOT}/{job_id}/input.{fmt}"
 
 
+# Beside an upload the job scores while it arrives, until its last byte is written
+# (shared.jobs.arrival).
+ARRIVING = "input.arriving"
+
+
 def _attempt(attempt: int) -> str:
     # Each attempt writes its own files, so a late attempt never touches another's; the
     # first keeps the names files had before attempts were numbered.

@@ -28,6 +28,7 @@ from shared.errors import (
     TabserveError,
 )
 from shared.jobs import paths
+from shared.jobs.arrival import open_input
 from shared.jobs.checkpoint import Checkpoint, errors_in_segments, writes_segments
 from shared.jobs.chunks import (
     CheckedChunk,
@@ -148,7 +149,7 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
     the range continues a checkpoint: its files start with the checkpoint's bytes."""
     resume = run.resume
     with ExitStack() as files:
-        input_fh = files.enter_context(storage.open(job.input["key"]))
+        input_fh = files.enter_context(open_input(storage, job, run.rt.settings))
         if job.input["format"] == "parquet":
             check_parquet_file(input_fh, run.limits)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -14,6 +14,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from shared.diskspace import check_free_space
 from shared.errors import (
+    BadRequestError,
     NotFoundError,
     PayloadTooLargeError,
     QueueUnavailableError,
@@ -22,6 +23,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.jobs import paths
+from shared.jobs.arrival import START_BYTES, ArrivingUpload, estimated_rows
 from shared.jobs.callbacks import check_callback_url
 from shared.jobs.csvblocks import MAX_LINE_BYTES, CsvDialect
 from shared.jobs.inputs import (
@@ -169,18 +171,27 @@ def format_of(content_type: str | None, filename: str | None) -> InputFormat:
     )
 
 
-def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int) -> int:
-    """Copy a stream in 1 MiB pieces; 413 once it passes limit bytes (max_upload_bytes)."""
+def copy_limited(src: IO[bytes], dst: IO[bytes], limit: int,
+                 written: Callable[[int], None] | None = None,
+                 expected: int | None = None) -> int:
+    """Copy a stream in 1 MiB pieces; 413 once it passes limit bytes (max_upload_bytes),
+    400 when it ends before the `expected` bytes (its Content-Length: the client went away;
+    gunicorn ends such a body quietly). `written(total)` is called after each piece."""
     total = 0
     while True:
         piece = src.read(COPY_BYTES)
         if not piece:
+            if expected is not None and total < expected:
+                raise BadRequestError(f"the body ended after {total} of its {expected} bytes "
+                                      "(Content-Length): the client went away")
             return total
         total += len(piece)
         if total > limit:
             raise PayloadTooLargeError(f"the upload is larger than the limit of {limit} bytes "
                                        "(TABSERVE_MAX_UPLOAD_BYTES)")
         dst.write(piece)
+        if written is not None:
+            written(total)
 
 
 def check_upload_room(rt: Services, incoming: int) -> None:
@@ -231,15 +242,43 @@ def submit_job(rt: Services, staged: Path, fmt: InputFormat, filename: str | Non
     return _record_and_queue(rt, job_id, manifest, options, info, source, owner)
 
 
-def inspect_upload(rt: Services, staged: Path, fmt: InputFormat,
-                   options: JobOptions) -> tuple[Manifest, InputInfo]:
-    """The pinned model and what the staged file holds; 422 when it does not fit the model."""
+def start_arriving(rt: Services, upload: ArrivingUpload, options: JobOptions,
+                   filename: str | None = None, owner: str | None = None) -> Job | None:
+    """Queue a CSV upload's job from the file's first bytes, to be scored as the rest
+    arrives (shared.jobs.arrival); None when it must wait for the whole file: its header is
+    not in yet, it would be cut into parts for several workers, or it cannot be moved in
+    place."""
+    upload.fh.flush()
+    with open(upload.staged, "rb") as fh:
+        head = fh.read(START_BYTES)
+    if b"\n" not in head:
+        return None
+    settings = rt.settings
+    if settings.part_rows and estimated_rows(head, upload.size) > settings.part_rows:
+        with redis_errors():
+            if rt.jobs.counts().workers >= 2:
+                return None
+    job_id = new_job_id()
+    if not upload.can_move(job_id, "csv"):
+        return None
+    manifest, info = inspect_upload(rt, upload.staged, "csv", options, upload.size)
+    _reserve(rt, owner, job_id)
+    key = upload.move(job_id, "csv")
+    source = {"name": filename or "input.csv", "key": key, "streamed": True}
+    return _record_and_queue(rt, job_id, manifest, options, info, source, owner)
+
+
+def inspect_upload(rt: Services, staged: Path, fmt: InputFormat, options: JobOptions,
+                   size: int | None = None) -> tuple[Manifest, InputInfo]:
+    """The pinned model and what the staged file holds (`size`: the bytes it will hold,
+    when it is still arriving); 422 when it does not fit the model."""
     _check_time_limit(options, rt.settings.job_time_limit_max_seconds)
     check_callback_url(options.callback_url, rt.settings)
     manifest = rt.models.resolve(options.model, rt.settings.default_model).manifest
     with open(staged, "rb") as fh:
         check_header_width(fh, fmt, manifest, rt.settings.max_input_columns)
-        info = inspect_input(fh, staged.stat().st_size, fmt, manifest.schema_,
+        info = inspect_input(fh, staged.stat().st_size if size is None else size, fmt,
+                             manifest.schema_,
                              options.id_column, options.dialect(rt.settings.max_line_bytes),
                              sniff=options.delimiter is None,
                              limits=input_limits(rt, manifest))

@@ -75,6 +75,9 @@ IDEMPOTENCY_KEY = param("Idempotency-Key", "header",
                          "pattern": "^[\\x20-\\x7e]+$"},
                         "a retried request with the same key and body gets the same job "
                         "(for the job's TTL, per API key owner); another body: 422")
+CONTENT_DISPOSITION = param("Content-Disposition", "header", {"type": "string"},
+                            'a raw body\'s file name: attachment; filename="big.csv" (the '
+                            "download is then big-predictions.csv)")
 LOCATION = {"description": "/jobs/{id}", "schema": {"type": "string"}}
 ASYNC_HEADERS = {"Location": LOCATION, "Preference-Applied": {
     "description": "respond-async, when the request asked for it", "schema": {"type": "string"}}}
@@ -178,7 +181,8 @@ def _ops_jobs() -> list[Operation]:
                          "job it made)", job),
                    200: ("validate_only=true: what the check found; no job, nothing stored",
                          json_of("ValidationReport"))},
-                  (400, 403, 404, 409, 415, 422, 503, 507) + BODY, upload, (IDEMPOTENCY_KEY,),
+                  (400, 403, 404, 409, 415, 422, 503, 507) + BODY, upload,
+                  (IDEMPOTENCY_KEY, CONTENT_DISPOSITION),
                   description="The options are form fields or query parameters (both: the "
                   "form wins). 403 `input_url_forbidden`: an input_url outside "
                   "TABSERVE_INPUT_URL_PREFIXES. 429 also when the key has "
@@ -186,7 +190,11 @@ def _ops_jobs() -> list[Operation]:
                   "to 255 printable ASCII characters; 422 `idempotency_key_reused` for the "
                   "same key with another file or options; 409 "
                   "`idempotency_key_in_progress` while a concurrent request with the key "
-                  "is still being accepted.",
+                  "is still being accepted. A text/csv body of "
+                  "TABSERVE_STREAM_UPLOAD_MIN_BYTES or more (no Idempotency-Key, options in "
+                  "the query) is queued once its first MiB is checked and scored while the "
+                  "rest arrives: the 202 then shows the job running; a body that ends short "
+                  "fails it with `upload_interrupted`.",
                   headers={202: {"Location": LOCATION, "Idempotent-Replayed": {
                       "description": "true: an earlier request with this Idempotency-Key "
                       "made this job", "schema": {"type": "string"}}}}),
