@@ -153,7 +153,8 @@ def read_length(stream: Any, length: int, ends_early: bool) -> bytes:
     """`length` bytes of stream, as Werkzeug's LimitedStream reads them: a stream that ends
     sooner gives what it had where the server ends the body itself (`ends_early`, gunicorn's
     wsgi.input_terminated), else a 400; a read that fails is a 400."""
-    pieces, total = list[bytes](), 0
+    pieces: list[bytes] = []
+    total = 0
     try:
         while total < length:
             piece = stream.read(min(READ_BYTES, length - total))
