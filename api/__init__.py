@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -22,11 +24,26 @@ from shared.services import Services
 logger = logging.getLogger(__name__)
 
 
+class App(Flask):
+    """Flask, with its async check made once per function: Flask asks `inspect` whether each
+    view and each before- and after-request hook is a coroutine function on every request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        found = self._sync.get(func)
+        if found is None:
+            found = self._sync[func] = super().ensure_sync(func)
+        return found
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app from settings (read from TABSERVE_* when not given)."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    app = Flask(__name__)
+    app = App(__name__)
     app.request_class = UploadRequest
     app.wsgi_app = closing(app.wsgi_app)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -10,6 +10,7 @@ import time
 from flask import Flask, Response, g, request
 from werkzeug.datastructures import Headers
 
+from shared.ids import random_hex
 from shared.logs import LineLogger
 from shared.monitoring.metrics import record_request
 
@@ -34,7 +35,7 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
     def _start() -> None:
         g.started = time.perf_counter()
         given = request.environ.get("HTTP_X_REQUEST_ID", "")
-        g.request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
+        g.request_id = given if _REQUEST_ID.match(given) else random_hex(16)
         g.model_ref = None
 
     @app.after_request
@@ -43,7 +44,7 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
         started = getattr(ctx, "started", None)
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
-        request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
+        request_id = getattr(ctx, "request_id", None) or random_hex(16)
         headers = response.headers
         # Header names the view set, looked at once: each Headers.set or setdefault would
         # scan the list again; a name not there is appended.

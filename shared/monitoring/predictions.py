@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 import orjson
 
 from shared import keys
+from shared.ids import random_hex
 from shared.monitoring.metrics import record_predictions_dropped
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ SET_BATCH = 1_000  # predictions per HSET: each command short enough for Redis t
 def new_prediction_id() -> str:
     """A request's prediction id (rows of an `instances` request add `.<index>`): its
     10-minute bucket in 8 hex digits, then 96 random bits."""
-    return f"{int(time.time()) // BUCKET_SECONDS:08x}{os.urandom(12).hex()}"
+    return f"{int(time.time()) // BUCKET_SECONDS:08x}{random_hex(12)}"
 
 
 def lookup_online_prediction(client: Any, prediction_id: str) -> bytes | None:
