@@ -69,6 +69,7 @@ bench: setup-test bench-deps
 	$(BIN)/python -m bench.modelcall
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.contention
+	$(BIN)/python -m bench.arrival
 	$(BIN)/python -m bench.goals
 
 bench-quick: setup-test bench-deps

@@ -148,6 +148,17 @@ def small_jobs(url: str, count: int) -> dict:
             "ten_row_job_ms": statistics.median(end_to_end) * 1000}
 
 
+def stack_envs(work: Path, redis_url: str) -> tuple[Settings, dict[str, str], dict[str, str]]:
+    """The benchmark's settings and two environments on the same Redis and store: the
+    default, where an API scores a CSV body while it arrives (shared.jobs.arrival), and one
+    whose API waits for whole files (so that worker time is the scoring alone)."""
+    settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
+                        redis_url=redis_url, max_upload_bytes=16 * 1024**3,
+                        worker_metrics_port=0, log_level="INFO")
+    whole = settings.with_overrides(stream_upload_min_bytes=0)
+    return settings, tabserve_env(settings.as_env()), tabserve_env(whole.as_env())
+
+
 def run(rows: int, large_rows: int, small_count: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tabserve-bench-"))
     store = ModelStore(work / "artifacts")
@@ -164,14 +175,7 @@ def run(rows: int, large_rows: int, small_count: int) -> dict:
     out["bare_pair"] = bare_pair(model_pkl, csv, work)
     print(out, flush=True)
     redis = RedisServer(work / "redis")
-    settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
-                        redis_url=redis.url, max_upload_bytes=16 * 1024**3,
-                        worker_metrics_port=0, log_level="INFO")
-    env = tabserve_env(settings.as_env())
-    # Two APIs on the same Redis and store: the default one scores a CSV body while it
-    # arrives (shared.jobs.arrival); the other waits for whole files, so that worker time
-    # is the scoring alone (and the rows stay comparable with earlier runs).
-    whole = tabserve_env(settings.with_overrides(stream_upload_min_bytes=0).as_env())
+    settings, env, whole = stack_envs(work, redis.url)
     api = arriving = None
     workers: list[WorkerProcess] = []
     try:

@@ -240,3 +240,15 @@ def test_a_raw_body_names_its_file_in_content_disposition(job_stack, demo_data):
         "Content-Disposition": 'attachment; filename="../../etc/march.csv"'})
     assert r.status_code == 202, r.text
     assert r.json()["input"]["name"] == "march.csv"
+
+
+def test_a_large_body_refused_on_its_first_bytes_leaves_no_job_behind(job_stack, body):
+    s = job_stack()
+    header, rest = body.split(b"\n", 1)
+    wrong = header.replace(b"mean radius", b"mean radios") + b"\n" + rest
+    r = requests.post(s.api.url + "/jobs?id_column=key", data=wrong, timeout=120,
+                      headers={"Content-Type": "text/csv"})
+    assert r.status_code == 422 and "mean radius" in r.json()["error"]["message"], r.text
+    jobs_dir = Path(s.settings.data_dir) / "jobs"
+    assert not jobs_dir.exists() or not any(jobs_dir.iterdir())
+    assert requests.get(s.api.url + "/jobs", timeout=10).json()["jobs"] == []

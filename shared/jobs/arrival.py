@@ -164,8 +164,9 @@ class ArrivingUpload:
         target = self.storage.local_path(paths.upload(job_id, fmt))
         if target is None:
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return os.stat(target.parent).st_dev == os.stat(self.staged).st_dev
+        jobs_dir = target.parent.parent  # the job's own directory is made only by move()
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        return os.stat(jobs_dir).st_dev == os.stat(self.staged).st_dev
 
     def move(self, job_id: str, fmt: str) -> str:
         """Mark the upload arriving and move the staged file (still being written) to be
@@ -174,6 +175,7 @@ class ArrivingUpload:
         target = self.storage.local_path(key)
         assert target is not None
         self.fh.flush()
+        target.parent.mkdir(parents=True, exist_ok=True)
         marker_path(target).touch()  # before the job exists: a reader never misses it
         os.replace(self.staged, target)
         self.job_id, self.path = job_id, target
