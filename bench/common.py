@@ -7,6 +7,7 @@ import platform
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -74,6 +75,30 @@ class RSSSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def predict_stack(work: Path, rows: int = 100) -> tuple[Path, Any, Any]:
+    """For a /predict load run in `work`: the demo model trained into work/artifacts, a file
+    of `rows` bodies (one breast-cancer row each, as wrk's bench/post.lua sends them), a
+    redis-server started there (the caller stops it) and the settings for the servers."""
+    import json
+
+    from shared.config import Settings
+    from shared.models.store import ModelStore
+    from shared.models.training import train_demo
+    from tests.servers import RedisServer
+
+    train_demo(ModelStore(work / "artifacts"))
+    data = load_breast_cancer()
+    names = [str(n) for n in data.feature_names]
+    bodies = work / "bodies.jsonl"
+    bodies.write_text("".join(
+        json.dumps({"features": dict(zip(names, row.tolist(), strict=True))}) + "\n"
+        for row in data.data[:rows]))
+    redis = RedisServer(work / "redis")
+    settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
+                        redis_url=redis.url)
+    return bodies, redis, settings
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -13,7 +13,6 @@ Writes the section "Keep-alive and the worker class" of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,16 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from sklearn.datasets import load_breast_cancer
-
-from bench.common import machine
+from bench.common import machine, predict_stack
 from bench.loadgen import LoadResult, run_load, wrk_version
 from bench.online_report import write_section
 from bench.scenarios import HelloServer
 from shared.config import Settings
-from shared.models.store import ModelStore
-from shared.models.training import train_demo
-from tests.servers import ApiServer, RedisServer, tabserve_env
+from tests.servers import ApiServer, tabserve_env
 
 TITLE = "## Keep-alive and the worker class: tabserve and hello-world"
 GEVENT = "gevent==26.9.0"  # what `pip install gevent` took on 2026-12-02
@@ -66,18 +61,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows: list[tuple[int, str, str, str, LoadResult]] = []
-    data = load_breast_cancer()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        train_demo(ModelStore(work / "artifacts"))
-        bodies = work / "bodies.jsonl"
-        bodies.write_text("".join(
-            json.dumps({"features": dict(zip(map(str, data.feature_names), row.tolist(),
-                                             strict=True))}) + "\n" for row in data.data[:100]))
-        redis = RedisServer(work / "redis")
-        settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
-                            redis_url=redis.url)
+        bodies, redis, settings = predict_stack(work)
         try:
             for rnd in range(args.rounds):
                 for worker_class in args.classes:

@@ -14,22 +14,17 @@ docs/benchmarks.md quotes it by hand.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
-from sklearn.datasets import load_breast_cancer
-
+from bench.common import predict_stack, tree_cpu_seconds
 from bench.loadgen import LoadResult, run_load
 from bench.scenarios import HelloServer
 from shared.config import Settings
-from shared.models.store import ModelStore
-from shared.models.training import train_demo
-from tests.servers import ApiServer, RedisServer, tabserve_env
+from tests.servers import ApiServer, tabserve_env
 
 # CPU microseconds of the server's processes per request answered, by server and round: on
 # a noisy machine steadier than req/s, which other processes' load moves.
@@ -48,18 +43,10 @@ def main() -> None:
                         "tried against the same code)")
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
-    data = load_breast_cancer()
     results: dict[str, list[LoadResult]] = {"before": [], "after": [], "hello": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        train_demo(ModelStore(work / "artifacts"))
-        bodies = work / "bodies.jsonl"
-        bodies.write_text("".join(
-            json.dumps({"features": dict(zip(map(str, data.feature_names), row.tolist(),
-                                             strict=True))}) + "\n" for row in data.data[:100]))
-        redis = RedisServer(work / "redis")
-        settings = Settings(artifacts_dir=work / "artifacts", data_dir=str(work / "data"),
-                            redis_url=redis.url)
+        bodies, redis, settings = predict_stack(work)
         try:
             for rnd in range(args.rounds):
                 order = ["before", "after", "hello"]
@@ -89,26 +76,14 @@ def _run(name: str, tree: Path | None, extra: dict[str, str], work: Path, settin
     url = server.url + "/predict"
     try:
         run_load("wrk", url, bodies, 16, 2, close)  # warm-up
-        before = server_cpu(server.pid)
+        before = tree_cpu_seconds(server.pid)
         result = run_load("wrk", url, bodies, 16, seconds, close)
-        cpu_us[name].append((server_cpu(server.pid) - before) * 1e6 / max(1, result.requests))
+        spent = tree_cpu_seconds(server.pid) - before
+        cpu_us[name].append(spent * 1e6 / max(1, result.requests))
         return result
     finally:
         server.stop()
         time.sleep(1)
-
-
-def server_cpu(pid: int) -> float:
-    """User and system CPU seconds of a server's processes (gunicorn's master and workers)."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def report(args: argparse.Namespace, results: dict[str, list[LoadResult]]) -> str:

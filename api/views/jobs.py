@@ -9,13 +9,12 @@ from typing import IO, cast
 from urllib.parse import quote
 
 from flask import Blueprint, Response, request, send_file
-from werkzeug.exceptions import ClientDisconnected
 from werkzeug.http import parse_options_header
 
 from api.upload import HashingWriter, end_body, guard_header
 from api.views import json_body, json_response, limit_body, principal, runtime
 from shared.errors import ResultGoneError, TabserveError, ValidationError
-from shared.jobs.arrival import START_BYTES, ArrivingUpload
+from shared.jobs.arrival import ArrivingUpload
 from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.jobs.idempotency import Fingerprint, check_key, submit_once
 from shared.jobs.inputs import InputFormat
@@ -32,7 +31,7 @@ from shared.jobs.submit import (
     inspect_upload,
     parse_options,
     parse_url_request,
-    start_arriving,
+    stage_arriving,
     submit_input_url,
     submit_job,
 )
@@ -152,7 +151,8 @@ def _stage_upload(arriving: JobOptions | None = None
         return path, fmt, filename, hashed, None
     upload = ArrivingUpload(storage, path, fh, request.content_length or 0)
     with out:
-        job = _copy_arriving(upload, out, arriving, limit, filename)
+        job = stage_arriving(runtime(), upload, request.stream, out, limit, arriving,
+                             filename, principal().owner)
     return path, fmt, filename, hashed, job
 
 
@@ -162,44 +162,6 @@ def _body_filename() -> str | None:
     _, params = parse_options_header(request.headers.get("Content-Disposition", ""))
     name = "".join(c for c in params.get("filename", "") if c.isprintable())
     return Path(name.replace("\\", "/")).name[:255] or None
-
-
-def _copy_arriving(upload: ArrivingUpload, out: IO[bytes], options: JobOptions,
-                   limit: int, filename: str | None) -> Job | None:
-    """Stage the body, queueing its job once its first bytes are checked; the job, or None
-    when it waits for the whole file after all (shared.jobs.submit.start_arriving)."""
-    rt = runtime()
-    job: Job | None = None
-    written = 0
-
-    def piece(total: int) -> None:
-        nonlocal job, written
-        written = total
-        if job is not None:
-            out.flush()  # the worker reads what is on disk
-        elif total >= START_BYTES and upload.job_id is None and not upload.declined:
-            job = start_arriving(rt, upload, options, filename, principal().owner)
-            upload.declined = job is None
-
-    try:
-        copy_limited(request.stream, out, limit, piece, request.content_length)
-    except BaseException as exc:
-        if job is not None:
-            upload.abandon(rt.jobs, _broken(exc), written)
-        raise
-    if job is None:
-        return None
-    upload.finish()
-    return rt.jobs.get(job.id)
-
-
-def _broken(exc: BaseException) -> str:
-    """Why an upload stopped, in a few words."""
-    if isinstance(exc, TabserveError):
-        return exc.message
-    if isinstance(exc, ClientDisconnected):
-        return "the client went away"
-    return type(exc).__name__
 
 
 @bp.get("/jobs")

@@ -268,6 +268,38 @@ def start_arriving(rt: Services, upload: ArrivingUpload, options: JobOptions,
     return _record_and_queue(rt, job_id, manifest, options, info, source, owner)
 
 
+def stage_arriving(rt: Services, upload: ArrivingUpload, src: IO[bytes], out: IO[bytes],
+                   limit: int, options: JobOptions, filename: str | None = None,
+                   owner: str | None = None) -> Job | None:
+    """Stage a raw CSV body (`out`: its staging file, as written), queueing its job once the
+    first START_BYTES are in and checked (start_arriving); the job as the upload ended, or
+    None when it waited for the whole file after all. A body that breaks after the job was
+    queued fails the job (ArrivingUpload.abandon) before the error goes on."""
+    job: Job | None = None
+    written = 0
+
+    def piece(total: int) -> None:
+        nonlocal job, written
+        written = total
+        if job is not None:
+            out.flush()  # the worker reads what is on disk
+        elif total >= START_BYTES and not upload.declined:
+            job = start_arriving(rt, upload, options, filename, owner)
+            upload.declined = job is None
+
+    try:
+        copy_limited(src, out, limit, piece, upload.size)
+    except BaseException as exc:
+        if job is not None:
+            upload.abandon(rt.jobs, exc.message if isinstance(exc, TabserveError)
+                           else type(exc).__name__, written)
+        raise
+    if job is None:
+        return None
+    upload.finish()
+    return rt.jobs.get(job.id)
+
+
 def inspect_upload(rt: Services, staged: Path, fmt: InputFormat, options: JobOptions,
                    size: int | None = None) -> tuple[Manifest, InputInfo]:
     """The pinned model and what the staged file holds (`size`: the bytes it will hold,
