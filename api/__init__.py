@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from api.errors import register_error_handlers
+from api.fastpath import ADMITTED, FastScoring, headers_fit
 from api.requestlog import install_request_logging
 from api.upload import UploadRequest, closing
 from shared.config import Settings
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.preload_model:
         runtime.models.warm(settings.default_model)
     warm_queue(runtime.celery)  # the first job's imports, not under other requests' feet
+    if settings.online_fast_path:  # plain scoring requests skip Flask (api/fastpath.py)
+        app.wsgi_app = FastScoring(runtime, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -93,10 +96,7 @@ def install_header_limit(app: Flask, limit: int) -> None:
 
     @app.before_request
     def _headers_fit() -> None:
-        # A header's environ key is at least as long as its name: when no key and value
-        # together pass the limit, no header does, and no name is built.
-        if all(len(key) + len(value) <= limit for key, value in request.environ.items()
-               if type(value) is str):
+        if headers_fit(request.environ, limit):
             return
         for name, value in request.headers.items():
             size = len(name) + len(value)
@@ -125,8 +125,11 @@ def install_gate(app: Flask, gate: Gate) -> None:
 
     @app.before_request
     def _admit() -> None:
-        g.principal = gate.admit(request.headers.get("Authorization"), request.path,
-                                 route_action())
+        admitted = request.environ.pop(ADMITTED, None)  # api/fastpath.py asked the gate
+        if isinstance(admitted, Exception):
+            raise admitted
+        g.principal = admitted or gate.admit(request.headers.get("Authorization"),
+                                             request.path, route_action())
 
 
 # A process's threads (TABSERVE_WEB_THREADS) per refusal held at a time: with 64, 8 may wait

@@ -25,6 +25,26 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _SECURITY = [(name, name.lower(), value) for name, value in SECURITY_HEADERS.items()]
+# environ key: when api/fastpath.py looked at the request before it went on to the app
+STARTED = "tabserve.started"
+
+
+def request_id(environ: dict) -> str:
+    """The client's X-Request-ID when it is a sane one, else a new id."""
+    given = environ.get("HTTP_X_REQUEST_ID", "")
+    return given if _REQUEST_ID.match(given) else random_hex(16)
+
+
+def log_request(route: str, method: str, path: str, status: int, latency_ms: float | None,
+                rid: str, model_ref: str | None, metrics: bool, access_log: bool) -> None:
+    """Count a request answered (metrics) and log its line (access_log)."""
+    if metrics and latency_ms is not None:
+        record_request(route, method, status, latency_ms / 1000)
+    if access_log:
+        access.info(f"{method} {path} {status}", {
+            "request_id": rid, "method": method, "path": path, "status": status,
+            "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,
+            "model_version": model_ref})
 
 
 def install_request_logging(app: Flask, metrics: bool = True, access_log: bool = True) -> None:
@@ -33,9 +53,9 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
 
     @app.before_request
     def _start() -> None:
-        g.started = time.perf_counter()
-        given = request.environ.get("HTTP_X_REQUEST_ID", "")
-        g.request_id = given if _REQUEST_ID.match(given) else random_hex(16)
+        environ = request.environ
+        g.started = environ.get(STARTED) or time.perf_counter()
+        g.request_id = request_id(environ)
         g.model_ref = None
 
     @app.after_request
@@ -44,12 +64,12 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
         req, ctx = request._get_current_object(), g._get_current_object()  # type: ignore[attr-defined]
         started = getattr(ctx, "started", None)
         latency_ms = (time.perf_counter() - started) * 1000 if started else None
-        request_id = getattr(ctx, "request_id", None) or random_hex(16)
+        rid = getattr(ctx, "request_id", None) or random_hex(16)
         headers = response.headers
         # Header names the view set, looked at once: each Headers.set or setdefault would
         # scan the list again; a name not there is appended.
         present = {name.lower() for name, _ in headers}
-        put(headers, present, "X-Request-ID", request_id)
+        put(headers, present, "X-Request-ID", rid)
         for name, lower, value in _SECURITY:  # a page (/docs) sets its own policy
             if lower not in present:
                 headers.add(name, value)
@@ -59,15 +79,9 @@ def install_request_logging(app: Flask, metrics: bool = True, access_log: bool =
             put(headers, present, "X-Served-By", str(os.getpid()))
         if req.path.startswith("/jobs"):  # a job's record and files: another key's to see
             put(headers, present, "Cache-Control", "no-store")
-        status, method, path = response.status_code, req.method, req.path
-        if metrics and latency_ms is not None:
-            route = req.url_rule.rule if req.url_rule is not None else "unmatched"
-            record_request(route, method, status, latency_ms / 1000)
-        if access_log:
-            access.info(f"{method} {path} {status}", {
-                "request_id": request_id, "method": method, "path": path, "status": status,
-                "latency_ms": round(latency_ms, 3) if latency_ms is not None else None,
-                "model_version": model_ref})
+        route = req.url_rule.rule if req.url_rule is not None else "unmatched"
+        log_request(route, req.method, req.path, response.status_code, latency_ms, rid,
+                    model_ref, metrics, access_log)
         return response
 
 

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     preload_model: bool = True
     monitoring: bool = True
     access_log: bool = True
+    # Plain scoring requests answered without Flask's request context (api/fastpath.py).
+    online_fast_path: bool = True
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_bind: str = "127.0.0.1"
     drift_window: int = Field(10_000, ge=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,6 +16,9 @@ from shared.security.roles import ANONYMOUS, Action, Principal, default_action
 from shared.services import Services
 
 READ_BYTES = 1024 * 1024
+# environ key: the body api/fastpath.py read before the request went on to the app, or the
+# error reading it raised (read_body gives or raises it, once).
+EARLY_BODY = "tabserve.body"
 
 # The action each route needs, in one table (docs/security.md shows it by role). A route not
 # listed needs default_action's: the protocol endpoints predict or read models, anything
@@ -97,9 +102,14 @@ def json_body() -> Any:
                               settings.max_json_number_chars)
 
 
+def to_json(body: Any) -> bytes:
+    """A response body, serialized with orjson (NumPy-aware)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Serialize with orjson (NumPy-aware)."""
-    payload = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    payload = to_json(body)
     response = Response(payload, status=status, mimetype="application/json")
     if headers:  # set one by one: Response(headers=...) builds and extends a Headers first
         for name, value in headers.items():
@@ -130,6 +140,11 @@ def read_body(limit: int | None) -> bytes:
     limit.
     """
     environ = request.environ
+    early = environ.pop(EARLY_BODY, None)
+    if early is not None:  # read by api/fastpath.py, within this route's limit
+        if isinstance(early, Exception):
+            raise early
+        return early
     length = request.content_length
     if length is not None:
         if limit is not None and length > limit:
@@ -167,3 +182,18 @@ def read_length(stream: Any, length: int, ends_early: bool) -> bytes:
     except (OSError, ValueError):
         raise ClientDisconnected() from None
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+@dataclass(slots=True)
+class Reply:
+    """A scoring route's 200 answer from its fast twin (api/fastpath.py)."""
+
+    payload: bytes
+    model_ref: str
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# A scoring view's fast twin: (services, body, environ, the route's parameters) -> its 200
+# answer; anything it raises sends the request on to the view.
+FastAnswer = Callable[[Services, bytes, dict[str, Any], tuple[Any, ...]], Reply]

@@ -11,8 +11,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.asyncjobs import respond_async
 from api.errors import note_domain_error, too_large_message
-from api.views import json_body, json_response, read_body, runtime
-from shared.errors import TabserveError, UnsupportedMediaTypeError
+from api.views import Reply, json_body, json_response, read_body, runtime, to_json
+from shared.errors import PayloadTooLargeError, TabserveError, UnsupportedMediaTypeError
 from shared.jobs.fromrows import asks_async
 from shared.monitoring.health import check_model
 from shared.online.mlflow import (
@@ -22,6 +22,8 @@ from shared.online.mlflow import (
     parse_json_input,
     tabserve_version,
 )
+from shared.online.predict import parse_limited_json
+from shared.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,27 @@ def invocations() -> Response:
         return respond_async(rows, loaded, asked)
     body, prediction_id = invoke(rt, loaded, rows, params)
     return json_response(body, headers={"X-Prediction-Id": prediction_id})
+
+
+def accepts(mimetype: str, environ: dict[str, Any]) -> bool:
+    """Whether api/fastpath.py may answer a request of this content type (JSON; a CSV body
+    goes to the view)."""
+    return mimetype == "application/json"
+
+
+def fast(rt: Services, raw: bytes, environ: dict[str, Any], params: tuple[Any, ...]) -> Reply:
+    """invocations() for a JSON body already read, without Prefer, with ?model= or no query
+    (`params`: (the ref or None,)): its 200 answer, or an error before anything is scored
+    (more rows than an online request's go to the view, which runs them as a job)."""
+    settings = rt.settings
+    loaded = rt.models.resolve(params[0], settings.default_model)
+    rows, params_ = parse_json_input(
+        parse_limited_json(raw, settings.max_json_depth, settings.max_json_number_chars),
+        loaded.validator.names)
+    if len(rows) > settings.max_online_rows:
+        raise PayloadTooLargeError("a job's worth of rows: the view runs it")
+    body, prediction_id = invoke(rt, loaded, rows, params_)
+    return Reply(to_json(body), loaded.manifest.ref, headers=(("X-Prediction-Id", prediction_id),))
 
 
 @bp.get("/ping")

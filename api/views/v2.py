@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import orjson
 from flask import Blueprint, Response, g, request
 
 from api.errors import register_plain_errors
-from api.views import json_response, read_body, runtime
+from api.views import Reply, json_response, read_body, runtime, to_json
 from shared.errors import (
     BadRequestError,
     NotFoundError,
@@ -23,6 +24,7 @@ from shared.models.loading import LoadedModel
 from shared.models.store import parse_ref
 from shared.monitoring.health import check_readiness
 from shared.online import v2
+from shared.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,26 @@ def infer(name: str, version: str | None = None) -> Response:
     head = orjson.dumps(answer.header)
     return Response(head + answer.buffers, mimetype="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+def accepts(mimetype: str, environ: dict[str, Any]) -> bool:
+    """Whether api/fastpath.py may answer a request of this content type and encoding."""
+    return environ.get("HTTP_CONTENT_ENCODING", "identity") == "identity" and \
+        (mimetype in BODY_TYPES or mimetype.endswith("+json"))
+
+
+def fast(rt: Services, raw: bytes, environ: dict[str, Any], params: tuple[Any, ...]) -> Reply:
+    """infer() for a body already read: its 200 answer, or an error before anything is
+    scored."""
+    header, buffers = v2.split_body(raw, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
+    body = v2.parse_header(header, rt.settings)
+    loaded = rt.models.resolve(model_ref(*params))
+    answer = v2.infer(rt, loaded, body, buffers)
+    if not answer.buffers:
+        return Reply(to_json(answer.header), loaded.manifest.ref)
+    head = orjson.dumps(answer.header)
+    return Reply(head + answer.buffers, loaded.manifest.ref, "application/octet-stream",
+                 (("Inference-Header-Content-Length", str(len(head))),))
 
 
 @bp.post("/repository/index")
