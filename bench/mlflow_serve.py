@@ -41,6 +41,7 @@ def ensure_venv(log_path: Path) -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
     base = getattr(sys, "_base_executable", sys.executable)
+    log_path.parent.mkdir(parents=True, exist_ok=True)  # bench/out, in a fresh checkout
     with open(log_path, "ab") as log:
         steps = [[base, "-m", "venv", "--clear", str(VENV)],
                  [str(python), "-m", "pip", "install", "--disable-pip-version-check",
