@@ -21,6 +21,7 @@ TABSERVE_ONLINE_FAST_PATH=0 sends every request through Flask.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 ADMITTED = "tabserve.admitted"
 BODY = EARLY_BODY
 
+logger = logging.getLogger(__name__)
 _SECURITY = list(SECURITY_HEADERS.items())
 _V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 # A route: its URL rule as the app's metrics name it, its view's content-type check, and
@@ -141,8 +143,11 @@ class FastScoring:
                    ("Content-Length", str(len(reply.payload))), *reply.headers,
                    ("X-Request-ID", rid), *_SECURITY,
                    ("X-Model-Version", reply.model_ref), ("X-Served-By", str(os.getpid()))]
-        log_request(rule, "POST", environ["PATH_INFO"], 200,
-                    (time.perf_counter() - started) * 1000, rid, reply.model_ref,
-                    metrics=self.metrics, access_log=self.access_log)
+        try:
+            log_request(rule, "POST", environ["PATH_INFO"], 200,
+                        (time.perf_counter() - started) * 1000, rid, reply.model_ref,
+                        metrics=self.metrics, access_log=self.access_log)
+        except Exception:  # the answer stands: it was scored and recorded
+            logger.exception("request %s: its metric or access line failed", rid)
         start_response("200 OK", headers)
         return [reply.payload]

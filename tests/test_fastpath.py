@@ -267,3 +267,17 @@ def test_under_gunicorn_the_fast_answer_is_logged_counted_and_served(api_server,
     assert line["model_version"] == "breast-cancer:1" and line["latency_ms"] > 0
     metrics = requests.get(f"{api_server.url}/metrics", timeout=10).text
     assert 'tabserve_http_requests_total{method="POST",route="/predict",status="200"}' in metrics
+
+
+def test_a_failing_access_line_does_not_take_the_answer(clients, demo_rows, monkeypatch,
+                                                        caplog):
+    import api.fastpath
+
+    def broken(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(api.fastpath, "log_request", broken)
+    fast, _, _ = clients
+    answer = fast.post("/predict", json={"features": demo_rows[0]})
+    assert answer.status_code == 200 and answer.get_json()["prediction"] in (0, 1)
+    assert "its metric or access line failed" in caplog.text
