@@ -35,7 +35,7 @@ from shared.models.training import train_demo
 from shared.security.keyfile import create_key
 from tests import test_deploy_files as deploy
 from tests.jobclient import read_result, submit, wait_job
-from tests.servers import ROOT, Process, free_port, wait_until
+from tests.servers import ROOT, Process, free_port, free_ports, wait_until
 
 compose = deploy.compose  # fixture: the file as `docker-compose config` resolves it
 
@@ -184,7 +184,7 @@ def localize(compose: dict, service_name: str, name: str, hosts: dict[str, dict[
     paths[image.env["VIRTUAL_ENV"]] = sys.prefix
     paths[image.workdir] = str(ROOT)  # the Dockerfile copies the sources there
     paths.update(secrets)
-    mapping = Mapping(hosts, paths, {port: free_port() for port in listens})
+    mapping = Mapping(hosts, paths, dict(zip(listens, free_ports(len(listens)), strict=True)))
     (root / "home").mkdir(parents=True)
     (root / "cwd").mkdir()  # the container's WORKDIR, but holding nothing
     env = {"PATH": os.environ["PATH"], "HOME": str(root / "home"), "LANG": "C.UTF-8"}

