@@ -10,11 +10,12 @@ mlflow.py, v2.py: the same shared/online calls on a body already read), with the
 metric and access-log line the app's hooks give every answer (api.requestlog).
 
 Anything else goes on to the Flask app, which answers it as it always has: another content
-type, another query string, `Prefer: respond-async`, a key the gate refuses, a body that
-fails to arrive, and any error from parsing to scoring, so that every error keeps the one shape its
-route gives. What was done here already is handed over in the environ (the gate's verdict,
-the body read or its failure, the start time), so nothing is counted or read twice. Scoring
-is the last step that can fail, and it fails before it records anything.
+type, another query string (V2 infer ignores its query, as its view does), `Prefer:
+respond-async`, a key the gate refuses, a body that fails to arrive, and any error from
+parsing to scoring, so that every error keeps the one shape its route gives. What was done
+here already is handed over in the environ (the gate's verdict, the body read or its
+failure, the start time), so nothing is counted or read twice. Scoring is the last step
+that can fail, and it fails before it records anything.
 
 TABSERVE_ONLINE_FAST_PATH=0 sends every request through Flask.
 """
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 # here (a Principal, or the error it raised; api/__init__.py), the body or the error reading
 # it (api.views.read_body) and the start time (api.requestlog).
 ADMITTED = "tabserve.admitted"
-BODY = EARLY_BODY
 
 logger = logging.getLogger(__name__)
 _SECURITY = list(SECURITY_HEADERS.items())
@@ -131,12 +131,12 @@ class FastScoring:
             raw = read_length(stream, int(length),
                               ends_early="wsgi.input_terminated" in environ)
         except Exception as exc:  # noqa: BLE001 - the app raises it again
-            environ[BODY] = exc
+            environ[EARLY_BODY] = exc
             return self.app(environ, start_response)
         try:
             reply = answer(self.rt, raw, environ, params)
         except Exception:  # noqa: BLE001 - the app answers it in its route's shape
-            environ[BODY] = raw
+            environ[EARLY_BODY] = raw
             return self.app(environ, start_response)
         rid = request_id(environ)
         headers = [("Content-Type", reply.content_type),

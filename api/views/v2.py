@@ -7,6 +7,7 @@ domain error (the rest of the API keeps its own shape).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -86,15 +87,8 @@ def infer(name: str, version: str | None = None) -> Response:
         raise UnsupportedMediaTypeError(f"Content-Type must be application/json or none, got "
                                         f"{request.mimetype}")
     raw = read_body(request.max_content_length)
-    header, buffers = v2.split_body(raw, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
-    body = v2.parse_header(header, rt.settings)
-    loaded = load(name, version)
-    answer = v2.infer(rt, loaded, body, buffers)
-    if not answer.buffers:
-        return json_response(answer.header)
-    head = orjson.dumps(answer.header)
-    return Response(head + answer.buffers, mimetype="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(head))})
+    reply = infer_body(rt, raw, environ, lambda: load(name, version))
+    return Response(reply.payload, mimetype=reply.content_type, headers=dict(reply.headers))
 
 
 def accepts(mimetype: str, environ: dict[str, Any]) -> bool:
@@ -106,9 +100,16 @@ def accepts(mimetype: str, environ: dict[str, Any]) -> bool:
 def fast(rt: Services, raw: bytes, environ: dict[str, Any], params: tuple[Any, ...]) -> Reply:
     """infer() for a body already read: its 200 answer, or an error before anything is
     scored."""
+    return infer_body(rt, raw, environ, lambda: rt.models.resolve(model_ref(*params)))
+
+
+def infer_body(rt: Services, raw: bytes, environ: dict[str, Any],
+               resolve: Callable[[], LoadedModel]) -> Reply:
+    """A V2 infer body's answer, JSON or binary: the body parsed, then the model resolved
+    (`resolve`), then scored."""
     header, buffers = v2.split_body(raw, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
     body = v2.parse_header(header, rt.settings)
-    loaded = rt.models.resolve(model_ref(*params))
+    loaded = resolve()
     answer = v2.infer(rt, loaded, body, buffers)
     if not answer.buffers:
         return Reply(to_json(answer.header), loaded.manifest.ref)
