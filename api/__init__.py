@@ -133,7 +133,8 @@ def install_gate(app: Flask, gate: Gate) -> None:
 
 
 # A process's threads (TABSERVE_WEB_THREADS) per refusal held at a time: with 64, 8 may wait
-# and 56 stay for /predict; under sync workers (1 thread) nothing is ever held.
+# (under gthread 56 threads stay for /predict; under gevent a wait holds a greenlet, and the
+# cap bounds how many); with 1 thread (sync workers) nothing is ever held.
 THREADS_PER_HELD_REFUSAL = 8
 
 

@@ -8,7 +8,7 @@ import sys
 
 from gunicorn.glogging import Logger
 
-from shared.config import Settings
+from shared.config import WORKER_CLASSES, Settings
 from shared.errors import ConfigError
 
 try:
@@ -19,16 +19,22 @@ except ConfigError as exc:
 
 bind = settings.bind
 workers = settings.web_workers
-# Threads, so that a slow client (a body trickling in, a long upload) holds one thread and not
-# the process that also answers /predict; the worker's main loop keeps its heartbeat going
-# meanwhile, so `timeout` restarts a hung worker, not one receiving a long upload. Request
-# bodies are paced by api/upload.py (a minimum rate); docs/deploy.md says what a front proxy
-# adds.
-worker_class = "gthread"
+# gevent (the default): one event loop per process, in which a slow client (a body trickling
+# in, a long upload, a hung Redis) holds a greenlet, and keep-alive connections take turns
+# (api/gevent_worker.py). gthread: the same with `threads` threads. Either way the worker's
+# heartbeat goes on meanwhile, so `timeout` restarts a hung worker, not one receiving a long
+# upload. Request bodies are paced by api/upload.py (a minimum rate); docs/deploy.md says what
+# a front proxy adds.
+# With S3 storage the API runs gthread (Settings.api_worker_class says why).
+if settings.api_worker_class != settings.web_worker_class:
+    print(f"warning: TABSERVE_WEB_WORKER_CLASS={settings.web_worker_class} does not work with "
+          f"S3 storage: running {settings.api_worker_class} workers", file=sys.stderr)
+worker_class = WORKER_CLASSES[settings.api_worker_class]
 threads = settings.web_threads
 # Connections a worker holds at once (in requests, or kept alive between them); beyond it, the
 # listening socket's backlog waits for the other workers.
-worker_connections = max(4 * settings.web_threads, 256)
+worker_connections = 1000 if settings.api_worker_class == "gevent" else \
+    max(4 * settings.web_threads, 256)
 timeout = settings.web_timeout
 # gunicorn answers a header line over its own limit itself, in HTML; a generous one leaves the
 # app to refuse a large header with its JSON 431 (TABSERVE_MAX_HEADER_BYTES, api/__init__.py).

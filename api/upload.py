@@ -21,6 +21,7 @@ from typing import IO, Any, cast
 from flask import Request, current_app, request
 from werkzeug.utils import cached_property
 
+from shared.cooperative import pause
 from shared.errors import RequestTimeoutError, TabserveError
 from shared.jobs.headerguard import HeaderGuard, widest_limit
 from shared.jobs.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -224,6 +225,7 @@ class PacedInput:
             raise
         finally:
             WATCHDOG.unwatch(self)
+        pause()  # a fast upload's pieces come without a wait: the loop's other requests too
         self.received += len(data)
         if len(data) == size == self.piece and \
                 time.monotonic() - started < FAST_READ_SECONDS:

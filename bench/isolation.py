@@ -1,5 +1,6 @@
 """/predict while other clients misbehave: a steady /predict rate, measured in phases, each
-beside one disruption; then /predict throughput of the gthread workers against sync ones.
+beside one disruption; then /predict throughput of the gevent workers (the default) against
+gthread and sync ones.
 
     .venv/bin/python -m bench.isolation [--duration 15] [--rate 100] [--no-write]
 
@@ -304,17 +305,22 @@ def _row(phase: Phase, idle_p99: float | None) -> str:
 
 
 def throughput(work: Path, redis: RedisServer, seconds: float) -> list[str]:
-    """Closed-loop /predict req/s at 16 connections: gthread (keep-alive, close), sync."""
+    """Closed-loop /predict req/s at 16 connections: gevent and gthread (keep-alive, close),
+    sync."""
     tool = "wrk" if wrk_version() else "python"
     bodies = work / "bodies.jsonl"
     import json
 
     bodies.write_text("".join(json.dumps({"features": f}) + "\n" for f in _features()))
     lines = []
-    for label, threads, close in (("gthread, keep-alive", 64, False),
-                                  ("gthread, Connection: close", 64, True),
-                                  ("sync (web_threads=1), Connection: close", 1, True)):
-        settings = _settings(work, redis).with_overrides(web_threads=threads)
+    for label, cls, threads, close in (
+            ("gevent (the default), keep-alive", "gevent", 64, False),
+            ("gevent (the default), Connection: close", "gevent", 64, True),
+            ("gthread, keep-alive", "gthread", 64, False),
+            ("gthread, Connection: close", "gthread", 64, True),
+            ("sync (gthread, web_threads=1), Connection: close", "gthread", 1, True)):
+        settings = _settings(work, redis).with_overrides(web_worker_class=cls,
+                                                         web_threads=threads)
         api = ApiServer(tabserve_env(settings.as_env()), work, workers=2)
         try:
             run_load(tool, api.url + "/predict", bodies, 16, 2, close)  # warm-up
@@ -464,7 +470,7 @@ def _report(args: argparse.Namespace, phases: list[Phase], speed: list[str]) -> 
              f"({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {machine()}. Server, load and disruptions share the two cores, with "
              "whatever else runs (the load average column: 2.0 is both cores busy).", "",
-             f"tabserve's defaults (gthread, `TABSERVE_WEB_THREADS=64`, body minimum "
+             f"tabserve's defaults (gevent workers, body minimum "
              f"64 KiB/s after 10 s, Redis calls 0.5 s and a circuit after 3 failures), "
              f"2 gunicorn workers. /predict: {args.rate:g} requests/s, open loop, from "
              f"{CLIENT_THREADS} keep-alive clients (5 s timeout), one breast-cancer row each; "

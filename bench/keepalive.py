@@ -1,11 +1,12 @@
 """tabserve `/predict` and the hello-world app under the same gunicorn settings, from wrk at
 concurrency 16, each with a connection per request and with keep-alive connections, under
-gunicorn's worker classes: gthread (tabserve's default), sync (round one's), and gevent (an
-event loop per process, in bench/out/gevent-lib, never in the project's virtualenv); rounds
+gunicorn worker classes: gevent (tabserve's default, api/gevent_worker.py: keep-alive
+connections take turns), gevent-gunicorn (gunicorn's own gevent worker), gthread
+(`TABSERVE_WEB_WORKER_CLASS=gthread`, the default before) and sync (round one's); rounds
 alternate the classes, so drift falls on every one alike.
 
-    .venv/bin/python -m bench.keepalive [--classes gthread gevent sync] [--rounds 2]
-                                        [--seconds 8] [--no-write]
+    .venv/bin/python -m bench.keepalive [--classes gevent gevent-gunicorn gthread sync]
+                                        [--rounds 2] [--seconds 8] [--no-write]
 
 Writes the section "Keep-alive and the worker class" of docs/benchmarks.md.
 """
@@ -15,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,33 +28,26 @@ from shared.config import Settings
 from tests.servers import ApiServer, tabserve_env
 
 TITLE = "## Keep-alive and the worker class: tabserve and hello-world"
-GEVENT = "gevent==26.9.0"  # what `pip install gevent` took on 2026-12-02
-GEVENT_LIB = Path(__file__).resolve().parent / "out" / "gevent-lib"
-CLASSES = {"gthread": "", "sync": "--worker-class sync --threads 1",
-           "gevent": "--worker-class gevent"}
-
-
-def ensure_gevent() -> Path:
-    """gevent installed for the benchmark alone (pip --target), outside the virtualenv."""
-    if not (GEVENT_LIB / "gevent").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target",
-                        str(GEVENT_LIB), GEVENT], check=True)
-    return GEVENT_LIB
+# class -> the child environment that starts gunicorn with it (api/gunicorn_conf.py reads
+# TABSERVE_WEB_WORKER_CLASS; GUNICORN_CMD_ARGS overrides it)
+CLASSES = {
+    "gevent": {"TABSERVE_WEB_WORKER_CLASS": "gevent"},
+    "gevent-gunicorn": {"GUNICORN_CMD_ARGS": "--worker-class gevent"},
+    "gthread": {"TABSERVE_WEB_WORKER_CLASS": "gthread"},
+    "sync": {"TABSERVE_WEB_WORKER_CLASS": "gthread",
+             "GUNICORN_CMD_ARGS": "--worker-class sync --threads 1"},
+}
 
 
 def class_env(worker_class: str) -> dict[str, str]:
     """The child environment that starts gunicorn with this worker class."""
-    env = {"GUNICORN_CMD_ARGS": CLASSES[worker_class]} if CLASSES[worker_class] else {}
-    if worker_class == "gevent":
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(ensure_gevent()), os.environ.get("PYTHONPATH", "")]))
-    return env
+    return dict(CLASSES[worker_class])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", nargs="+", choices=sorted(CLASSES),
-                        default=["gthread", "gevent", "sync"])
+                        default=["gevent", "gevent-gunicorn", "gthread", "sync"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--no-write", action="store_true")
@@ -107,11 +99,12 @@ def report(args: argparse.Namespace, rows: list, load_before: tuple, load_after:
                f"--rounds {args.rounds} --seconds {args.seconds:g}")
     lines = [TITLE, "",
              f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-             f"Machine: {machine()}; wrk {wrk_version() or '?'}; {GEVENT} for the gevent "
-             f"rows. Load average before {load_before[0]:.2f}, after {load_after[0]:.2f}.", "",
+             f"Machine: {machine()}; wrk {wrk_version() or '?'}; gevent {_gevent_version()}. "
+             f"Load average before {load_before[0]:.2f}, after {load_after[0]:.2f}.", "",
              "Both servers run `api/gunicorn_conf.py` (2 workers; tabserve with its defaults: "
              "monitoring, access log, prediction log) with the worker class given by "
-             "`GUNICORN_CMD_ARGS`; the demo model, one breast-cancer row per request, wrk at "
+             "`TABSERVE_WEB_WORKER_CLASS` or `GUNICORN_CMD_ARGS` (module docstring); the demo "
+             "model, one breast-cancer row per request, wrk at "
              "16 connections, 2 s of warm-up then the measured seconds; rounds alternate the "
              "classes.", "",
              "| round | worker class | server | connections | req/s | p50 ms | p99 ms | errors |",
@@ -131,6 +124,12 @@ def report(args: argparse.Namespace, rows: list, load_before: tuple, load_after:
                 t, h = statistics.mean(tab), statistics.mean(hello)
                 lines.append(f"| {cls} | {conn} | {t:,.0f} | {h:,.0f} | {t / h:.0%} |")
     return "\n".join(lines) + "\n"
+
+
+def _gevent_version() -> str:
+    import gevent
+
+    return gevent.__version__
 
 
 if __name__ == "__main__":

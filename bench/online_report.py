@@ -289,36 +289,35 @@ def _method(config: Config) -> str:
     tool = ("`wrk` (bench/post.lua), 2 threads (1 at concurrency 1), on the same 2 cores as "
             "the server" if config.tool == "wrk" else
             "bench/loadgen.py (Python asyncio, one process) on the same 2 cores as the server")
-    return f"""How: each server runs alone with {config.workers} workers and one model thread \
-per worker, is warmed up for {config.warmup:g} s, then loaded for {config.duration:g} s at each \
+    return f"""How: each server runs alone with {config.workers} workers and one model thread per \
+worker, is warmed up for {config.warmup:g} s, then loaded for {config.duration:g} s at each \
 concurrency (closed loop: each connection sends its next request when the answer is in) by \
 {tool}. Every request is one row of scikit-learn's breast-cancer data, the 569 rows in turn: \
 `{{"features": {{...}}}}` to tabserve and hello-world; to MLflow's `/invocations` either \
 `{{"dataframe_split": {{"columns": [...], "data": [[...]]}}}}` (named columns, like tabserve's \
-request) or `{{"inputs": [[...]]}}` (a bare 2-D array, MLflow's leanest path to NumPy). \
-Requests carry `Connection: close`, so every server pays for a connection per request; each \
-server is measured again with keep-alive clients (tabserve and hello-world run gunicorn's \
-gthread workers, which keep connections), and each ratio to a peer uses tabserve's best mode \
-and the peer's best variant; tabserve's share of hello-world compares the two in tabserve's \
-best mode. What a keep-alive client gets from MLflow: uvicorn started with `--workers` \
-listens on a socket created with protocol 0, so asyncio leaves Nagle's algorithm on for \
-accepted connections and each answer waits for the client's delayed ACK (about 40 ms). The \
-ratios below use MLflow's best variant. tabserve and hello-world run under gunicorn with \
-api/gunicorn_conf.py; tabserve with its defaults (a JSON log line per request, Prometheus \
-metrics, predictions buffered to a local Redis); MLflow's server is uvicorn (FastAPI) with \
-`--workers {config.workers}` and `OMP_NUM_THREADS=1` (the same one model thread per worker as \
-tabserve), and once more as a user starts it, without that (for reference: the ratios use the \
-pinned variants). Seldon MLServer (`mlserver start`, its own venv in bench/out/mlserver-venv, \
-settings.json on 127.0.0.1 with everything else at its defaults: gRPC and metrics on their \
-own ports, access log on) serves the same pickles with mlserver-sklearn (`predict_proba` \
-requested in each V2 JSON body: `{{"inputs": [{{"name": "input-0", "shape": [1, 30], \
-"datatype": "FP64", "data": [...]}}], "outputs": [{{"name": "predict_proba"}}]}}`, to \
-`/v2/models/<m>/infer`), with `OMP_NUM_THREADS=1`, at `parallel_workers` 0, 1 (its default) \
-and 2, each from a `Connection: close` client and from a keep-alive one; its HTTP side is one \
-uvicorn process whatever the setting. The ratio uses its best of these six. Hello-world runs \
-before and after tabserve; the ratio to it uses the mean of the two. Before the load, answers \
-are checked against the in-process model. \
-In-process time: median over {config.raw_calls} calls, rows in turn, with no server running."""
+request) or `{{"inputs": [[...]]}}` (a bare 2-D array, MLflow's leanest path to NumPy). Requests \
+carry `Connection: close`, so every server pays for a connection per request; each server is \
+measured again with keep-alive clients (tabserve and hello-world run tabserve's gevent worker, \
+api/gevent_worker.py, which keeps connections), and each ratio to a peer uses tabserve's best \
+mode and the peer's best variant; tabserve's share of hello-world compares the two in tabserve's \
+best mode. What a keep-alive client gets from MLflow: uvicorn started with `--workers` listens on \
+a socket created with protocol 0, so asyncio leaves Nagle's algorithm on for accepted connections \
+and each answer waits for the client's delayed ACK (about 40 ms). The ratios below use MLflow's \
+best variant. tabserve and hello-world run under gunicorn with api/gunicorn_conf.py; tabserve \
+with its defaults (a JSON log line per request, Prometheus metrics, predictions buffered to a \
+local Redis); MLflow's server is uvicorn (FastAPI) with `--workers {config.workers}` and \
+`OMP_NUM_THREADS=1` (the same one model thread per worker as tabserve), and once more as a user \
+starts it, without that (for reference: the ratios use the pinned variants). Seldon MLServer \
+(`mlserver start`, its own venv in bench/out/mlserver-venv, settings.json on 127.0.0.1 with \
+everything else at its defaults: gRPC and metrics on their own ports, access log on) serves the \
+same pickles with mlserver-sklearn (`predict_proba` requested in each V2 JSON body: `{{"inputs": \
+[{{"name": "input-0", "shape": [1, 30], "datatype": "FP64", "data": [...]}}], "outputs": \
+[{{"name": "predict_proba"}}]}}`, to `/v2/models/<m>/infer`), with `OMP_NUM_THREADS=1`, at \
+`parallel_workers` 0, 1 (its default) and 2, each from a `Connection: close` client and from a \
+keep-alive one; its HTTP side is one uvicorn process whatever the setting. The ratio uses its \
+best of these six. Hello-world runs before and after tabserve; the ratio to it uses the mean of \
+the two. Before the load, answers are checked against the in-process model. In-process time: \
+median over {config.raw_calls} calls, rows in turn, with no server running."""
 
 
 def write_section(title: str, text: str) -> None:

@@ -4,9 +4,9 @@ change's before and after on a noisy machine, where only figures of the same min
     .venv/bin/python -m bench.predict_ab --before /tmp/tabserve-main [--after .] [--rounds 3]
                                          [--seconds 8] [--close]
 
-Each round starts `tabserve api` (api/gunicorn_conf.py: gthread, 2 workers, monitoring, the
-access log and the prediction log on, as users run it) from each tree in turn, and the
-hello-world app, and runs wrk at 16 keep-alive connections (`--close`: a connection per
+Each round starts `tabserve api` (api/gunicorn_conf.py: its default worker class, 2 workers,
+monitoring, the access log and the prediction log on, as users run it) from each tree in turn,
+and the hello-world app, and runs wrk at 16 keep-alive connections (`--close`: a connection per
 request) against each: the demo model, one breast-cancer row per request. Prints a table;
 docs/benchmarks.md quotes it by hand.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,11 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1:8000"
     web_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     web_timeout: int = Field(60, ge=0)  # 0: no timeout, as in gunicorn
-    # Threads per gunicorn worker: a slow client holds one thread, not the process.
+    # gevent: one event loop per worker process, keep-alive connections taking turns
+    # (api/gevent_worker.py); gthread: web_threads threads per process.
+    web_worker_class: str = "gevent"
+    # Threads per gthread worker: a slow client holds one thread, not the process. Under
+    # gevent, it sizes the refusal hold's slots (api/__init__.py) as under gthread.
     web_threads: int = Field(64, ge=1, le=1024)
     # A request body slower than this, once upload_grace_seconds have passed, is cut with a 408.
     upload_min_bytes_per_second: int = Field(64 * 1024, ge=0)  # 0: no minimum
@@ -244,6 +248,16 @@ class Settings(BaseSettings):
         return [h.strip().lower() for h in self.callback_hosts.split(",") if h.strip()]
 
     @property
+    def api_worker_class(self) -> str:
+        """The API's gunicorn worker class: web_worker_class, except gthread whenever the data
+        directory is an S3 bucket. s3fs calls its own asyncio loop from a thread of its own,
+        which under gevent is a greenlet on the caller's thread, where asyncio then refuses
+        the call ("Calling sync() from within a running loop")."""
+        if self.web_worker_class == "gevent" and self.data_dir.startswith("s3://"):
+            return "gthread"
+        return self.web_worker_class
+
+    @property
     def auth_enabled(self) -> bool:
         """Whether requests need an API key (keys given, or a keys file named)."""
         return bool(self.api_keys.strip()) or self.api_keys_file is not None
@@ -251,10 +265,12 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in _LOG_LEVELS:
-            raise ValueError(f"use one of {', '.join(_LOG_LEVELS)}")
-        return level
+        return _one_of(value.strip().upper(), _LOG_LEVELS)
+
+    @field_validator("web_worker_class")
+    @classmethod
+    def _known_worker_class(cls, value: str) -> str:
+        return _one_of(value.strip().lower(), WORKER_CLASSES)
 
     @field_validator("log_payloads")
     @classmethod
@@ -267,6 +283,16 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("use off, on or a rate from 0 to 1") from None
         return value
+
+
+def _one_of(value: str, choices: Collection[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"use one of {', '.join(choices)}")
+    return value
+
+
+# TABSERVE_WEB_WORKER_CLASS -> gunicorn's worker_class
+WORKER_CLASSES = {"gevent": "api.gevent_worker.GeventWorker", "gthread": "gthread"}
 
 
 class _EnvironSource(EnvSettingsSource):

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.cooperative import off_loop
 from shared.errors import (
     ModelIntegrityError,
     ModelLoadError,
@@ -162,10 +163,13 @@ def load_model(store: ModelStore, name: str, version: int, threads: int = 1) -> 
     allow-list and prepare one model version."""
     started = time.perf_counter()
     manifest = store.trusted_manifest(name, version)  # ModelLoadError when unreadable
-    payload = read_verified(store, manifest)
+    # The checksum and the unpickling, a large model's long CPU steps, run off a gevent
+    # worker's loop (shared.cooperative): pure steps, which log nothing, as a native thread
+    # must not take the loop's locks (a log handler's), where a greenlet may wait for it.
+    payload = off_loop(read_verified, store, manifest)
     check_versions(manifest, store.allow_version_mismatch)
     try:
-        model = restricted_loads(payload)
+        model = off_loop(restricted_loads, payload)
     except ModelIntegrityError as exc:
         raise ModelIntegrityError(f"model {manifest.ref}: {exc.message}") from None
     except Exception as exc:  # a corrupt pickle can raise anything

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from shared.cooperative import off_loop
 from shared.errors import (
     InvalidJSONError,
     ModelRejectedInputError,
@@ -111,10 +112,18 @@ class Scored:
     prediction_id: str
 
 
+# A batch of this many rows is validated and predicted in a native thread under a gevent
+# worker (shared.cooperative.off_loop), so the process's other requests are answered meanwhile;
+# a smaller one costs less than the hand-off.
+OFF_LOOP_ROWS = 1_000
+
+
 def score_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
                single: bool = False) -> Scored:
     """Validate rows and predict, recording metrics, drift and the prediction log: the
     part of the online path every protocol shares."""
+    if len(rows) >= OFF_LOOP_ROWS:
+        return score_input(rt, loaded, off_loop(loaded.validator.validate, rows, single))
     return score_input(rt, loaded, loaded.validator.validate(rows, single=single))
 
 
@@ -124,7 +133,7 @@ def score_input(rt: Services, loaded: LoadedModel, X: np.ndarray | pd.DataFrame)
     manifest = loaded.manifest
     started = time.perf_counter()
     try:
-        result = loaded.predict(X)
+        result = off_loop(loaded.predict, X) if len(X) >= OFF_LOOP_ROWS else loaded.predict(X)
     except ModelRejectedInputError as exc:
         if len(X) > 1:  # say which rows
             exc.details = [{"row": i, "message": reason}
