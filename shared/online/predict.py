@@ -6,8 +6,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -116,15 +117,20 @@ class Scored:
 # worker (shared.cooperative.off_loop), so the process's other requests are answered meanwhile;
 # a smaller one costs less than the hand-off.
 OFF_LOOP_ROWS = 1_000
+T = TypeVar("T")
+
+
+def _batch_step(rows: int, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args), a pure step over `rows` rows: off the loop for a large batch."""
+    return off_loop(fn, *args) if rows >= OFF_LOOP_ROWS else fn(*args)
 
 
 def score_rows(rt: Services, loaded: LoadedModel, rows: list[Any],
                single: bool = False) -> Scored:
     """Validate rows and predict, recording metrics, drift and the prediction log: the
     part of the online path every protocol shares."""
-    if len(rows) >= OFF_LOOP_ROWS:
-        return score_input(rt, loaded, off_loop(loaded.validator.validate, rows, single))
-    return score_input(rt, loaded, loaded.validator.validate(rows, single=single))
+    return score_input(rt, loaded, _batch_step(len(rows), loaded.validator.validate, rows,
+                                               single))
 
 
 def score_input(rt: Services, loaded: LoadedModel, X: np.ndarray | pd.DataFrame) -> Scored:
@@ -133,11 +139,11 @@ def score_input(rt: Services, loaded: LoadedModel, X: np.ndarray | pd.DataFrame)
     manifest = loaded.manifest
     started = time.perf_counter()
     try:
-        result = off_loop(loaded.predict, X) if len(X) >= OFF_LOOP_ROWS else loaded.predict(X)
+        result = _batch_step(len(X), loaded.predict, X)
     except ModelRejectedInputError as exc:
         if len(X) > 1:  # say which rows
-            exc.details = [{"row": i, "message": reason}
-                           for i, reason in loaded.refused_rows(X, MAX_DETAILS)]
+            exc.details = [{"row": i, "message": reason} for i, reason in
+                           _batch_step(len(X), loaded.refused_rows, X, MAX_DETAILS)]
         raise
     labels = result.labels.tolist()
     prediction_id = new_prediction_id()
