@@ -81,6 +81,14 @@ def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook signature
         clean(directory)
 
 
+def post_fork(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook signature
+    """A worker, as it starts: the heap kept for upload pieces (shared.allocator)."""
+    from shared.allocator import keep_heap
+
+    if not keep_heap():
+        server.log.info("allocator: mallopt unavailable, glibc's defaults kept")
+
+
 def child_exit(server, worker):  # noqa: ANN001, ANN201
     """A worker died or was replaced: drop its live gauges, fold its counters into the
     archive files."""

@@ -29,7 +29,8 @@ from shared.config import Settings
 from shared.models.loading import read_verified
 from shared.models.store import ModelStore
 from shared.models.training import train_demo
-from tests.jobclient import CONTENT_TYPES, wait_job
+from tabserve_client import Client
+from tests.jobclient import wait_job
 from tests.servers import ApiServer, RedisServer, WorkerProcess, tabserve_env
 
 TITLE = "## Batch: queue, baselines, memory, scaling, overhead"
@@ -75,6 +76,13 @@ def bare_pair(model_pkl: Path, src: Path, work: Path) -> dict:
     return {"alone_s": alone, "pair_s": max(both), "gain": 2 * alone / max(both)}
 
 
+def upload(url: str, path: Path) -> str:
+    """Send a file as a user does, with the project's client (`tabserve score`): a CSV file
+    as the body, in 1 MiB pieces; the job's id."""
+    with Client(url, timeout=3600) as client:
+        return client.submit_job(path).id
+
+
 def through_queue(url: str, workers: list[WorkerProcess], path: Path, fmt: str) -> dict:
     """Upload a file, wait for its result, download it: times and the workers' peak RSS."""
     samplers = [RSSSampler(w.pid) for w in workers]
@@ -83,11 +91,8 @@ def through_queue(url: str, workers: list[WorkerProcess], path: Path, fmt: str) 
         s.__enter__()
     try:
         t0 = time.time()
-        with open(path, "rb") as fh:
-            r = requests.post(url + "/jobs", data=fh, timeout=3600,
-                              headers={"Content-Type": CONTENT_TYPES[fmt]})
-        assert r.status_code == 202, r.text
-        job = wait_job(url, r.json()["id"], timeout=3600, interval=POLL_SECONDS)
+        job_id = upload(url, path)
+        job = wait_job(url, job_id, timeout=3600, interval=POLL_SECONDS)
         assert job["status"] == "succeeded", job
         t_download = time.time()
         with requests.get(f"{url}/jobs/{job['id']}/result", stream=True, timeout=3600) as res:
@@ -114,10 +119,7 @@ def job_set(url: str, path: Path, count: int) -> dict:
     t0 = time.time()
     ids = []
     for _ in range(count):
-        with open(path, "rb") as fh:
-            r = requests.post(url + "/jobs", data=fh, headers={"Content-Type": "text/csv"},
-                              timeout=3600)
-        ids.append(r.json()["id"])
+        ids.append(upload(url, path))
     jobs = [wait_job(url, job_id, timeout=3600, interval=POLL_SECONDS) for job_id in ids]
     assert all(j["status"] == "succeeded" for j in jobs), jobs
     first = min(_ts(j["started_at"]) for j in jobs)
@@ -240,10 +242,12 @@ def report(r: dict, command: str) -> str:
              "`tabserve worker --concurrency 1` process (its reader and writer threads run "
              "beside the model; the scaling rows use `TABSERVE_WORKER_THREADS=1`, one core "
              "per worker). Worker time is the job's running to succeeded; end to end is "
-             "upload start to result downloaded. Every row but one sends its file to an API "
-             "that waits for whole files (`TABSERVE_STREAM_UPLOAD_MIN_BYTES=0`); \"scored "
-             "as it arrives\" sends it to one with the default, where the job starts once "
-             "the first MiB is in, so its worker time includes the upload. "
+             "upload start to result downloaded, the file sent with the project's client "
+             "(tabserve_client, as `tabserve score` sends it). Every row but one sends its "
+             "file to an API that waits for whole files "
+             "(`TABSERVE_STREAM_UPLOAD_MIN_BYTES=0`); \"scored as it arrives\" sends it to "
+             "one with the default, where the job starts once the first MiB is in, so its "
+             "worker time includes the upload. "
              "Cores: the worker processes' CPU seconds "
              f"over their time. The baselines and tabserve's 1,000,000-row jobs run "
              f"{BASELINE_RUNS} times each (seconds of every run in brackets) and keep their "

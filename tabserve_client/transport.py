@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
 from tabserve_client.errors import (
     ServiceUnavailableError,
@@ -18,6 +20,20 @@ from tabserve_client.errors import (
 logger = logging.getLogger(__name__)
 MAX_DELAY = 30.0
 USER_AGENT = "tabserve-client/0.1.0"
+# A file body goes out in pieces of this size (urllib3 reads and sends 16 KiB at a time: a
+# 556 MiB upload cost the client 0.5-0.7 s of CPU, 0.3-0.45 s in 1 MiB pieces, and took
+# 0.7-0.85 s instead of 0.45-0.65 s on loopback; bench in the commit).
+UPLOAD_PIECE_BYTES = 1 << 20
+
+
+class _LargePieces(HTTPAdapter):
+    """requests' adapter with its connections sending a body in UPLOAD_PIECE_BYTES pieces
+    (urllib3 2's `blocksize`; urllib3 1 has none and keeps its own)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if int(urllib3.__version__.split(".")[0]) >= 2:
+            kwargs.setdefault("blocksize", UPLOAD_PIECE_BYTES)
+        super().init_poolmanager(*args, **kwargs)
 
 
 class Transport:
@@ -37,6 +53,8 @@ class Transport:
         self.retries = max(int(retries), 0)
         self.backoff = backoff
         self.session = requests.Session()
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, _LargePieces())
         self.session.headers["User-Agent"] = USER_AGENT
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"

@@ -117,6 +117,22 @@ def test_submit_a_path_wait_with_progress_and_download_to_a_path(client, csv_fil
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_a_large_file_goes_out_in_1_mib_pieces(client, customer_frame, tmp_path):
+    """urllib3 sends a file body 16 KiB at a time unless told otherwise: the client's
+    connections send 1 MiB pieces (read from the file as they go, never whole)."""
+    path = tmp_path / "large.csv"
+    rows = customer_frame.to_csv(index=False).split("\n", 1)
+    copies = (3 << 20) // len(rows[1]) + 1
+    path.write_text(rows[0] + "\n" + rows[1] * copies)
+    sent: list[int] = []
+    job = client.submit_job(path, progress=lambda done, total: sent.append(done))
+    pieces = np.diff([0, *sent])
+    assert sent[-1] == path.stat().st_size
+    assert set(pieces[:-1].tolist()) == {1 << 20} and 0 < pieces[-1] <= 1 << 20
+    assert client.wait(job.id, timeout=120, interval=0.05).rows_done == \
+        len(customer_frame) * copies
+
+
 def test_submit_a_file_object_and_download_a_dataframe(client, customer_frame, tmp_path):
     path = tmp_path / "rows.parquet"
     customer_frame.to_parquet(path, index=False)

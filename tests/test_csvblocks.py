@@ -116,12 +116,19 @@ def _types() -> dict[str, pa.DataType]:
     return {"a": pa.float64(), "b": pa.float64()}
 
 
+# Blocks parsed one after another, and several at once (a job's reader: each block's rows
+# numbered only once the rows before it are counted).
+PARSERS = pytest.mark.parametrize("parsers", [1, 3])
+
+
+@PARSERS
 @pytest.mark.parametrize("block_bytes", [1, 16, 1 << 20])
-def test_blocks_keep_quoted_rows_whole_and_number_bad_rows(monkeypatch, block_bytes):
+def test_blocks_keep_quoted_rows_whole_and_number_bad_rows(monkeypatch, block_bytes, parsers):
     monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: block_bytes)
     rows = [b'1,"x\ny",2\n', b"3\n", b'4,"q""\n",5\n', b"\n", b"6,7,8,9\n", b"10,,11\r\n"] * 40
     data = b"a,note,b\n" + b"".join(rows)
-    chunks = list(iter_chunks(io.BytesIO(data), "csv", _types(), ["a", "note", "b"], 10))
+    chunks = list(iter_chunks(io.BytesIO(data), "csv", _types(), ["a", "note", "b"], 10,
+                              parsers=parsers))
     values, bad = [], []
     for chunk in chunks:
         values += chunk.table.column("a").to_pylist()
@@ -132,17 +139,19 @@ def test_blocks_keep_quoted_rows_whole_and_number_bad_rows(monkeypatch, block_by
     assert sum(c.span for c in chunks) == 200
 
 
+@PARSERS
 @pytest.mark.parametrize("block_bytes", [64, 1 << 20])
-def test_rows_longer_than_the_limit_are_refused_whatever_the_block(monkeypatch, block_bytes):
+def test_rows_longer_than_the_limit_are_refused_whatever_the_block(monkeypatch, block_bytes,
+                                                                   parsers):
     monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: block_bytes)
     data = b"a,note,b\n1,x,2\n" + b'3,"' + b"y\n" * 600 + b'",4\n5,z,6\n'
     columns = ["a", "note", "b"]
-    with pytest.raises(ValidationError, match="row starting at byte 15 is longer than the "
-                                              "limit of 1000 bytes"):
+    with pytest.raises(ValidationError, match="row 1: the CSV row starting at byte 15 is "
+                                              "longer than the limit of 1000 bytes"):
         list(iter_chunks(io.BytesIO(data), "csv", _types(), columns, 1,
-                         dialect=CsvDialect(max_line_bytes=1000)))
+                         dialect=CsvDialect(max_line_bytes=1000), parsers=parsers))
     chunks = list(iter_chunks(io.BytesIO(data), "csv", _types(), columns, 1,
-                              dialect=CsvDialect(max_line_bytes=1300)))
+                              dialect=CsvDialect(max_line_bytes=1300), parsers=parsers))
     assert [v for c in chunks for v in c.table.column("a").to_pylist()] == [1.0, 3.0, 5.0]
     assert chunks[-1].table.column("note").to_pylist()[-1] == "z"
 
@@ -159,15 +168,16 @@ def _pyarrow_rows_of(data: bytes) -> list[tuple]:
     return list(zip(table.column("a").to_pylist(), table.column("b").to_pylist(), strict=True))
 
 
+@PARSERS
 @pytest.mark.parametrize("block_bytes", [1, 9, 64, 1 << 20])
-def test_blocks_read_what_pyarrow_reads_whole(monkeypatch, block_bytes):
+def test_blocks_read_what_pyarrow_reads_whole(monkeypatch, block_bytes, parsers):
     monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: block_bytes)
     rng = random.Random(block_bytes)
     pieces = [p for p in QUOTED if p.strip()] + STRAY
     for _ in range(80):
         data = b"a,b\n" + b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
         got = []
-        for chunk in iter_chunks(io.BytesIO(data), "csv", {}, ["a", "b"], 1):
+        for chunk in iter_chunks(io.BytesIO(data), "csv", {}, ["a", "b"], 1, parsers=parsers):
             assert not chunk.bad_rows, data
             got += zip(chunk.table.column("a").to_pylist(), chunk.table.column("b").to_pylist(),
                        strict=True)
@@ -182,13 +192,31 @@ def test_stray_quotes_keep_a_file_in_one_part():
     assert record_cut(b'1,12" pipe\n2,x\n3', 16) == (15, False)
 
 
-def test_text_in_another_encoding_past_the_sniffed_head_is_a_clear_error():
+@PARSERS
+def test_text_in_another_encoding_past_the_sniffed_head_is_a_clear_error(parsers):
     data = b"a,b\n" + b"1,x\n" * 10 + "café,2\n".encode("cp1252")
     with pytest.raises(ValidationError, match="not utf-8 text there .send the encoding"):
-        list(iter_chunks(io.BytesIO(data), "csv", {"b": pa.float64()}, ["a", "b"], 100))
+        list(iter_chunks(io.BytesIO(data), "csv", {"b": pa.float64()}, ["a", "b"], 100,
+                         parsers=parsers))
     chunks = list(iter_chunks(io.BytesIO(data), "csv", {"b": pa.float64()}, ["a", "b"], 100,
-                              dialect=CsvDialect(encoding="cp1252")))
+                              dialect=CsvDialect(encoding="cp1252"), parsers=parsers))
     assert chunks[0].table.column("a").to_pylist()[-1] == "café"
+
+
+@PARSERS
+def test_a_parse_error_in_a_later_block_names_its_rows(monkeypatch, parsers):
+    """A block parsed ahead fails without knowing its first row: parsed again in order,
+    its error names the same row as when blocks are parsed one by one."""
+    monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: 40)
+    data = b"a,b\n" + b"1,2\n" * 95 + b"3,\xff\n" + b"4,5\n" * 50
+    got = []
+    with pytest.raises(ValidationError, match=r"CSV parse error after row (\d+): .*not utf-8"
+                       ) as caught:
+        for chunk in iter_chunks(io.BytesIO(data), "csv", {"a": pa.float64()}, ["a", "b"], 10,
+                                 parsers=parsers):
+            got += chunk.table.column("a").to_pylist()
+    assert got == [1.0] * len(got) and 80 <= len(got) <= 95
+    assert f"after row {len(got)}:" in str(caught.value)
 
 
 def test_a_line_break_in_a_quoted_column_name_is_refused():
@@ -198,3 +226,15 @@ def test_a_line_break_in_a_quoted_column_name_is_refused():
     with pytest.raises(BadRequestError, match="unclosed quote"):
         read_header(io.BytesIO(b'a,"b\nc"\n1,2\n'))
     assert read_header(io.BytesIO(b'a,"b,""c"""\n1,2\n')) == b'a,"b,""c"""\n'
+
+
+def test_a_reader_stopped_early_leaves_no_parse_running(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: 64)
+    data = b"a,b\n" + b"1,2\n" * 1000
+    chunks = iter_chunks(io.BytesIO(data), "csv", _types(), ["a", "b"], 10, parsers=2)
+    assert next(chunks).start_row == 0
+    assert any(t.name.startswith("csv-parse") for t in threading.enumerate())
+    chunks.close()  # a job stopped (cancelled, failed) after its first chunk
+    assert not any(t.name.startswith("csv-parse") for t in threading.enumerate())

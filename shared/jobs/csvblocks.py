@@ -1,6 +1,6 @@
 """CSV text in blocks: the dialect, the header, byte blocks cut at record ends (see
-shared.jobs.csvrecords) parsed by pyarrow's multithreaded reader, rows it cannot split set
-aside with their numbers."""
+shared.jobs.csvrecords), each parsed by pyarrow's reader on one thread (a reader runs several
+blocks at once: shared.jobs.inputs), rows it cannot split set aside with their numbers."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from shared.jobs.csvrecords import line_ends, read_into, record_cut
 
 SNIFF_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024 * 1024
-# 1 MiB parse blocks: enough units for every core (measured faster than 4 or 16 MiB); a
-# block holding a longer row is parsed as one unit.
+# pyarrow's own block size within a block: 1 MiB (measured faster than 4 or 16 MiB); a block
+# holding a longer row is parsed as one unit.
 PARSE_BLOCK_BYTES = 1 << 20
 NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 
@@ -234,16 +234,17 @@ def _decimal_points(table: pa.Table, layout: CsvLayout) -> pa.Table:
 
 
 class _BlockParser:
-    """pyarrow's multithreaded reader over one block, noting the rows it could not split."""
+    """pyarrow's reader over one block, on the calling thread, noting the rows it could not
+    split. One thread per block: pyarrow's multithreaded reader took 1.2-1.5x the CPU time
+    for the same rows (bench/batch_budget.py), and a job's reader parses blocks side by side
+    instead (shared.jobs.inputs)."""
 
     def __init__(self, block: Block, layout: CsvLayout) -> None:
         self.block, self.layout = block, layout
         self.data = pa.py_buffer(to_utf8(block.data, layout.dialect.encoding, block.start))
-        self.types = layout.column_types
         self.invalid: list[pacsv.InvalidRow] = []
 
-    def read(self, types: dict[str, pa.DataType], threads: bool = True) -> pa.Table:
-        self.types = types
+    def read(self, types: dict[str, pa.DataType]) -> pa.Table:
         size = PARSE_BLOCK_BYTES
         if self.layout.dialect.max_line_bytes < size:  # pyarrow would not see a long row
             _check_row_lengths(self.block, self.layout.dialect)
@@ -253,7 +254,7 @@ class _BlockParser:
                 return pacsv.read_csv(
                     pa.BufferReader(self.data),
                     read_options=pacsv.ReadOptions(column_names=self.layout.names,
-                                                   use_threads=threads, block_size=size),
+                                                   use_threads=False, block_size=size),
                     parse_options=pacsv.ParseOptions(
                         delimiter=self.layout.dialect.delimiter,
                         newlines_in_values=self.block.multiline,
@@ -272,8 +273,7 @@ class _BlockParser:
         return "skip"
 
     def bad_rows(self) -> list[BadRow]:
-        if any(r.number is None for r in self.invalid):
-            self.read(self.types, threads=False)  # only one thread numbers the rows
+        # read on one thread, pyarrow numbers every row it hands to the handler
         return [BadRow(r.number - 1, f"expected {r.expected_columns} columns, got "
                                      f"{r.actual_columns}") for r in self.invalid]
 

@@ -1,16 +1,18 @@
 """Reading batch input files: format checks at submit, bounded-memory chunks at scoring time.
 
 CSV is read in byte blocks cut at record ends (line ends outside quoted values), each parsed
-by pyarrow's multithreaded reader (the streaming reader is single-threaded); Parquet in record
-batches. Memory is bounded by the block size whatever the file's size, and every chunk knows
-its first row number. A CSV file's delimiter is found at submit (or given), and its encoding
+by pyarrow's reader on one thread, several blocks at once; Parquet in record batches. Memory
+is bounded by the block size whatever the file's size, and every chunk knows its first row
+number. A CSV file's delimiter is found at submit (or given), and its encoding
 given (UTF-8 by default, a BOM skipped).
 """
 
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import IO, Literal
 
@@ -392,14 +394,14 @@ def plan_parts(fh: IO[bytes], fmt: InputFormat, part_rows: int,
 
 def iter_chunks(fh: IO[bytes], fmt: InputFormat, column_types: dict[str, pa.DataType],
                 columns: list[str], chunk_rows: int, part: Part | None = None,
-                dialect: CsvDialect = PLAIN) -> Iterator[Chunk]:
+                dialect: CsvDialect = PLAIN, parsers: int = 1) -> Iterator[Chunk]:
     """Yield the rows of an open, seekable file (or of one part of it) in order, chunk_rows
-    at a time (about, for CSV)."""
+    at a time (about, for CSV, whose blocks are parsed `parsers` at once)."""
     if fmt == "parquet":
         yield from _parquet_chunks(fh, column_types, columns, chunk_rows, part)
     else:
         yield from _csv_chunks(fh, CsvLayout([], column_types, columns, dialect), chunk_rows,
-                               part)
+                               part, parsers)
 
 
 def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns: list[str],
@@ -438,7 +440,7 @@ def _parquet_chunks(fh: IO[bytes], column_types: dict[str, pa.DataType], columns
 
 
 def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
-                part: Part | None) -> Iterator[Chunk]:
+                part: Part | None, parsers: int = 1) -> Iterator[Chunk]:
     dialect = layout.dialect
     header = read_header(fh, dialect.max_line_bytes)
     layout = replace(layout, names=header_columns(header, dialect))
@@ -446,16 +448,62 @@ def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
     start = part.first_row if part else 0
     fh.seek(part.start if part else len(header))
     limit = part.end - part.start if part else None
-    blocks = read_blocks(fh, block_bytes, limit, dialect)
+    blocks = _parsed_ahead(read_blocks(fh, block_bytes, limit, dialect), layout, parsers)
     while True:
         try:
-            block = next(blocks, None)
+            item = next(blocks, None)
         except RowTooLongError as exc:  # the blocks before it are parsed: its row is `start`
             raise exc.at_row(start) from None
-        if block is None:
+        if item is None:
             return
-        table, bad = parse_csv_block(block, layout, start)
+        block, parsed = item
+        if parsed is None:  # not parsed ahead, or that failed: in order, its rows numbered
+            parsed = parse_csv_block(block, layout, start)
+        table, bad = parsed
         chunk = Chunk(start, table, block.offset, bad)
-        del block  # the text is parsed: let its buffer go before the chunk is consumed
-        start += chunk.span
+        del block, parsed, item  # the text is parsed: let its buffer go before the chunk is
+        start += chunk.span  # consumed
         yield chunk
+
+
+Parsed = tuple[pa.Table, list[BadRow]]
+
+
+def _parsed_ahead(blocks: Iterator[Block], layout: CsvLayout,
+                  parsers: int) -> Iterator[tuple[Block, Parsed | None]]:
+    """The blocks in order, each with its parse: `parsers` of them parsed at once in a pool
+    (pyarrow releases the GIL), each on one thread; with one parser, none (the caller parses
+    each in turn). A block parsed ahead does not know the number of its first row, as the
+    rows before it are still being counted: where its parse fails, it comes with None, so
+    that the caller parses it again in order and raises the error with the row's number."""
+    if parsers <= 1:
+        for block in blocks:
+            yield block, None
+        return
+    pool = ThreadPoolExecutor(parsers, thread_name_prefix="csv-parse")
+    ahead: deque[tuple[Block, Future[Parsed | None]]] = deque()
+    try:
+        try:
+            for block in blocks:
+                ahead.append((block, pool.submit(_parse_ahead, block, layout)))
+                del block
+                if len(ahead) >= parsers:
+                    block, parsing = ahead.popleft()
+                    yield block, parsing.result()
+        except RowTooLongError:  # read_blocks': after the blocks before it
+            while ahead:
+                block, parsing = ahead.popleft()
+                yield block, parsing.result()
+            raise
+        while ahead:
+            block, parsing = ahead.popleft()
+            yield block, parsing.result()
+    finally:  # also when the consumer stops early: no parse left running
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_ahead(block: Block, layout: CsvLayout) -> Parsed | None:
+    try:
+        return parse_csv_block(block, layout, 0)
+    except Exception:  # raised again, with its row's number, when parsed in order
+        return None

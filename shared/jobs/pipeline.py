@@ -107,14 +107,20 @@ def lower_priority(nice: int) -> None:
         os.nice(nice - current)
 
 
+def cores(threads: int) -> int:
+    """The threads a worker's stages use at once: TABSERVE_WORKER_THREADS, 0 for one per
+    CPU."""
+    import os
+
+    return threads or os.cpu_count() or 1
+
+
 def configure_arrow(threads: int) -> None:
     """Size pyarrow's thread pools (0: one per CPU) and use an allocator that returns freed
     memory, so a worker's resident memory follows its chunks rather than its peak."""
-    import os
-
     import pyarrow as pa
 
-    count = threads or os.cpu_count() or 1
+    count = cores(threads)
     pa.set_cpu_count(count)
     pa.set_io_thread_count(max(count, 2))
     # The system allocator hands large blocks back at once; the bundled one keeps them

@@ -50,7 +50,7 @@ from shared.jobs.inputs import (
     iter_chunks,
 )
 from shared.jobs.outputs import ErrorsWriter, OutputWriter
-from shared.jobs.pipeline import WriteBehind, prefetch
+from shared.jobs.pipeline import WriteBehind, cores, prefetch
 from shared.jobs.record import Answer, Job, JobError, JobStatus, Outcome
 from shared.jobs.segments import SegmentedOutput
 from shared.jobs.store import JobStore
@@ -160,8 +160,9 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
             run.errors = ErrorsWriter(err_fh.text(), header=not err_fh.segments)
         elif err_fh is not None:
             run.errors = ErrorsWriter(err_fh, header=resume is None)
+        threads = run.rt.settings.worker_threads
         chunks = iter_chunks(input_fh, job.input["format"], run.types, run.columns,
-                             run.rt.settings.chunk_rows, part, run.dialect)
+                             run.rt.settings.chunk_rows, part, run.dialect, cores(threads))
 
         def write(scored: Scored) -> None:
             writer.write(scored.table)
@@ -173,7 +174,7 @@ def score_range(storage: Storage, job: Job, run: JobRun, part: Part | None,
             if state is not JobStatus.RUNNING:
                 raise JobStopped(state)
 
-        if run.rt.settings.worker_threads == 1:  # one core: the stages one after another
+        if threads == 1:  # one core: the stages one after another
             for chunk in chunks:
                 write(run.process(chunk))
         else:
