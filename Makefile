@@ -65,6 +65,7 @@ bench: export BENCH_RUN := $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 bench: setup-test bench-deps
 	$(BIN)/python -m bench.online $(BENCH_ARGS)
 	$(BIN)/python -m bench.batch
+	$(BIN)/python -m bench.batch_budget
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.modelcall
 	$(BIN)/python -m bench.isolation
@@ -79,6 +80,7 @@ bench-quick: setup-test bench-deps
 
 bench-batch: setup-test
 	$(BIN)/python -m bench.batch
+	$(BIN)/python -m bench.batch_budget
 
 bench-overhead: setup-test bench-deps
 	$(BIN)/python -m bench.overhead

@@ -8,7 +8,8 @@ Phases (tabserve's defaults, 2 gunicorn workers, a local redis-server, no Celery
 idle; (a) 50 connections trickling a /predict body at 1 byte/s, reconnecting when cut off;
 (b) 10 multipart uploads of a 6 MB CSV at 300 KB/s each, one after another per client;
 (c) Redis SIGSTOPped for 30 s while 8 clients poll GET /jobs/<id>; (d) 2 clients posting a
-CSV whose header has 100,000 columns, back to back. The disruptions run in a child process,
+CSV whose header has 100,000 columns, back to back; (e) 2 clients posting the largest /predict
+batch (TABSERVE_MAX_ONLINE_ROWS, 1,000 rows), back to back. The disruptions run in a child process,
 the /predict client (4 threads, open loop, keep-alive, 5 s timeout) in this one. Writes (or
 replaces) its section of docs/benchmarks.md.
 """
@@ -46,6 +47,7 @@ CLIENT_THREADS = 4
 UPLOAD_BYTES = 6 * 1024 * 1024
 UPLOAD_RATE = 300 * 1000
 REDIS_STOP_SECONDS = 30.0
+BATCH_ROWS = Settings.model_fields["max_online_rows"].default  # the largest /predict batch
 # Above this 1-minute load average at the end of the idle phase (2 cores), other work slowed
 # the idle baseline itself: a p99 ratio against it says nothing.
 BUSY_LOAD = 2.5
@@ -210,6 +212,27 @@ def wide_headers(url: str, stop: mp.Event, side: dict[str, int]) -> None:
     _threads(client, 2, stop)
 
 
+def large_batches(url: str, stop: mp.Event, side: dict[str, int]) -> None:
+    """2 clients posting /predict batches of the most rows a request may hold, back to back:
+    a batch of 1,000 rows or more is scored off the event loop (shared.cooperative)."""
+    import json
+
+    rows = _features()
+    body = json.dumps({"instances": [rows[i % len(rows)] for i in range(BATCH_ROWS)]}).encode()
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                r = session.post(url + "/predict", data=body, timeout=30,
+                                 headers={"Content-Type": "application/json"})
+                _count(side, r.status_code)
+            except requests.RequestException as exc:
+                _count(side, type(exc).__name__)
+
+    _threads(client, 2, stop)
+
+
 def _threads(client: Callable[[], None], n: int, stop: mp.Event) -> None:
     threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
     for t in threads:
@@ -345,9 +368,9 @@ def main() -> None:
     parser.add_argument("--redis-stop", type=float, default=REDIS_STOP_SECONDS,
                         help="seconds Redis stays stopped in phase (c)")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
-    parser.add_argument("--phases", default="idle,a,b,c,d",
+    parser.add_argument("--phases", default="idle,a,b,c,d,e",
                         help="comma-separated phases to run (idle is always run first): a, "
-                        "b, c, d; b2 and b3: the uploads of (b) to a second API process "
+                        "b, c, d, e; b2 and b3: the uploads of (b) to a second API process "
                         "(b3: at nice 10)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -430,6 +453,9 @@ def _phases(api: ApiServer, redis: RedisServer, rate: float, seconds: float,
     if "d" in wanted:
         phases.append(run_phase("(d) 100,000-column headers", api, wide_headers, (api.url,),
                                 rate, seconds))
+    if "e" in wanted:
+        phases.append(run_phase(f"(e) {BATCH_ROWS:,}-row /predict batches", api,
+                                large_batches, (api.url,), rate, seconds))
     return phases
 
 
