@@ -10,8 +10,10 @@ from pathlib import Path
 import click
 
 from cli import remote
+from shared.allocator import worker_arenas
 from shared.config import Settings
 from shared.errors import TabserveError
+from shared.jobs.pipeline import cores
 from shared.monitoring import metricsdir
 
 
@@ -266,6 +268,8 @@ def worker(settings: Settings, concurrency: int | None, queues: str | None,
     args += ["--hostname", hostname or f"worker-{os.getpid()}@%h"]
     args += ["--loglevel", (loglevel or settings.log_level).upper()]
     env = {**os.environ, **settings.as_env()}
+    # read by glibc as the process starts: few arenas, so that memory follows the chunks
+    env.setdefault("MALLOC_ARENA_MAX", worker_arenas(cores(settings.worker_threads)))
     metricsdir.prepare(env, "worker")
     _exec(args, env)
 

@@ -57,3 +57,19 @@ def test_gunicorn_workers_keep_the_heap(monkeypatch):
     conf = importlib.import_module("api.gunicorn_conf")
     conf.post_fork(None, None)
     assert calls == [1]
+
+
+def test_tabserve_worker_starts_with_few_malloc_arenas(worker):
+    """glibc reads MALLOC_ARENA_MAX as a process starts: `tabserve worker` sets it (one arena
+    per core, at least 2) for Celery and its pool processes, unless the environment has it."""
+    import os
+
+    import psutil
+
+    from shared.allocator import worker_arenas
+
+    expected = worker_arenas(os.cpu_count() or 1)
+    procs = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+    assert len(procs) >= 2  # Celery's main process and its pool process
+    for proc in procs:
+        assert proc.environ().get("MALLOC_ARENA_MAX") == expected, proc.cmdline()

@@ -231,10 +231,20 @@ def test_a_line_break_in_a_quoted_column_name_is_refused():
 def test_a_reader_stopped_early_leaves_no_parse_running(monkeypatch):
     import threading
 
+    def parsing() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("csv-parse")}
+
     monkeypatch.setattr(inputs, "csv_block_bytes", lambda fh, rows: 64)
     data = b"a,b\n" + b"1,2\n" * 1000
+    before = parsing()
     chunks = iter_chunks(io.BytesIO(data), "csv", _types(), ["a", "b"], 10, parsers=2)
     assert next(chunks).start_row == 0
-    assert any(t.name.startswith("csv-parse") for t in threading.enumerate())
-    chunks.close()  # a job stopped (cancelled, failed) after its first chunk
-    assert not any(t.name.startswith("csv-parse") for t in threading.enumerate())
+    assert parsing() - before
+    chunks.close()  # a job stopped (cancelled) after its first chunk
+    assert not parsing() - before
+    # and a job failing on a row's error, raised by the reader itself
+    bad = b"a,b\n" + b"1,2\n" * 200 + b"3,\xff\n" + b"1,2\n" * 200
+    with pytest.raises(ValidationError):
+        list(iter_chunks(io.BytesIO(bad), "csv", {"a": pa.float64()}, ["a", "b"], 10,
+                         parsers=2))
+    assert not parsing() - before

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import IO, Literal
 
@@ -449,28 +450,29 @@ def _csv_chunks(fh: IO[bytes], layout: CsvLayout, chunk_rows: int,
     fh.seek(part.start if part else len(header))
     limit = part.end - part.start if part else None
     blocks = _parsed_ahead(read_blocks(fh, block_bytes, limit, dialect), layout, parsers)
-    while True:
-        try:
-            item = next(blocks, None)
-        except RowTooLongError as exc:  # the blocks before it are parsed: its row is `start`
-            raise exc.at_row(start) from None
-        if item is None:
-            return
-        block, parsed = item
-        if parsed is None:  # not parsed ahead, or that failed: in order, its rows numbered
-            parsed = parse_csv_block(block, layout, start)
-        table, bad = parsed
-        chunk = Chunk(start, table, block.offset, bad)
-        del block, parsed, item  # the text is parsed: let its buffer go before the chunk is
-        start += chunk.span  # consumed
-        yield chunk
+    with closing(blocks):  # a row's error raised here stops the parses ahead at once
+        while True:
+            try:
+                item = next(blocks, None)
+            except RowTooLongError as exc:  # the blocks before it are parsed: its row is
+                raise exc.at_row(start) from None  # `start`
+            if item is None:
+                return
+            block, parsed = item
+            if parsed is None:  # not parsed ahead, or that failed: in order, rows numbered
+                parsed = parse_csv_block(block, layout, start)
+            table, bad = parsed
+            chunk = Chunk(start, table, block.offset, bad)
+            del block, parsed, item  # the text is parsed: let its buffer go before the
+            start += chunk.span  # chunk is consumed
+            yield chunk
 
 
 Parsed = tuple[pa.Table, list[BadRow]]
 
 
 def _parsed_ahead(blocks: Iterator[Block], layout: CsvLayout,
-                  parsers: int) -> Iterator[tuple[Block, Parsed | None]]:
+                  parsers: int) -> Generator[tuple[Block, Parsed | None], None, None]:
     """The blocks in order, each with its parse: `parsers` of them parsed at once in a pool
     (pyarrow releases the GIL), each on one thread; with one parser, none (the caller parses
     each in turn). A block parsed ahead does not know the number of its first row, as the
