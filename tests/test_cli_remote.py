@@ -201,6 +201,13 @@ def _read_until(fd: int, text: str, timeout: float) -> str:
     return seen.decode(errors="replace")
 
 
+def _default_sigint() -> None:
+    # As a terminal starts it: a test run launched in the background (`cmd &` in a script)
+    # ignores SIGINT, the child would inherit that, and Python then never raises
+    # KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _terminal() -> tuple[int, int]:
     """A pty of 24 rows of 100 columns, as a terminal window has (a new pty has 0 by 0)."""
     master, slave = pty.openpty()
@@ -213,7 +220,8 @@ def test_ctrl_c_asks_then_cancels_the_job(idle_server, redis_client, csv_file):
     master, slave = _terminal()
     proc = subprocess.Popen([sys.executable, "-m", "cli", "score", str(csv_file)], cwd=ROOT,
                             env=cli_env(server.url, tokens["submit"]), stdin=slave,
-                            stdout=slave, stderr=slave, start_new_session=True)
+                            stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=_default_sigint)
     os.close(slave)
     try:
         shown = _read_until(master, "scoring", 60)  # waiting, the rows bar on the terminal
@@ -237,7 +245,8 @@ def test_ctrl_c_answered_no_leaves_the_job_running(idle_server, redis_client, cs
     master, slave = _terminal()
     proc = subprocess.Popen([sys.executable, "-m", "cli", "score", str(csv_file)], cwd=ROOT,
                             env=cli_env(server.url, tokens["submit"]), stdin=slave,
-                            stdout=slave, stderr=slave, start_new_session=True)
+                            stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=_default_sigint)
     os.close(slave)
     try:
         shown = _read_until(master, "scoring", 60)  # waiting, the rows bar on the terminal
