@@ -484,6 +484,7 @@ def _parsed_ahead(blocks: Iterator[Block], layout: CsvLayout,
         return
     pool = ThreadPoolExecutor(parsers, thread_name_prefix="csv-parse")
     ahead: deque[tuple[Block, Future[Parsed | None]]] = deque()
+    too_long: RowTooLongError | None = None
     try:
         try:
             for block in blocks:
@@ -492,14 +493,13 @@ def _parsed_ahead(blocks: Iterator[Block], layout: CsvLayout,
                 if len(ahead) >= parsers:
                     block, parsing = ahead.popleft()
                     yield block, parsing.result()
-        except RowTooLongError:  # read_blocks': after the blocks before it
-            while ahead:
-                block, parsing = ahead.popleft()
-                yield block, parsing.result()
-            raise
+        except RowTooLongError as exc:  # read_blocks': raised after the blocks before it
+            too_long = exc
         while ahead:
             block, parsing = ahead.popleft()
             yield block, parsing.result()
+        if too_long is not None:
+            raise too_long
     finally:  # also when the consumer stops early: no parse left running
         pool.shutdown(wait=True, cancel_futures=True)
 
