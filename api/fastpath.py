@@ -126,7 +126,8 @@ class FastScoring:
         stream = environ["wsgi.input"]
         if self.rate:
             stream = environ["wsgi.input"] = PacedInput(stream, self.rate, self.grace,
-                                                         environ.get("gunicorn.socket"))
+                                                         environ.get("gunicorn.socket"),
+                                                         int(length))
         try:
             raw = read_length(stream, int(length),
                               ends_early="wsgi.input_terminated" in environ)

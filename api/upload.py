@@ -42,6 +42,12 @@ FAST_READ_SECONDS = 0.05
 IDLE_SECONDS = 60.0  # the watchdog's sleep with nothing to watch, before any body's grace
 
 
+def content_length(environ: dict[str, Any]) -> int | None:
+    """The request's Content-Length, None when it has none (or not a number)."""
+    raw = environ.get("CONTENT_LENGTH") or ""
+    return int(raw) if raw.isdigit() else None
+
+
 class UploadRequest(Request):
     """Flask request class; file parts go to storage.staging_file(), bodies are paced."""
 
@@ -64,7 +70,7 @@ class UploadRequest(Request):
             return
         self.environ["wsgi.input"] = PacedInput(
             body, settings.upload_min_bytes_per_second, settings.upload_grace_seconds,
-            self.environ.get("gunicorn.socket"))
+            self.environ.get("gunicorn.socket"), content_length(self.environ))
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None,
@@ -157,8 +163,9 @@ class PacedInput:
     """wsgi.input, read no slower than `rate` bytes/s on average after `grace` seconds."""
 
     def __init__(self, stream: Any, rate: int, grace: float,
-                 sock: socket.socket | None) -> None:
+                 sock: socket.socket | None, length: int | None = None) -> None:
         self._stream = stream
+        self.length = length  # the body's, when the request said (Content-Length)
         self.rate = rate
         self.grace = grace
         self._start = time.monotonic() + grace  # the rate is owed from then on
@@ -225,8 +232,10 @@ class PacedInput:
             raise
         finally:
             WATCHDOG.unwatch(self)
-        pause()  # a fast upload's pieces come without a wait: the loop's other requests too
         self.received += len(data)
+        if data and (self.length is None or self.received < self.length):
+            pause()  # a fast upload's next piece comes without a wait: others' requests first
+        # (a body read whole in one piece, as /predict's, goes on at once)
         if len(data) == size == self.piece and \
                 time.monotonic() - started < FAST_READ_SECONDS:
             self.piece = min(2 * self.piece, MAX_PIECE_BYTES)

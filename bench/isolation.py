@@ -9,7 +9,9 @@ idle; (a) 50 connections trickling a /predict body at 1 byte/s, reconnecting whe
 (b) 10 multipart uploads of a 6 MB CSV at 300 KB/s each, one after another per client;
 (c) Redis SIGSTOPped for 30 s while 8 clients poll GET /jobs/<id>; (d) 2 clients posting a
 CSV whose header has 100,000 columns, back to back; (e) 2 clients posting the largest /predict
-batch (TABSERVE_MAX_ONLINE_ROWS, 1,000 rows), back to back. The disruptions run in a child process,
+batch (TABSERVE_MAX_ONLINE_ROWS, 1,000 rows), back to back; (f) 1 client uploading the
+1M-row demo CSV (556 MiB) with tabserve_client as fast as loopback allows, back to back, each
+job then cancelled and deleted (no worker runs). The disruptions run in a child process,
 the /predict client (4 threads, open loop, keep-alive, 5 s timeout) in this one. Writes (or
 replaces) its section of docs/benchmarks.md.
 """
@@ -33,7 +35,7 @@ import numpy as np
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from bench.common import machine
+from bench.common import demo_file, machine
 from bench.goals import record
 from bench.loadgen import run_load, wrk_version
 from bench.online_report import DOCS, write_section
@@ -48,6 +50,7 @@ UPLOAD_BYTES = 6 * 1024 * 1024
 UPLOAD_RATE = 300 * 1000
 REDIS_STOP_SECONDS = 30.0
 BATCH_ROWS = Settings.model_fields["max_online_rows"].default  # the largest /predict batch
+LARGE_UPLOAD_ROWS = 1_000_000  # phase (f)'s file: bench.common's demo CSV
 # Above this 1-minute load average at the end of the idle phase (2 cores), other work slowed
 # the idle baseline itself: a p99 ratio against it says nothing.
 BUSY_LOAD = 2.5
@@ -233,6 +236,25 @@ def large_batches(url: str, stop: mp.Event, side: dict[str, int]) -> None:
     _threads(client, 2, stop)
 
 
+def large_uploads(url: str, path: str, stop: mp.Event, side: dict[str, int]) -> None:
+    """1 client uploading a large CSV as fast as it can, with the project's client (as
+    `tabserve score` does), again and again; each job is cancelled, then deleted with its
+    file, so that the disk does not fill (no worker scores them)."""
+    from tabserve_client import Client, TabserveError
+
+    with Client(url, timeout=600) as client:
+        while not stop.is_set():
+            try:
+                job = client.submit_job(Path(path))
+                _count(side, 202)
+                client.cancel(job.id)  # queued: cancelled
+                client.cancel(job.id)  # finished: deleted with its files
+            except TabserveError as exc:
+                _count(side, exc.status or type(exc).__name__)
+            except requests.RequestException as exc:
+                _count(side, type(exc).__name__)
+
+
 def _threads(client: Callable[[], None], n: int, stop: mp.Event) -> None:
     threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
     for t in threads:
@@ -368,9 +390,9 @@ def main() -> None:
     parser.add_argument("--redis-stop", type=float, default=REDIS_STOP_SECONDS,
                         help="seconds Redis stays stopped in phase (c)")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
-    parser.add_argument("--phases", default="idle,a,b,c,d,e",
+    parser.add_argument("--phases", default="idle,a,b,c,d,e,f",
                         help="comma-separated phases to run (idle is always run first): a, "
-                        "b, c, d, e; b2 and b3: the uploads of (b) to a second API process "
+                        "b, c, d, e, f; b2 and b3: the uploads of (b) to a second API process "
                         "(b3: at nice 10)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -456,6 +478,11 @@ def _phases(api: ApiServer, redis: RedisServer, rate: float, seconds: float,
     if "e" in wanted:
         phases.append(run_phase(f"(e) {BATCH_ROWS:,}-row /predict batches", api,
                                 large_batches, (api.url,), rate, seconds))
+    if "f" in wanted:
+        big = demo_file(LARGE_UPLOAD_ROWS, "csv")
+        phases.append(run_phase(f"(f) {big.stat().st_size / 2**20:,.0f} MiB CSV uploads, "
+                                "back to back", api, large_uploads, (api.url, str(big)), rate,
+                                seconds))
     return phases
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.config import Settings
+from shared.cooperative import fsync, off_loop
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -215,8 +216,7 @@ class LocalStorage(Storage):
                 mode = mode.replace("w", "a")
             with open(tmp, mode) as fh:
                 yield fh
-                fh.flush()
-                os.fsync(fh.fileno())
+                fsync(fh)
             os.replace(tmp, final)
         except BaseException as exc:
             keep = keeps_partial(exc)
@@ -231,8 +231,7 @@ class LocalStorage(Storage):
 
     @staticmethod
     def sync(fh: Any) -> int:
-        fh.flush()
-        os.fsync(fh.fileno())
+        fsync(fh)
         return os.fstat(fh.fileno()).st_size
 
     def open(self, key: str) -> IO[bytes]:
@@ -241,6 +240,8 @@ class LocalStorage(Storage):
     def adopt(self, path: Path, key: str) -> None:
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as staged:  # on disk before the job is accepted, as the
+            fsync(staged)  # store's writer's files are
         try:
             os.replace(path, final)
         except OSError as exc:
@@ -257,10 +258,11 @@ class LocalStorage(Storage):
         return self.path(key).stat().st_size
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        # off the loop under gevent: freeing a 556 MiB file's blocks took 0.12 s
+        off_loop(self.path(key).unlink, True)
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.path(prefix), ignore_errors=True)
+        off_loop(shutil.rmtree, self.path(prefix), True)
 
     def list_prefixes(self, prefix: str) -> list[str]:
         base = self.path(prefix)

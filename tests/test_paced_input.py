@@ -140,3 +140,29 @@ def test_watching_a_body_does_not_wake_an_idle_watchdog():
     watchdog.unwatch(body)
     assert woken == []
     watchdog._idle = 3600.0  # this test's thread sleeps from its next wake-up on
+
+
+@pytest.mark.parametrize("length", [None, 3 * MAX_PIECE_BYTES + 12_345])
+def test_the_loop_gets_a_turn_between_pieces_not_after_the_last(monkeypatch, length):
+    """A fast upload pauses (shared.cooperative.pause: the loop's other requests first)
+    after each piece while more of its body is to come; with its length known, not after
+    the last piece. A body read whole in one piece, as /predict's, never pauses."""
+    import api.upload
+
+    pauses: list[int] = []
+    monkeypatch.setattr(api.upload, "pause", lambda: pauses.append(len(pauses)))
+    data = os.urandom(3 * MAX_PIECE_BYTES + 12_345)
+    paced = PacedInput(Recorded(data), rate=1, grace=3600, sock=None, length=length)
+    body = paced._stream
+    while paced.read(MAX_PIECE_BYTES):
+        pass
+    reads = len(body.asked)  # of the server's stream, the last one empty
+    assert reads > 4
+    # None: every read with bytes pauses; known: all but the one that ends the body
+    assert len(pauses) == (reads - 1 if length is None else reads - 2), (pauses, reads)
+
+    pauses.clear()
+    small = PacedInput(Recorded(b'{"features": {}}'), rate=1, grace=3600, sock=None,
+                       length=16)
+    assert small.read(PIECE_BYTES) == b'{"features": {}}'
+    assert pauses == []

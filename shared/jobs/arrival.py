@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from shared.cooperative import fsync
 from shared.errors import TabserveError
 from shared.jobs import paths
 from shared.jobs.csvblocks import SNIFF_BYTES
@@ -185,8 +186,7 @@ class ArrivingUpload:
         """The whole body is written: flush it and drop the marker (the worker reads on
         to the end)."""
         assert self.path is not None
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        fsync(self.fh)
         marker_path(self.path).unlink(missing_ok=True)
 
     def abandon(self, jobs: Any, reason: str, written: int) -> None:

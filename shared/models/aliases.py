@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.cooperative import fsync
 from shared.errors import ConflictError, ModelLoadError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -148,8 +149,7 @@ def _replace(path: Path, text: str) -> None:
     try:
         with open(tmp, "w") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            fsync(f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
