@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from api.downloads import cooperative_files
 from api.errors import register_error_handlers
 from api.fastpath import ADMITTED, FastScoring, headers_fit
 from api.requestlog import install_request_logging
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     app = App(__name__)
     app.request_class = UploadRequest
-    app.wsgi_app = closing(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = cooperative_files(closing(app.wsgi_app))  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_form_parts
     runtime = Services(settings, fail_fast=True)

@@ -11,9 +11,10 @@ idle; (a) 50 connections trickling a /predict body at 1 byte/s, reconnecting whe
 CSV whose header has 100,000 columns, back to back; (e) 2 clients posting the largest /predict
 batch (TABSERVE_MAX_ONLINE_ROWS, 1,000 rows), back to back; (f) 1 client uploading the
 1M-row demo CSV (556 MiB) with tabserve_client as fast as loopback allows, back to back, each
-job then cancelled and deleted (no worker runs). The disruptions run in a child process,
-the /predict client (4 threads, open loop, keep-alive, 5 s timeout) in this one. Writes (or
-replaces) its section of docs/benchmarks.md.
+job then cancelled and deleted (no worker runs); (g) 1 client downloading that file's result
+(scored first by a `tabserve worker`, stopped before the phase) again and again. The
+disruptions run in a child process, the /predict client (4 threads, open loop, keep-alive,
+5 s timeout) in this one. Writes (or replaces) its section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -255,6 +256,35 @@ def large_uploads(url: str, path: str, stop: mp.Event, side: dict[str, int]) -> 
                 _count(side, type(exc).__name__)
 
 
+def downloads(url: str, job_id: str, stop: mp.Event, side: dict[str, int]) -> None:
+    """1 client downloading a job's result as fast as it can, again and again."""
+    session = requests.Session()
+    while not stop.is_set():
+        try:
+            with session.get(f"{url}/jobs/{job_id}/result", stream=True, timeout=60) as r:
+                for _ in r.iter_content(1 << 20):
+                    pass
+            _count(side, r.status_code)
+        except requests.RequestException as exc:
+            _count(side, type(exc).__name__)
+
+
+def _scored_job(api: ApiServer, work: Path, redis: RedisServer, path: Path) -> str:
+    """A job of `path`, scored by a worker started for it and stopped once it is done."""
+    from tabserve_client import Client
+    from tests.jobclient import wait_job
+    from tests.servers import WorkerProcess
+
+    worker = WorkerProcess(tabserve_env(_settings(work, redis).as_env()), work, "isolation")
+    try:
+        with Client(api.url, timeout=600) as client:
+            job_id = client.submit_job(path).id
+        assert wait_job(api.url, job_id, timeout=600, interval=0.5)["status"] == "succeeded"
+        return job_id
+    finally:
+        worker.stop()
+
+
 def _threads(client: Callable[[], None], n: int, stop: mp.Event) -> None:
     threads = [threading.Thread(target=client, daemon=True) for _ in range(n)]
     for t in threads:
@@ -390,9 +420,9 @@ def main() -> None:
     parser.add_argument("--redis-stop", type=float, default=REDIS_STOP_SECONDS,
                         help="seconds Redis stays stopped in phase (c)")
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
-    parser.add_argument("--phases", default="idle,a,b,c,d,e,f",
+    parser.add_argument("--phases", default="idle,a,b,c,d,e,f,g",
                         help="comma-separated phases to run (idle is always run first): a, "
-                        "b, c, d, e, f; b2 and b3: the uploads of (b) to a second API process "
+                        "b, c, d, e, f, g; b2 and b3: the uploads of (b) to a second API process "
                         "(b3: at nice 10)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -478,11 +508,17 @@ def _phases(api: ApiServer, redis: RedisServer, rate: float, seconds: float,
     if "e" in wanted:
         phases.append(run_phase(f"(e) {BATCH_ROWS:,}-row /predict batches", api,
                                 large_batches, (api.url,), rate, seconds))
-    if "f" in wanted:
-        big = demo_file(LARGE_UPLOAD_ROWS, "csv")
+    big = demo_file(LARGE_UPLOAD_ROWS, "csv") if wanted & {"f", "g"} else None
+    if "f" in wanted and big:
         phases.append(run_phase(f"(f) {big.stat().st_size / 2**20:,.0f} MiB CSV uploads, "
                                 "back to back", api, large_uploads, (api.url, str(big)), rate,
                                 seconds))
+    if "g" in wanted and big:
+        job_id = _scored_job(api, work, redis, big)
+        size = requests.get(f"{api.url}/jobs/{job_id}", timeout=10).json()["output"][
+            "size_bytes"]
+        phases.append(run_phase(f"(g) {size / 2**20:,.0f} MiB result downloads, back to back",
+                                api, downloads, (api.url, job_id), rate, seconds))
     return phases
 
 

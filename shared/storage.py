@@ -87,9 +87,10 @@ class Storage(ABC):
         return removed
 
     def iter_bytes(self, key: str, piece: int = PIECE_BYTES) -> Iterator[bytes]:
-        """The stored file in pieces, for a streamed download."""
+        """The stored file in pieces, for a streamed download (each read off a gevent
+        worker's loop: api/downloads.py)."""
         with self.open(key) as fh:
-            while data := fh.read(piece):
+            while data := off_loop(fh.read, piece):
                 yield data
 
     def local_path(self, key: str) -> Path | None:

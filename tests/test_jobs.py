@@ -133,6 +133,28 @@ def test_list_get_and_delete(api_server, worker, frame):
     assert r.status_code == 404
 
 
+def test_a_result_downloads_whole_and_by_range(api_server, worker, frame):
+    """Under the gevent worker a stored file is sent in pieces read off the loop
+    (api/downloads.py): whole, as a Range (seeked to, 206), and conditional (304)."""
+    r = submit(api_server.url, file_bytes(frame, "csv"), "csv", include_input="true")
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert wait_job(api_server.url, job_id)["status"] == "succeeded"
+    url = f"{api_server.url}/jobs/{job_id}/result"
+    whole = requests.get(url, timeout=30)
+    assert whole.status_code == 200 and int(whole.headers["Content-Length"]) == len(
+        whole.content) > 2000
+    part = requests.get(url, headers={"Range": "bytes=1000-1999"}, timeout=30)
+    assert part.status_code == 206, part.text
+    assert part.content == whole.content[1000:2000]
+    assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(whole.content)}"
+    tail = requests.get(url, headers={"Range": "bytes=-10"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == whole.content[-10:]
+    again = requests.get(url, timeout=30,
+                         headers={"If-Modified-Since": whole.headers["Last-Modified"]})
+    assert again.status_code == 304 and again.content == b""
+
+
 def test_the_pool_processes_score_at_the_priority_set(base_settings, tmp_path):
     """TABSERVE_WORKER_NICE lowers the pool processes' CPU priority, so scoring can yield
     the CPU to online requests on the same machine; the worker's main process (heartbeat,

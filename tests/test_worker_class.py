@@ -253,6 +253,42 @@ for name, thread in synced + removed:
     assert names[4:] == ["input.csv", "input.csv"], names
 
 
+def test_a_download_reads_its_pieces_off_the_loop_under_gevent(tmp_path):
+    """A file response's pieces (api/downloads.py) and a streamed stored file's are read in
+    a native thread: gevent's sendfile, send() in a loop, never yielded to a fast client."""
+    code = r"""
+from gevent import monkey; monkey.patch_all()
+import io, sys, threading
+from pathlib import Path
+from api.downloads import CooperativeFile
+from shared.storage import PIECE_BYTES, LocalStorage
+loop_thread = threading.get_native_id()
+class Observed(io.FileIO):
+    threads = []
+    def read(self, size=-1):
+        Observed.threads.append(threading.get_native_id())
+        return super().read(size)
+path = Path(sys.argv[1]) / "jobs/a/result.csv"
+path.parent.mkdir(parents=True)
+data = bytes(range(256)) * (3 * PIECE_BYTES // 256 + 7)
+path.write_bytes(data)
+wrapper = CooperativeFile(Observed(path), 8192)
+assert wrapper.seekable()
+out = b"".join(wrapper)
+wrapper.close()
+store = LocalStorage(Path(sys.argv[1]))
+store.open = lambda key: Observed(store.path(key))
+streamed = b"".join(store.iter_bytes("jobs/a/result.csv"))
+print(out == data, streamed == data, len(Observed.threads),
+      all(t != loop_thread for t in Observed.threads))
+"""
+    out = _under_gevent(code, str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    same, same_streamed, reads, off_loop = out.stdout.split()
+    assert same == same_streamed == off_loop == "True", out.stdout
+    assert int(reads) == 2 * 5, out.stdout  # 4 pieces of 1 MiB and the empty read, twice
+
+
 def test_outside_gevent_the_helpers_change_nothing():
     from shared.cooperative import off_loop, pause, under_gevent
 
