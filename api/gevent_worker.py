@@ -4,10 +4,11 @@ gunicorn's own GeventWorker serves a keep-alive connection's next request as soo
 read it without waiting. A client that sends its next request at once (a pooled client, a
 pipelining one) then keeps the process's event loop, and the process's other connections
 wait: wrk's 16 keep-alive connections saw a p99 of 0.6-2 s (docs/benchmarks.md, "Keep-alive
-and the worker class"). Here each request ends with a turn for the others: a sleep on a timer,
-so the loop polls its sockets before this connection's next request, and every connection with
-a request ready goes first. (`gevent.sleep(0)` is not enough: the loop runs such wake-ups for
-up to its switch interval, 5 ms, before it polls.) wrk's p99 was 20 ms with it, and a client
+and the worker class"). Here each request ends with a turn for the others
+(shared.cooperative.pause, a sleep on a timer), so the loop polls its sockets before this
+connection's next request, and every connection with a request ready goes first.
+(`gevent.sleep(0)` is not enough: the loop runs 50 such wake-ups before it polls.) wrk's p99
+was 20 ms with it, and a client
 pipelining 300 requests lets another connection's request through after 3 of its own
 (tests/test_worker_class.py).
 
@@ -19,12 +20,10 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import gevent
 from gevent.monkey import MonkeyPatchWarning
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
-# Any timer: the loop polls before it fires, so a microsecond is enough.
-TURN_SECONDS = 1e-6
+from shared.cooperative import pause
 
 
 class GeventWorker(_GunicornGeventWorker):
@@ -44,4 +43,4 @@ class GeventWorker(_GunicornGeventWorker):
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
-            gevent.sleep(TURN_SECONDS)  # the other ready connections go first
+            pause()  # the other ready connections go first

@@ -42,12 +42,6 @@ FAST_READ_SECONDS = 0.05
 IDLE_SECONDS = 60.0  # the watchdog's sleep with nothing to watch, before any body's grace
 
 
-def content_length(environ: dict[str, Any]) -> int | None:
-    """The request's Content-Length, None when it has none (or not a number)."""
-    raw = environ.get("CONTENT_LENGTH") or ""
-    return int(raw) if raw.isdigit() else None
-
-
 class UploadRequest(Request):
     """Flask request class; file parts go to storage.staging_file(), bodies are paced."""
 
@@ -70,7 +64,7 @@ class UploadRequest(Request):
             return
         self.environ["wsgi.input"] = PacedInput(
             body, settings.upload_min_bytes_per_second, settings.upload_grace_seconds,
-            self.environ.get("gunicorn.socket"), content_length(self.environ))
+            self.environ.get("gunicorn.socket"), self.content_length)
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None,
