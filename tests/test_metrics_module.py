@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -188,3 +189,58 @@ def test_registering_queue_collector_does_not_read_the_queue():
     collector = QueueCollector(lambda: calls.append(1) or (0, 0, 0))
     CollectorRegistry(auto_describe=True).register(collector)
     assert calls == []
+
+
+FORK_WHILE_HELD_SCRIPT = r"""
+import json, os, sys, threading, time
+from prometheus_client import Counter
+from shared.monitoring import forklocks, metrics
+
+locks = {"values": forklocks.values_lock_cells()[0].cell_contents,
+         "metric": metrics.JOBS_REQUEUED._lock, "registry": metrics.REGISTRY._lock}
+held, done = threading.Event(), threading.Event()
+
+def hold(lock):
+    with lock:  # as the heartbeat or the reaper, recording a metric while the pool forks
+        held.set()
+        done.wait()
+
+threading.Thread(target=hold, args=(locks[sys.argv[1]],), daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:  # the child: a labelled child, a value, a new metric in the registry
+    metrics.JOBS_REQUEUED.labels("job", "fork").inc()
+    Counter("tabserve_fork_test", "a metric made in the child", ["a"]).labels("b").inc()
+    os._exit(0)
+done.set()
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    finished, status = os.waitpid(pid, os.WNOHANG)
+    if finished:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    status = None
+print(json.dumps({"status": status}))
+"""
+
+
+@pytest.mark.parametrize("lock", ["values", "metric", "registry"])
+def test_a_child_forked_while_a_thread_holds_a_metrics_lock_records_metrics(tmp_path, lock):
+    # A Celery pool process forked while the worker's heartbeat held the values' lock hung
+    # at its first metric, for good (shared.monitoring.forklocks).
+    (tmp_path / "prom").mkdir()
+    out = run_python(FORK_WHILE_HELD_SCRIPT.replace("sys.argv[1]", repr(lock)),
+                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    assert out["status"] == 0, "the child hung on a lock held by a thread it does not have"
+
+
+def test_the_renewal_finds_every_lock_it_knows_in_multiprocess_mode(tmp_path):
+    code = ("import json; from shared.monitoring import forklocks, metrics; "
+            "print(json.dumps({'cells': len(forklocks.values_lock_cells()), "
+            "'renewed': forklocks.renew_locks(metrics.REGISTRY)}))")
+    out = run_python(code, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    assert out["cells"] == 1  # prometheus_client's one lock for every multiprocess value
+    assert out["renewed"] > 30  # it, the registry's, and each labelled metric's

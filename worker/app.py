@@ -79,7 +79,9 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
     # Everything the threads use is imported and built here, before they start and before
     # the pool forks: a thread holding an import lock (or any lock) while the pool forks
-    # leaves the child a lock that no thread will release, and the child hangs.
+    # leaves the child a lock that no thread will release, and the child hangs. (The locks
+    # they take to record metrics are prometheus_client's, renewed in every forked child:
+    # shared.monitoring.forklocks.)
     from shared.jobs.reaper import Reaper
 
     beat, reap, sweep = _built(), _built(), _built()

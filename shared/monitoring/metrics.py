@@ -28,10 +28,12 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from shared.diskspace import disk_usage
+from shared.monitoring.forklocks import renew_locks
 
 if TYPE_CHECKING:  # a type only: shared.models imports this module
     from shared.models.manifest import Manifest
@@ -397,3 +399,12 @@ def record_feedback(models: list[dict]) -> None:
             ACCURACY.labels(model, version).set(entry["accuracy"])
         if "mean_absolute_error" in entry:
             MEAN_ABSOLUTE_ERROR.labels(model, version).set(entry["mean_absolute_error"])
+
+
+def _renew_locks_after_fork() -> None:
+    # A thread of the parent inside a metric at the fork would leave the child its lock,
+    # held for good (shared.monitoring.forklocks).
+    renew_locks(REGISTRY, [m for m in globals().values() if isinstance(m, MetricWrapperBase)])
+
+
+os.register_at_fork(after_in_child=_renew_locks_after_fork)
