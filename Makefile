@@ -40,8 +40,8 @@ run: setup
 
 # Three pytest processes by default (pytest-xdist), each with its own redis-server, API and
 # worker; a test file stays in one process (--dist loadfile). The suite mostly waits on the
-# processes it runs (leases, restarts, real uploads), so on 2 cores three take 7:18 where two
-# took 9:39-10:06, each test about as long as before. The session's demo model is
+# processes it runs (leases, restarts, real uploads), so three beat two even on 2 cores
+# (docs/testing.md). The session's demo model is
 # read only (tests/conftest.py): a file that adds models works on its own copy, so no file's
 # outcome depends on which files ran before it in its process. `make test TEST_WORKERS=0`
 # runs every file in this one process.

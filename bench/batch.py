@@ -56,14 +56,15 @@ def baseline(kind: str, model_pkl: Path, src: Path, dst: Path, repeats: int = 1)
         with RSSSampler(proc.pid) as rss:
             out, _ = proc.communicate(timeout=3600)
         assert proc.returncode == 0, out
-        runs.append((json.loads(out.splitlines()[-1])["seconds"], rss.peak_tree / 2**20))
-    return {"seconds": min(t for t, _ in runs), "rss_mb": min(m for _, m in runs),
-            "runs": [round(t, 2) for t, _ in runs]}
+        seconds = json.loads(out.splitlines()[-1])["seconds"]
+        runs.append({"seconds": seconds, "rss_mb": rss.peak_tree / 2**20,
+                     "runs": [round(seconds, 2)]})
+    return merged(runs)
 
 
 def merged(runs: list[dict]) -> dict:
-    """Single runs of a baseline kept as baseline(repeats=...) keeps them: the best time and
-    the smallest peak RSS, each run's time listed."""
+    """Runs of a baseline as one: the best time and the smallest peak RSS, each run's time
+    listed."""
     return {"seconds": min(r["seconds"] for r in runs), "rss_mb": min(r["rss_mb"] for r in runs),
             "runs": [t for r in runs for t in r["runs"]]}
 

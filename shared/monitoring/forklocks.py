@@ -18,7 +18,6 @@ and reopens them), and the dictionaries change in single steps under the GIL.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from types import CellType
 from typing import Any
 
@@ -42,15 +41,14 @@ def values_lock_cells() -> list[CellType]:
     return cells
 
 
-def renew_locks(registry: Any, metrics: Iterable[Any] = ()) -> int:
-    """Give the values, the registry and each labelled metric (the registry's collectors
-    and `metrics`) new locks, as a forked child's first step; how many were replaced."""
+def renew_locks(registry: Any) -> int:
+    """Give the values, the registry and each labelled metric registered in it new locks,
+    as a forked child's first step; how many were replaced."""
     renewed = 0
     for cell in values_lock_cells():
         cell.cell_contents = threading.Lock()
         renewed += 1
-    owners = [registry, *getattr(registry, "_collector_to_names", {}), *metrics]
-    for owner in {id(o): o for o in owners}.values():
+    for owner in [registry, *getattr(registry, "_collector_to_names", {})]:
         if isinstance(getattr(owner, "_lock", None), _LOCK):
             owner._lock = threading.Lock()
             renewed += 1

@@ -28,7 +28,6 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -401,10 +400,6 @@ def record_feedback(models: list[dict]) -> None:
             MEAN_ABSOLUTE_ERROR.labels(model, version).set(entry["mean_absolute_error"])
 
 
-def _renew_locks_after_fork() -> None:
-    # A thread of the parent inside a metric at the fork would leave the child its lock,
-    # held for good (shared.monitoring.forklocks).
-    renew_locks(REGISTRY, [m for m in globals().values() if isinstance(m, MetricWrapperBase)])
-
-
-os.register_at_fork(after_in_child=_renew_locks_after_fork)
+# A thread of the parent inside a metric at the fork would leave the child its lock, held for
+# good (shared.monitoring.forklocks). Every metric here is in the default registry.
+os.register_at_fork(after_in_child=lambda: renew_locks(REGISTRY))
