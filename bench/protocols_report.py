@@ -87,6 +87,7 @@ METHOD = (
     "outputs answered as binary data. Before the load, every 57th row's answer is checked "
     "against the fitted model (class and probabilities; /invocations' probabilities asked "
     "with `params.predict_method`). The table's runs are minutes apart, so the machine's "
-    "drift falls on its ratios; the target uses rounds run after them, each /predict then "
-    "every endpoint back to back at concurrency 16, and the median of each endpoint's ratio "
-    "to the /predict run of its round.")
+    "drift falls on its ratios; the target uses rounds run after them, each /predict and "
+    "every endpoint back to back at concurrency 16 (the order rotating from round to round, "
+    "so that no endpoint always runs last), and the median of each endpoint's ratio to the "
+    "/predict run of its round.")

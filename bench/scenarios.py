@@ -60,6 +60,8 @@ class Results:
     notes: list[str] = field(default_factory=list)
     # label -> protocol endpoint -> its req/s over /predict's in each interleaved round
     protocol_rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # label -> (tabserve's /predict req/s, hello-world's req/s) in each interleaved round
+    hello_rounds: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     other_cpu_before: float = 0.0  # % of the machine other processes used before the run
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)  # os.getloadavg() at the start
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)  # and at the end
@@ -123,29 +125,64 @@ def bench_tabserve(work: Path, cases: list[ModelCase], X: np.ndarray,
                     results, f"tabserve {endpoint.key} {case.label}")
             results.protocol_rounds[case.label] = protocol_rounds(api.url, url, case.ref,
                                                                   bodies, config)
+            if case is cases[0]:  # the demo's share is the target; the forest's, reference
+                results.hello_rounds[case.label] = hello_rounds(work, url, bodies["tabserve"],
+                                                                config)
     finally:
         if api is not None:
             api.stop()
         redis.stop()
 
 
-PROTOCOL_ROUNDS = 3
+PROTOCOL_ROUNDS = 5
+HELLO_ROUNDS = 4
+
+
+def hello_rounds(work: Path, predict_url: str, bodies: Path,
+                 config: Config) -> list[tuple[float, float]]:
+    """tabserve's /predict and hello-world, keep-alive at concurrency 16, in rounds that
+    run the two back to back (who goes first alternating), while tabserve's API stays up and
+    idle beside hello-world: (tabserve req/s, hello-world req/s) per round. The sweeps
+    measure hello-world minutes before and after tabserve, and this machine's speed drifts
+    by a third within half an hour; a round's two runs are seconds apart."""
+    hello = HelloServer(work, config.workers)
+    pairs: list[tuple[float, float]] = []
+    try:
+        hello_url = hello.url + "/predict"
+        _settle(run_load(config.tool, hello_url, bodies, 16, config.warmup, False))
+        for rnd in range(HELLO_ROUNDS):
+            order = [("tabserve", predict_url), ("hello", hello_url)]
+            if rnd % 2:
+                order.reverse()
+            rps: dict[str, float] = {}
+            for name, url in order:
+                rps[name] = _settle(run_load(config.tool, url, bodies, 16, config.duration,
+                                             False)).rps
+            pairs.append((rps["tabserve"], rps["hello"]))
+            print(f"hello round {rnd + 1}: /predict {rps['tabserve']:.0f} req/s, hello-world "
+                  f"{rps['hello']:.0f} req/s: {rps['tabserve'] / rps['hello']:.0%}", flush=True)
+    finally:
+        hello.stop()
+    return pairs
 
 
 def protocol_rounds(base: str, predict_url: str, ref: str, bodies: dict[str, Path],
                     config: Config) -> dict[str, list[float]]:
     """Each protocol endpoint's req/s over /predict's at concurrency 16, in rounds that run
-    /predict and then every endpoint back to back: a ratio of two runs seconds apart, where
-    the sweeps' runs are minutes apart and the machine's drift falls on them."""
+    /predict and every endpoint back to back: a ratio of two runs seconds apart, where the
+    sweeps' runs are minutes apart and the machine's drift falls on them. The order
+    rotates from round to round, so that no endpoint always runs last in its round."""
     ratios: dict[str, list[float]] = {e.key: [] for e in ENDPOINTS}
+    runs = [("/predict", predict_url, bodies["tabserve"]),
+            *((e.key, endpoint_url(base, e, ref), bodies[e.bodies]) for e in ENDPOINTS)]
     for rnd in range(PROTOCOL_ROUNDS):
-        predict = run_load(config.tool, predict_url, bodies["tabserve"], 16, config.duration,
-                           True)
+        shift = rnd % len(runs)
+        rps = {key: run_load(config.tool, url, body, 16, config.duration, True).rps
+               for key, url, body in runs[shift:] + runs[:shift]}
+        predict = rps["/predict"]
         for endpoint in ENDPOINTS:
-            r = run_load(config.tool, endpoint_url(base, endpoint, ref),
-                         bodies[endpoint.bodies], 16, config.duration, True)
-            ratios[endpoint.key].append(r.rps / predict.rps if predict.rps else 0.0)
-        print(f"protocol round {rnd + 1} {ref}: /predict {predict.rps:.0f} req/s; " + ", ".join(
+            ratios[endpoint.key].append(rps[endpoint.key] / predict if predict else 0.0)
+        print(f"protocol round {rnd + 1} {ref}: /predict {predict:.0f} req/s; " + ", ".join(
             f"{k} {v[-1]:.2f}x" for k, v in ratios.items()), flush=True)
     return ratios
 

@@ -194,3 +194,37 @@ def test_the_target_uses_the_median_of_the_interleaved_rounds_when_they_ran():
     assert f"{ENDPOINTS[0].key} 0.95× (0.85-0.97)" in measured
     results.protocol_rounds["demo"][ENDPOINTS[-1].key] = [0.8, 0.95, 0.85]
     assert protocol_check(results, "demo")[3] is False
+
+
+def test_the_share_of_hello_world_uses_the_median_of_its_interleaved_rounds():
+    from bench.loadgen import LoadResult
+    from bench.online_report import checks, report
+    from bench.scenarios import Config, Results
+
+    def run(rps: float) -> list[LoadResult]:
+        return [LoadResult("wrk", 16, 1.0, int(rps), 0, 1, 1, 1, 1)]
+
+    results = Results(models=[("demo", 3.0), ("forest", 3.0)])
+    for label in ("demo", "forest"):
+        results.runs[(label, "tabserve-keepalive")] = run(600)
+    # the sweeps, minutes apart: hello-world measured in a fast minute
+    results.runs[("", "hello-keepalive")] = run(1000)
+    results.runs[("", "hello-after-keepalive")] = run(1000)
+
+    def share() -> list:
+        return [c for c in checks(results) if "hello-world" in c.what]
+
+    demo, forest = share()
+    assert demo.passed is False and demo.measured == "60%" and demo.goal == "hello_share"
+    assert forest.passed is None and "for reference" in forest.what
+    results.hello_rounds["demo"] = [(700, 1000), (650, 1000), (900, 1000), (600, 1000)]
+    demo, forest = share()
+    assert demo.passed is True and "median of 4 interleaved rounds" in demo.what
+    assert demo.measured == "68% (rounds 60%-90%; the sweeps, minutes apart: 60%)"
+    assert forest.measured == "60%"  # no rounds for it: the sweeps'
+    results.hello_rounds["demo"] = [(600, 1000), (640, 1000), (900, 1000)]
+    assert share()[0].passed is False  # median 64%
+    config = Config(3.0, 1.0, [16], 2, True, True, "wrk", 10, 1.0)
+    text = report(results, config, "cmd", quick=True)[1]
+    assert "`/predict` and hello-world in interleaved rounds" in text
+    assert "| 3 | 900 | 1,000 | 90% |" in text
